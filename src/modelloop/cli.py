@@ -1,0 +1,244 @@
+"""The ``modelloop`` command line.
+
+Every command takes ``--json`` and then prints one JSON object to stdout; progress and logs go to
+stderr. Exit codes: 0 done, 1 a gate or requirement not met, 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from .errors import ModelloopError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="modelloop: from raw data to a served model that keeps learning from its users.")
+err = Console(stderr=True)
+out = Console()
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
+DirArg = Annotated[Path, typer.Argument(help="Project folder (holds modelloop.yaml).")]
+
+
+def _logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=False, show_time=False)], force=True)
+    for noisy in ("httpx", "uvicorn.access", "optuna"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _progress(msg: str) -> None:
+    err.print(msg, style="dim", markup=False, highlight=False)
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _command(fn):
+    """Turn ModelloopError into a one-line message and exit code 2 (also as JSON with --json)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        as_json = kwargs.get("as_json", False)
+        _logging(quiet=as_json)
+        try:
+            return fn(*args, **kwargs)
+        except ModelloopError as e:
+            if as_json:
+                _emit({"error": str(e), "type": type(e).__name__})
+            err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+
+    return wrapper
+
+
+@app.command()
+@_command
+def init(
+    directory: DirArg,
+    task: Annotated[str, typer.Option(help="The task.")] = "image-classification",
+    data: Annotated[str, typer.Option(help="Folder of class subfolders of images, or builtin:NAME.")] = "builtin:seed-case",
+    metric: Annotated[str | None, typer.Option(help="Requirement metric (accuracy, f1_macro, ...).")] = None,
+    target: Annotated[float | None, typer.Option(help="Requirement: metric on the test split >= target.")] = None,
+    p95_latency_ms: Annotated[float | None, typer.Option(help="Requirement: p95 single-item latency.")] = None,
+    max_model_size_mb: Annotated[float | None, typer.Option(help="Requirement: model size budget.")] = None,
+    time_budget_s: Annotated[float | None, typer.Option(help="Training time budget in seconds.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing modelloop.yaml.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write DIR/modelloop.yaml: data source, task and requirements."""
+    from .project import Project
+
+    p = Project.init(directory, task=task, data=data, overwrite=force, metric=metric, target=target,
+                     p95_latency_ms=p95_latency_ms, max_model_size_mb=max_model_size_mb, time_budget_s=time_budget_s)
+    spec_path = p.path / "modelloop.yaml"
+    if as_json:
+        _emit({"spec": str(spec_path), "spec_content": p.loop.spec.to_dict()})
+    else:
+        out.print(f"wrote {spec_path}\nnext: modelloop run {directory}")
+
+
+@app.command()
+@_command
+def run(directory: DirArg,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
+        as_json: JsonOpt = False) -> None:
+    """Validate data, select and train a model, evaluate, gate and register it."""
+    from .project import Project
+
+    res = Project(directory).run(resume=resume, progress=_progress)
+    if as_json:
+        _emit({k: res[k] for k in ("version", "run_id", "metrics", "val_metrics", "champion", "passed", "gate",
+                                   "report", "family", "dataset", "latency", "size_mb")})
+    else:
+        m = res["metrics"]
+        out.print(f"version {res['version']} ({res['family']}): test accuracy {m['accuracy']:.4f}, "
+                  f"F1 macro {m['f1_macro']:.4f}; requirements {'met' if res['passed'] else 'NOT met'}"
+                  f"{'; champion' if res['champion'] else ''}\nreport: {res['report']}")
+    if not res["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_command
+def retrain(directory: DirArg, as_json: JsonOpt = False) -> None:
+    """Train a challenger on training data + feedback; promote it only if the gate passes."""
+    from .project import Project
+
+    res = Project(directory).retrain(progress=_progress)
+    if as_json:
+        _emit({k: res[k] for k in ("version", "parent", "feedback_examples", "decision", "evidence",
+                                   "champion_metrics", "challenger_metrics", "champion_version", "report")})
+    else:
+        out.print(f"challenger {res['version']} (parent {res['parent']}, {res['feedback_examples']} feedback "
+                  f"examples): {res['decision']}\n  " + "\n  ".join(res["evidence"]["reasons"])
+                  + f"\nchampion: {res['champion_version']}\nreport: {res['report']}")
+    if res["decision"] != "promoted":
+        raise typer.Exit(1)
+
+
+def _models_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="model versions")
+    for col in ("version", "alias", "family", "accuracy", "F1 macro", "parent", "feedback", "dataset", "gate",
+                "created"):
+        t.add_column(col)
+    import datetime as dt
+
+    for r in rows:
+        t.add_row(r["version"], ",".join(r["aliases"]), r["family"], f"{r['accuracy']:.4f}", f"{r['f1_macro']:.4f}",
+                  r["parent"] or "-", str(r["feedback_examples"]), r["dataset"], r["gate"] or "-",
+                  dt.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M:%S"))
+    return t
+
+
+@app.command()
+@_command
+def models(directory: DirArg, as_json: JsonOpt = False) -> None:
+    """List versions with metrics, alias, parent, dataset fingerprint and creation time."""
+    from .project import Project
+
+    p = Project(directory)
+    rows = p.models()
+    if as_json:
+        _emit({"champion": p.loop.registry.champion(), "versions": rows})
+    else:
+        out.print(_models_table(rows))
+
+
+@app.command()
+@_command
+def promote(directory: DirArg, version: Annotated[str, typer.Argument(help="e.g. v2")], as_json: JsonOpt = False) -> None:
+    """Make VERSION the champion."""
+    from .project import Project
+
+    Project(directory).promote(version)
+    _emit({"champion": version}) if as_json else out.print(f"champion: {version}")
+
+
+@app.command()
+@_command
+def rollback(directory: DirArg, as_json: JsonOpt = False) -> None:
+    """Make the previous champion the champion again."""
+    from .project import Project
+
+    v = Project(directory).rollback()
+    _emit({"champion": v}) if as_json else out.print(f"champion: {v}")
+
+
+@app.command()
+@_command
+def predict(directory: DirArg, files: Annotated[list[Path], typer.Argument(help="Image files.")],
+            as_json: JsonOpt = False) -> None:
+    """Predict image files with the champion (offline; the server logs its own predictions)."""
+    from .errors import InputError
+    from .project import Project
+
+    for f in files:
+        if not f.is_file():
+            raise InputError(f"image file {str(f)!r}: no such file; expected a PNG, JPEG or BMP image")
+    res = Project(directory).predict([str(f) for f in files])
+    if as_json:
+        _emit({"predictions": [{"file": str(f), **r} for f, r in zip(files, res, strict=True)]})
+    else:
+        for f, r in zip(files, res, strict=True):
+            out.print(f"{f}: {r['label']} ({max(r['scores'].values()):.3f})")
+
+
+@app.command()
+@_command
+def serve(directory: DirArg, host: str = "127.0.0.1", port: int = 8000, as_json: JsonOpt = False) -> None:
+    """Serve the champion over HTTP (FastAPI + uvicorn)."""
+    from .project import Project
+
+    p = Project(directory)
+    if as_json:
+        _emit({"url": f"http://{host}:{port}", "champion": p.loop.registry.champion()})
+    err.print(f"serving {p.path} on http://{host}:{port} (champion {p.loop.registry.champion()})")
+    p.serve(host=host, port=port, log_level="warning")
+
+
+@app.command()
+@_command
+def demo(directory: Annotated[Path, typer.Argument(help="Folder for the demo project.")] = Path("modelloop-demo"),
+         fresh: Annotated[bool, typer.Option(help="Start over if DIR already holds a project.")] = False,
+         traffic: Annotated[int, typer.Option(help="How many live requests simulated users send.")] = 600,
+         as_json: JsonOpt = False) -> None:
+    """The whole loop on the founding case, with simulated users, in a few minutes."""
+    from .demo import run_demo
+
+    res = run_demo(directory, fresh=fresh, traffic=traffic, progress=_progress)
+    if as_json:
+        _emit(res)
+        return
+    t = Table(title="modelloop demo: the founding case (even vs odd digits)")
+    for col in ("version", "alias", "test accuracy", "parent", "feedback examples"):
+        t.add_column(col)
+    for v in res["versions"]:
+        t.add_row(v["version"], ",".join(v["aliases"]), f"{v['test_accuracy']:.4f}", v["parent"] or "-",
+                  str(v["feedback_examples"]))
+    out.print(t)
+    tr = res["traffic"]
+    out.print(f"live traffic: {tr['requests']} requests, live accuracy {tr['live_accuracy']:.3f}, "
+              f"{tr['feedback']} feedback labels")
+    out.print(f"gate decision: [bold]{res['decision']}[/bold] ({'; '.join(res['reasons'])})")
+    out.print(f"champion: {res['champion']} (served after retrain: {res['served_after_retrain']})")
+    out.print(f"reports: {', '.join(res['reports'])}\ntook {res['seconds']} s")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""A self-contained HTML report (plots embedded as PNG) for a training run or a retrain."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["write_report"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2330;
+padding:0 1rem}h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #dde;padding-bottom:.3rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}td,th{border:1px solid #dde;padding:.3rem .6rem;text-align:left}
+th{background:#f3f5fa}.pass{color:#117a37;font-weight:600}.fail{color:#b3261e;font-weight:600}
+.grid{display:flex;flex-wrap:wrap;gap:1rem}.grid img{max-width:520px;border:1px solid #eee}
+code{background:#f3f5fa;padding:0 .25rem}
+"""
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _learning_curves(history: list[dict[str, float]]) -> str:
+    fig, ax1 = plt.subplots(figsize=(5.5, 3.4))
+    ep = [h["epoch"] for h in history]
+    ax1.plot(ep, [h["train_loss"] for h in history], label="train loss", color="#3366cc")
+    ax1.plot(ep, [h["val_loss"] for h in history], label="validation loss", color="#dc3912")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax2 = ax1.twinx()
+    ax2.plot(ep, [h["val_accuracy"] for h in history], label="validation accuracy", color="#109618", ls="--")
+    ax2.set_ylabel("accuracy")
+    fig.legend(loc="upper right", fontsize=8)
+    ax1.set_title("Learning curves (final training)")
+    return _png(fig)
+
+
+def _confusion(cm: list[list[int]], names: list[str], title: str) -> str:
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(max(3.2, 0.45 * k + 2), max(3.0, 0.45 * k + 1.6)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(k), names, rotation=45 if k > 4 else 0)
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = max(max(r) for r in cm) if cm else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, cm[i][j], ha="center", va="center", color="white" if cm[i][j] > top / 2 else "black",
+                    fontsize=8)
+    ax.set_title(title)
+    return _png(fig)
+
+
+def _leaderboard_plot(rows: list[dict[str, Any]]) -> str:
+    best: dict[str, float] = {}
+    for r in rows:
+        if r["val_accuracy"] is not None:
+            best[r["family"]] = max(best.get(r["family"], 0.0), r["val_accuracy"])
+    fig, ax = plt.subplots(figsize=(4.8, 3.0))
+    fams = sorted(best, key=best.get, reverse=True)
+    ax.barh(fams, [best[f] for f in fams], color="#3366cc")
+    lo = min(best.values()) if best else 0
+    ax.set_xlim(max(0.0, lo - 0.05), 1.0)
+    ax.set_xlabel("best validation accuracy")
+    ax.set_title("Candidate families")
+    ax.invert_yaxis()
+    return _png(fig)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return html.escape(str(v))
+
+
+def _metrics_table(metrics: dict[str, Any]) -> str:
+    rows = [[k, _fmt(metrics.get(k))] for k in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "roc_auc")]
+    per = [[html.escape(c), _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1"]), m["support"]]
+           for c, m in metrics["per_class"].items()]
+    return _table(["metric", "test"], rows) + _table(["class", "precision", "recall", "F1", "support"], per)
+
+
+def _gate_table(gate: dict[str, Any]) -> str:
+    rows = [[html.escape(c["name"]), _fmt(c["value"]), html.escape(c["target"]),
+             '<span class="pass">pass</span>' if c["passed"] else '<span class="fail">fail</span>']
+            for c in gate["checks"]]
+    return _table(["requirement", "measured", "target", "result"], rows)
+
+
+def write_report(path: str | Path, ctx: dict[str, Any]) -> Path:
+    """Write the report. ``ctx`` holds what the run produced (see ``Loop``): title, version, data
+    report, leaderboard, history, metrics, class names, gate, and optionally a comparison."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = ctx["class_names"]
+    parts = [f"<h1>{html.escape(ctx['title'])}</h1>",
+             f"<p>Model version <code>{html.escape(ctx['version'])}</code> · family "
+             f"<code>{html.escape(ctx['family'])}</code> · dataset <code>{html.escape(ctx['fingerprint'])}</code>"
+             + (f" · parent <code>{html.escape(ctx['parent'])}</code>" if ctx.get("parent") else "") + "</p>"]
+    if ctx.get("decision"):
+        d = ctx["decision"]
+        cls = "pass" if d["decision"] == "promoted" else "fail"
+        parts.append(f"<h2>Gate decision: <span class='{cls}'>{d['decision']}</span></h2>")
+        parts.append("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in d["reasons"]) + "</ul>")
+        m = d["mcnemar"]
+        parts.append(_table(["", d["metric"] + " (test)"],
+                            [["champion " + html.escape(ctx.get("parent") or ""), _fmt(d["champion_value"])],
+                             ["challenger " + html.escape(ctx["version"]), _fmt(d["challenger_value"])]]))
+        parts.append(f"<p>Paired comparison on {d['test_examples']} test images: only the champion right on "
+                     f"{m['only_champion_right']}, only the challenger right on {m['only_challenger_right']} "
+                     f"(McNemar exact p = {m['p_value']:.3g}). Feedback examples used: "
+                     f"{ctx.get('feedback_examples', 0)}.</p>")
+    parts.append("<h2>Requirements</h2>" + _gate_table(ctx["gate"]))
+    parts.append("<h2>Test metrics</h2>" + _metrics_table(ctx["metrics"]))
+    plots = [_confusion(ctx["metrics"]["confusion_matrix"], names, "Confusion matrix (test)")]
+    if ctx.get("history"):
+        plots.insert(0, _learning_curves(ctx["history"]))
+    if ctx.get("leaderboard"):
+        plots.append(_leaderboard_plot(ctx["leaderboard"]))
+    parts.append("<div class='grid'>" + "".join(plots) + "</div>")
+    if ctx.get("leaderboard"):
+        rows = [[r["trial"], html.escape(r["family"]), r["state"], _fmt(r["val_accuracy"]), r.get("parameters"),
+                 r.get("epochs"), r.get("seconds"), f"<code>{html.escape(json.dumps(r['params']))}</code>"]
+                for r in ctx["leaderboard"]]
+        parts.append("<h2>Candidate leaderboard (validation split)</h2>"
+                     + _table(["trial", "family", "state", "val accuracy", "parameters", "epochs", "seconds",
+                               "hyper-parameters"], rows))
+    if ctx.get("latency"):
+        lat = ctx["latency"]
+        parts.append(f"<h2>Serving cost</h2><p>Single-image latency p50 {lat['p50_ms']:.2f} ms, "
+                     f"p95 {lat['p95_ms']:.2f} ms; weights {ctx.get('size_mb', 0):.3f} MB.</p>")
+    rep = ctx.get("data_report")
+    if rep:
+        parts.append(f"<h2>Data</h2><p>Source <code>{html.escape(rep['source'])}</code>: {rep['found']} found, "
+                     f"{rep['kept']} kept, {len(rep['dropped'])} dropped. Image format "
+                     f"{rep['image_format']}.</p>")
+        split_rows = [[s] + [c.get(n, 0) for n in names] for s, c in rep["split_counts"].items()]
+        parts.append(_table(["split", *map(html.escape, names)], split_rows))
+        if rep["dropped"]:
+            parts.append(_table(["dropped file", "reason"],
+                                [[html.escape(d["file"]), html.escape(d["reason"])] for d in rep["dropped"][:200]]))
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(ctx['title'])}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+    path.write_text(page)
+    return path

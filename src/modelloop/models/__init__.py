@@ -1,0 +1,107 @@
+"""Model families for image classification, built from a JSON-able config.
+
+Every model takes standardized images (N, C, H, W) float32 and returns logits (N, K).
+``build_model(config)`` rebuilds exactly the architecture whose weights an artifact stores.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+__all__ = ["build_model", "batched_logits", "LinearNet", "MLPNet", "SmallCNN", "count_parameters"]
+
+
+class LinearNet(nn.Module):
+    """Multinomial logistic regression on raw pixels: the honest baseline."""
+
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        c, h, w = in_shape
+        self.fc = nn.Linear(c * h * w, num_classes)
+
+    def forward(self, x):  # (N, C, H, W) -> (N, K)
+        return self.fc(x.flatten(1))
+
+
+class MLPNet(nn.Module):
+    """One hidden layer with dropout."""
+
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, hidden: int = 256,
+                 dropout: float = 0.2) -> None:
+        super().__init__()
+        c, h, w = in_shape
+        self.net = nn.Sequential(
+            nn.Flatten(),                       # (N, C*H*W)
+            nn.Linear(c * h * w, hidden),       # (N, hidden)
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),     # (N, K)
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks, then a small classifier. Any input size: pooled to 4x4 before the head."""
+
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, width: int = 32,
+                 dropout: float = 0.25) -> None:
+        super().__init__()
+        c = in_shape[0]
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.MaxPool2d(2),
+            )
+
+        self.features = nn.Sequential(
+            block(c, width),                    # (N, w, H/2, W/2)
+            block(width, 2 * width),            # (N, 2w, H/4, W/4)
+            nn.AdaptiveAvgPool2d(4),            # (N, 2w, 4, 4)
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(),                       # (N, 32w)
+            nn.Dropout(dropout),
+            nn.Linear(2 * width * 16, 128),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(128, num_classes),        # (N, K)
+        )
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+_ARCH = {"linear": (LinearNet, ()), "mlp": (MLPNet, ("hidden", "dropout")), "cnn": (SmallCNN, ("width", "dropout"))}
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """config: {"family", "input_shape": [C, H, W], "num_classes", "params": {...}}.
+
+    Only architecture parameters are passed on; optimizer parameters (lr, weight_decay) are ignored.
+    """
+    family = config["family"]
+    if family not in _ARCH:
+        raise ValueError(f"model family {family!r}: unknown; expected one of {', '.join(_ARCH)}")
+    cls, arch_keys = _ARCH[family]
+    kwargs = {k: v for k, v in config.get("params", {}).items() if k in arch_keys}
+    return cls(tuple(config["input_shape"]), int(config["num_classes"]), **kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def batched_logits(model: nn.Module, x, batch_size: int = 1024):
+    """Logits for many inputs in eval mode, without autograd. x: (N, C, H, W) float -> (N, K)."""
+    import torch
+
+    model.eval()
+    with torch.inference_mode():
+        outs = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)

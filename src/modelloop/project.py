@@ -1,0 +1,127 @@
+"""``Project``: the whole loop from Python, one object per project folder.
+
+    from modelloop import Project
+    p = Project.init("digits", task="image-classification", data="builtin:seed-case")
+    result = p.run()                 # data -> selection -> training -> evaluation -> gate -> registry
+    p.predict(images)                # with the champion
+    p.serve(port=8000)               # HTTP API (blocks)
+    p.retrain()                      # challenger on training data + feedback, gated against the champion
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data.builtin import BUILTINS
+from .data.image import decode_image
+from .errors import DataError, InputError, SpecError
+from .loop import Loop, Progress
+from .spec import SPEC_FILE, TASKS, parse_spec, save_spec
+
+__all__ = ["Project"]
+
+
+def _check_source(source: str, base: Path) -> None:
+    if source.startswith("builtin:"):
+        name = source.removeprefix("builtin:")
+        if name not in BUILTINS:
+            raise DataError(f"data source {source!r}: unknown built-in dataset; expected one of "
+                            + ", ".join(f"builtin:{n}" for n in BUILTINS))
+        return
+    path = Path(source) if Path(source).is_absolute() else base / source
+    if not path.is_dir():
+        raise DataError(f"data source {source!r}: no such folder; expected a folder of class subfolders of "
+                        "images (PNG/JPEG/BMP) or builtin:NAME (" + ", ".join(f"builtin:{n}" for n in BUILTINS) + ")")
+
+
+class Project:
+    """A modelloop project folder (``modelloop.yaml`` + registry + feedback store)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.loop = Loop(path)
+        self.path = self.loop.paths.root
+
+    @classmethod
+    def init(cls, path: str | Path, task: str = "image-classification", data: str = "builtin:seed-case",
+             name: str | None = None, overwrite: bool = False, **requirements: Any) -> Project:
+        """Write ``path/modelloop.yaml`` for ``task`` on ``data`` and return the project.
+
+        ``requirements`` are fields of :class:`~modelloop.spec.Requirements` (metric, target,
+        p95_latency_ms, max_model_size_mb, time_budget_s).
+
+        Raises:
+            SpecError: unknown task or invalid requirement, or a spec already exists.
+            DataError: the data source does not exist.
+        """
+        path = Path(path)
+        if task not in TASKS:
+            raise SpecError(f"option 'task': received {task!r}; expected one of {', '.join(TASKS)}")
+        if (path / SPEC_FILE).exists() and not overwrite:
+            raise SpecError(f"{path / SPEC_FILE}: already exists; expected a new project folder "
+                            "(or pass overwrite/--force)")
+        source = data
+        if not data.startswith("builtin:"):
+            # Store an absolute path unless the folder sits inside the project.
+            p = Path(data).resolve()
+            source = str(p)
+        _check_source(source, path.resolve())
+        reqs = {k: v for k, v in requirements.items() if v is not None}
+        spec = parse_spec({"name": name or path.resolve().name, "task": task, "data": {"source": source},
+                           "requirements": reqs}, where=f"{path / SPEC_FILE}")
+        path.mkdir(parents=True, exist_ok=True)
+        save_spec(spec, path)
+        return cls(path)
+
+    # The loop's stages ----------------------------------------------------------------------
+    def run(self, resume: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+        return self.loop.run(resume=resume, progress=progress)
+
+    def retrain(self, progress: Progress | None = None) -> dict[str, Any]:
+        return self.loop.retrain(progress=progress)
+
+    def models(self) -> list[dict[str, Any]]:
+        return self.loop.models()
+
+    def promote(self, version: str) -> str:
+        return self.loop.promote(version)
+
+    def rollback(self) -> str:
+        return self.loop.rollback()
+
+    def predict(self, inputs: Any) -> list[dict[str, Any]]:
+        """Predict with the champion, without logging (the server logs what it serves).
+
+        Args:
+            inputs: image file paths, or pixel arrays (one image (C, H, W) / (H, W) / flat, or a batch
+                (N, ...)), values 0-255.
+        Returns:
+            One ``{"label", "scores", "model_version"}`` per input.
+        """
+        model = self.loop.load_champion()
+        fmt = model.fmt
+        if isinstance(inputs, (str, Path)) or (isinstance(inputs, list) and inputs and
+                                               isinstance(inputs[0], (str, Path))):
+            files = [inputs] if isinstance(inputs, (str, Path)) else inputs
+            x = np.stack([decode_image(Path(f).read_bytes(), fmt, str(f)) for f in files]).astype(np.float32)
+        else:
+            arr = np.asarray(inputs, dtype=np.float32)
+            if arr.size % fmt.size != 0:
+                raise InputError(f"inputs: received {arr.size} values (shape {list(arr.shape)}); expected a "
+                                 f"multiple of {fmt.size} ({fmt.channels}x{fmt.height}x{fmt.width} pixels)")
+            x = arr.reshape(-1, fmt.channels, fmt.height, fmt.width)
+        probs = model.predict_proba(torch.from_numpy(x)).numpy()
+        return [{"label": model.class_names[int(p.argmax())],
+                 "scores": dict(zip(model.class_names, map(float, p), strict=True)),
+                 "model_version": model.version} for p in probs]
+
+    def serve(self, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+        """Serve the champion over HTTP until interrupted."""
+        import uvicorn
+
+        from .serve import create_app
+
+        uvicorn.run(create_app(self.path), host=host, port=port, log_level=log_level)

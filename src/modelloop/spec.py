@@ -1,0 +1,190 @@
+"""The project spec: what to build (task, data) and what counts as good enough (requirements).
+
+A spec lives in ``DIR/modelloop.yaml``; :func:`load_spec` validates it and reports any problem
+as a :class:`~modelloop.errors.SpecError` naming the file, the field, what was received and
+what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SpecError
+
+__all__ = [
+    "TASKS",
+    "METRICS",
+    "FAMILIES",
+    "Spec",
+    "DataSpec",
+    "SplitSpec",
+    "AugmentSpec",
+    "Requirements",
+    "SelectionSpec",
+    "TrainingSpec",
+    "load_spec",
+    "save_spec",
+    "SPEC_FILE",
+]
+
+SPEC_FILE = "modelloop.yaml"
+TASKS = ("image-classification",)
+METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
+FAMILIES = ("linear", "mlp", "cnn")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitSpec(_Strict):
+    """Fractions of each class held out for validation and test; the rest trains."""
+
+    validation: float = Field(0.15, gt=0, lt=0.5)
+    test: float = Field(0.15, gt=0, lt=0.5)
+    seed: int = 0
+
+
+class AugmentSpec(_Strict):
+    """Training-time augmentation. ``shift`` is the largest random translation in pixels."""
+
+    shift: int = Field(2, ge=0, le=8)
+
+
+class DataSpec(_Strict):
+    """Where the data comes from and how it is prepared.
+
+    ``source`` is a folder of class subfolders of images, or ``builtin:NAME``.
+    ``image_size`` is ``[height, width]``; by default the most common size in the data.
+    ``on_bad_file``: ``drop`` removes unreadable files and lists them in the data report;
+    ``error`` stops the run at the first one.
+    """
+
+    source: str
+    image_size: tuple[int, int] | None = None
+    split: SplitSpec = SplitSpec()
+    augmentation: AugmentSpec = AugmentSpec()
+    on_bad_file: Literal["drop", "error"] = "drop"
+
+    @field_validator("source")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a folder path or builtin:NAME, not empty")
+        return v
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and not all(4 <= s <= 512 for s in v):
+            raise ValueError("must be [height, width] with each between 4 and 512")
+        return v
+
+
+class Requirements(_Strict):
+    """What a model must achieve to be shipped.
+
+    ``metric`` on the test split must reach ``target``. The optional budgets gate too:
+    ``p95_latency_ms`` (single-item prediction on this machine) and ``max_model_size_mb``
+    (artifact size). ``time_budget_s`` bounds the whole training run (selection + training).
+    """
+
+    metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro"] = "accuracy"
+    target: float = Field(0.95, ge=0.0, le=1.0)
+    p95_latency_ms: float | None = Field(None, gt=0)
+    max_model_size_mb: float | None = Field(None, gt=0)
+    time_budget_s: float = Field(600.0, gt=0)
+
+
+class SelectionSpec(_Strict):
+    """Technology selection: which model families compete and how much search each gets."""
+
+    candidates: list[Literal["linear", "mlp", "cnn"]] = list(FAMILIES)
+    trials: int = Field(9, ge=1, le=500)
+    epochs_per_trial: int = Field(8, ge=1, le=200)
+    share_of_budget: float = Field(0.5, gt=0, le=0.9)
+
+    @field_validator("candidates")
+    @classmethod
+    def _some(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must name at least one of linear, mlp, cnn")
+        return list(dict.fromkeys(v))
+
+
+class TrainingSpec(_Strict):
+    """Final training of the chosen candidate."""
+
+    max_epochs: int = Field(40, ge=1, le=1000)
+    patience: int = Field(6, ge=1, le=100)
+    batch_size: int = Field(64, ge=1, le=4096)
+
+
+class Spec(_Strict):
+    """A modelloop project: task, data, requirements and the knobs of each stage."""
+
+    name: str = "project"
+    task: Literal["image-classification"] = "image-classification"
+    data: DataSpec
+    requirements: Requirements = Requirements()
+    selection: SelectionSpec = SelectionSpec()
+    training: TrainingSpec = TrainingSpec()
+    seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_first(cls, v: Any) -> Any:
+        # Name an unknown task clearly before pydantic complains about everything else.
+        if isinstance(v, dict) and "task" in v and v["task"] not in TASKS:
+            raise ValueError(f"unknown task {v['task']!r}; expected one of {', '.join(TASKS)}")
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"field {loc!r}: unknown field (received {err['input']!r}); check the spelling"
+    if err["type"] == "missing":
+        return f"field {loc!r}: missing; it is required"
+    return f"field {loc!r}: received {err.get('input')!r}; expected: {msg}"
+
+
+def parse_spec(data: Any, where: str = SPEC_FILE) -> Spec:
+    """Validate a spec given as a mapping. Raises SpecError naming ``where`` and the field."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: received {type(data).__name__}; expected a mapping of spec fields")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(_describe(err) for err in e.errors())
+        raise SpecError(f"{where}: {problems}") from None
+
+
+def load_spec(project_dir: str | Path) -> Spec:
+    """Load and validate ``project_dir/modelloop.yaml``."""
+    path = Path(project_dir) / SPEC_FILE
+    if not path.is_file():
+        raise SpecError(
+            f"{path}: no such file; expected a project folder made by 'modelloop init DIR --task ... --data ...'"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML ({e}); expected a YAML mapping of spec fields") from None
+    return parse_spec(data, str(path))
+
+
+def save_spec(spec: Spec, project_dir: str | Path) -> Path:
+    path = Path(project_dir) / SPEC_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(spec.to_dict(), sort_keys=False)
+    path.write_text(text)
+    return path
