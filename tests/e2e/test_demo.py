@@ -1,0 +1,56 @@
+"""The founding case end to end, through ``modelloop demo`` (real data, real server, real SQLite)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli_json
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_the_whole_loop(demo_run):
+    directory, res = demo_run
+    versions = {v["version"]: v for v in res["versions"]}
+    assert list(versions) == ["v1", "v2"]
+    first, second = versions["v1"], versions["v2"]
+    # The founding case's requirement.
+    assert first["test_accuracy"] >= 0.95
+    assert first["parent"] is None and first["feedback_examples"] == 0
+    # The retrained version descends from the first and learned from feedback.
+    assert second["parent"] == "v1"
+    assert second["feedback_examples"] > 0
+    assert res["decision"] in ("promoted", "rejected")
+    assert res["champion"] == ("v2" if res["decision"] == "promoted" else "v1")
+    # The running server picked up whatever the gate decided.
+    assert res["served_after_retrain"] == res["champion"]
+    assert res["traffic"]["requests"] == 400
+    assert res["traffic"]["feedback"] == second["feedback_examples"]
+    for report in res["reports"]:
+        text = Path(report).read_text()
+        assert "Confusion matrix" in text or "data:image/png;base64" in text
+        assert "<table>" in text
+
+
+def test_demo_records_lineage_and_decision(demo_run):
+    directory, res = demo_run
+    models = cli_json("models", str(directory))
+    rows = {m["version"]: m for m in models["versions"]}
+    assert models["champion"] == res["champion"]
+    assert rows["v2"]["gate"] == res["decision"]
+    assert rows["v1"]["dataset"] != rows["v2"]["dataset"]  # feedback changes the training data fingerprint
+    manifest = json.loads((directory / "registry" / "versions" / "v2" / "manifest.json").read_text())
+    assert manifest["parent"] == "v1"
+    assert manifest["gate"]["test_examples"] == 100
+    assert manifest["gate"]["champion_value"] == pytest.approx(rows["v1"]["accuracy"])
+    # Which feedback rows went into v2 is kept with its training run.
+    ids = json.loads((directory / ".modelloop" / "runs" / manifest["run_id"] / "feedback_ids.json").read_text())
+    assert len(ids) == manifest["feedback_examples"]
+    events = [json.loads(line) for line in (directory / "registry" / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "gate" and e["version"] == "v2" and e["decision"] == res["decision"] for e in events)
+    # No pickle anywhere in the artifacts.
+    files = {p.name for p in (directory / "registry" / "versions" / "v1").iterdir()}
+    assert files == {"manifest.json", "weights.safetensors", "preprocessing.json"}
