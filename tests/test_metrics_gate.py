@@ -1,0 +1,223 @@
+"""Classification metrics against hand-computed values, and the quality gate's decisions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from modelloop.evaluate.metrics import classification_metrics
+from modelloop.gate import check_requirements, compare
+from modelloop.spec import Requirements
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+def test_binary_metrics_match_hand_computed_values() -> None:
+    y = np.array([0, 0, 1, 1, 1])
+    p1 = np.array([0.1, 0.6, 0.8, 0.4, 0.9])
+    probs = np.stack([1 - p1, p1], axis=1)
+    m = classification_metrics(y, probs, ["neg", "pos"])
+    # predictions: [0, 1, 1, 0, 1]
+    assert m["n"] == 5
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["confusion_matrix"] == [[1, 1], [1, 2]]
+    assert m["per_class"]["neg"] == pytest.approx({"precision": 1 / 2, "recall": 1 / 2, "f1": 1 / 2, "support": 2})
+    assert m["per_class"]["pos"] == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3})
+    assert m["precision_macro"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert m["recall_macro"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert m["f1_macro"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # AUC: of the 3 x 2 (positive, negative) pairs, 5 rank the positive higher (0.4 < 0.6 is the miss).
+    assert m["roc_auc"] == pytest.approx(5 / 6)
+    assert json.loads(json.dumps(m)) == m  # JSON-able as stored in manifests
+
+
+Y3 = np.array([0, 0, 1, 1, 2, 2, 2])
+P3 = np.array([
+    [0.7, 0.2, 0.1],  # true 0, pred 0
+    [0.3, 0.6, 0.1],  # true 0, pred 1
+    [0.1, 0.8, 0.1],  # true 1, pred 1
+    [0.2, 0.5, 0.3],  # true 1, pred 1
+    [0.1, 0.1, 0.8],  # true 2, pred 2
+    [0.5, 0.1, 0.4],  # true 2, pred 0
+    [0.2, 0.2, 0.6],  # true 2, pred 2
+])
+
+
+def test_three_class_metrics_match_hand_computed_values() -> None:
+    m = classification_metrics(Y3, P3, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(5 / 7)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 2]]
+    pc = m["per_class"]
+    assert pc["a"] == pytest.approx({"precision": 1 / 2, "recall": 1 / 2, "f1": 1 / 2, "support": 2})
+    assert pc["b"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
+    assert pc["c"] == pytest.approx({"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3})
+    assert m["precision_macro"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    assert m["recall_macro"] == pytest.approx((1 / 2 + 1 + 2 / 3) / 3)
+    assert m["f1_macro"] == pytest.approx((0.5 + 0.8 + 0.8) / 3)
+    # One-vs-rest AUC by counting pairs: a 9/10, b 9/10, c 12/12.
+    assert m["roc_auc"] == pytest.approx((0.9 + 0.9 + 1.0) / 3)
+
+
+def test_multiclass_auc_does_not_depend_on_probability_scale() -> None:
+    a = classification_metrics(Y3, P3, ["a", "b", "c"])
+    b = classification_metrics(Y3, P3 * 3.0, ["a", "b", "c"])
+    assert b["roc_auc"] == pytest.approx(a["roc_auc"])
+    assert b["accuracy"] == a["accuracy"]
+
+
+def test_roc_auc_is_none_when_a_class_is_absent() -> None:
+    m3 = classification_metrics(np.array([0, 0, 1, 1]), P3[:4], ["a", "b", "c"])
+    assert m3["roc_auc"] is None
+    assert m3["per_class"]["c"]["support"] == 0
+    assert m3["accuracy"] == pytest.approx(3 / 4)
+    m2 = classification_metrics(np.array([1, 1, 1]), np.array([[0.2, 0.8], [0.6, 0.4], [0.1, 0.9]]), ["x", "y"])
+    assert m2["roc_auc"] is None
+    assert m2["accuracy"] == pytest.approx(2 / 3)
+    assert m2["per_class"]["x"]["precision"] == 0.0  # zero_division: no warning, 0
+
+
+def test_perfect_predictions() -> None:
+    y = np.array([2, 0, 1, 2])
+    m = classification_metrics(y, np.eye(3)[y], ["a", "b", "c"])
+    assert m["accuracy"] == m["f1_macro"] == m["precision_macro"] == m["recall_macro"] == 1.0
+    assert m["roc_auc"] == 1.0
+    assert m["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 0, 2]]
+
+
+# -- requirements ---------------------------------------------------------------------------------
+
+REQ = Requirements(metric="accuracy", target=0.9, p95_latency_ms=5.0, max_model_size_mb=1.0)
+
+
+def names(result: dict) -> dict[str, bool]:
+    return {c["name"]: c["passed"] for c in result["checks"]}
+
+
+def test_all_requirements_met() -> None:
+    r = check_requirements(REQ, {"accuracy": 0.92}, {"p50_ms": 1.0, "p95_ms": 4.0}, 0.5)
+    assert r["passed"] is True
+    assert names(r) == {"test accuracy": True, "p95 latency (ms)": True, "model size (MB)": True}
+    first = r["checks"][0]
+    assert first["value"] == 0.92 and first["target"] == ">= 0.9"
+
+
+def test_limits_are_inclusive() -> None:
+    r = check_requirements(REQ, {"accuracy": 0.9}, {"p95_ms": 5.0}, 1.0)
+    assert r["passed"] is True
+
+
+@pytest.mark.parametrize(
+    ("metrics", "latency", "size", "failed"),
+    [
+        ({"accuracy": 0.89}, {"p95_ms": 1.0}, 0.1, "test accuracy"),
+        ({"accuracy": 0.99}, {"p95_ms": 5.01}, 0.1, "p95 latency (ms)"),
+        ({"accuracy": 0.99}, {"p95_ms": 1.0}, 1.2, "model size (MB)"),
+    ],
+)
+def test_each_budget_can_fail_the_gate(metrics, latency, size, failed: str) -> None:
+    r = check_requirements(REQ, metrics, latency, size)
+    assert r["passed"] is False
+    assert [n for n, ok in names(r).items() if not ok] == [failed]
+
+
+def test_budgets_only_checked_when_required() -> None:
+    req = Requirements(metric="f1_macro", target=0.5)
+    r = check_requirements(req, {"f1_macro": 0.6, "accuracy": 0.1}, {"p95_ms": 1e6}, 1e6)
+    assert names(r) == {"test f1_macro": True}
+    assert r["passed"] is True
+
+
+# -- champion vs challenger -----------------------------------------------------------------------
+
+Y = np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 1])
+
+
+def metrics_of(pred: np.ndarray) -> dict:
+    return classification_metrics(Y, np.eye(2)[pred], ["even", "odd"])
+
+
+def passing(req: Requirements, m: dict) -> dict:
+    return check_requirements(req, m, {"p95_ms": 1.0}, 0.1)
+
+
+def test_better_challenger_is_promoted_with_mcnemar_counts() -> None:
+    champ = Y.copy()
+    champ[[0, 1, 2]] ^= 1         # champion wrong on 0, 1, 2
+    chall = Y.copy()
+    chall[[3]] ^= 1               # challenger wrong on 3 only
+    req = Requirements(target=0.5)
+    cm, hm = metrics_of(champ), metrics_of(chall)
+    assert (cm["accuracy"], hm["accuracy"]) == (pytest.approx(0.7), pytest.approx(0.9))
+    d = compare(req, cm, hm, Y, champ, chall, passing(req, hm))
+    assert d["decision"] == "promoted"
+    assert d["metric"] == "accuracy"
+    assert d["champion_value"] == pytest.approx(0.7) and d["challenger_value"] == pytest.approx(0.9)
+    assert d["test_examples"] == 10
+    assert d["mcnemar"]["only_champion_right"] == 1      # example 3
+    assert d["mcnemar"]["only_challenger_right"] == 3    # examples 0, 1, 2
+    # Exact two-sided binomial test, n = 4, k = 1: (1 + 4 + 4 + 1) / 16.
+    assert d["mcnemar"]["p_value"] == pytest.approx(10 / 16)
+    assert d["reasons"] == ["challenger meets requirements and test accuracy 0.9000 >= champion 0.7000"]
+    assert d["requirements"]["passed"] is True
+
+
+def test_equal_challenger_is_promoted() -> None:
+    req = Requirements(target=0.5)
+    champ = Y.copy()
+    champ[0] ^= 1
+    chall = Y.copy()
+    chall[1] ^= 1
+    m1, m2 = metrics_of(champ), metrics_of(chall)
+    d = compare(req, m1, m2, Y, champ, chall, passing(req, m2))
+    assert d["decision"] == "promoted"
+    assert d["mcnemar"]["only_champion_right"] == 1 and d["mcnemar"]["only_challenger_right"] == 1
+    assert d["mcnemar"]["p_value"] == pytest.approx(1.0)
+
+
+def test_identical_predictions_give_p_value_one() -> None:
+    req = Requirements(target=0.5)
+    m = metrics_of(Y)
+    d = compare(req, m, m, Y, Y, Y, passing(req, m))
+    assert d["mcnemar"] == {"only_champion_right": 0, "only_challenger_right": 0, "p_value": 1.0}
+    assert d["decision"] == "promoted"
+
+
+def test_worse_challenger_is_rejected_with_the_reason() -> None:
+    req = Requirements(target=0.5)
+    champ = Y.copy()
+    champ[0] ^= 1
+    chall = Y.copy()
+    chall[[0, 1, 2, 3]] ^= 1
+    m1, m2 = metrics_of(champ), metrics_of(chall)
+    d = compare(req, m1, m2, Y, champ, chall, passing(req, m2))
+    assert d["decision"] == "rejected"
+    assert d["reasons"] == ["challenger test accuracy 0.6000 < champion 0.9000"]
+    assert d["mcnemar"]["only_champion_right"] == 3 and d["mcnemar"]["only_challenger_right"] == 0
+
+
+def test_challenger_missing_requirements_is_rejected_even_if_better() -> None:
+    req = Requirements(target=0.5, p95_latency_ms=2.0)
+    champ = Y.copy()
+    champ[[0, 1]] ^= 1
+    m1, m2 = metrics_of(champ), metrics_of(Y)
+    slow = check_requirements(req, m2, {"p95_ms": 3.0}, 0.1)
+    d = compare(req, m1, m2, Y, champ, Y, slow)
+    assert d["decision"] == "rejected"
+    assert d["reasons"] == ["challenger misses requirements: p95 latency (ms)"]
+    assert d["requirements"] is slow
+
+
+def test_worse_and_failing_challenger_lists_both_reasons() -> None:
+    req = Requirements(metric="f1_macro", target=0.95)
+    chall = Y.copy()
+    chall[[0, 1]] ^= 1
+    m1, m2 = metrics_of(Y), metrics_of(chall)
+    d = compare(req, m1, m2, Y, Y, chall, check_requirements(req, m2, None, None))
+    assert d["decision"] == "rejected"
+    assert d["metric"] == "f1_macro"
+    assert len(d["reasons"]) == 2
+    assert d["reasons"][0] == "challenger misses requirements: test f1_macro"
+    assert d["reasons"][1].startswith("challenger test f1_macro 0.8000 < champion 1.0000")
+    assert json.loads(json.dumps(d)) == d  # stored in events.jsonl and manifests
