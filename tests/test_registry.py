@@ -142,9 +142,6 @@ def test_load_artifact_with_missing_preprocessing_is_a_registry_error(reg: Local
         reg.load(v)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="artifact.py:74 builds Path(e.filename), but safetensors' FileNotFoundError has "
-                   "filename=None, so a missing weights.safetensors raises TypeError, not RegistryError")
 def test_load_artifact_with_missing_weights_is_a_registry_error(reg: LocalRegistry) -> None:
     v = register(reg)
     (reg.path(v) / "weights.safetensors").unlink()

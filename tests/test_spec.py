@@ -106,8 +106,6 @@ def test_unknown_task_is_a_spec_error_naming_file_task_and_value(tmp_path: Path)
     assert "image-classification" in msg  # what was expected
 
 
-@pytest.mark.xfail(strict=True, reason="spec.py Spec._task_first raises from a model-level validator, so the "
-                   "message says \"field '(top level)'\" and dumps the whole spec instead of naming field 'task'")
 def test_unknown_task_message_names_the_task_field(tmp_path: Path) -> None:
     msg = spec_error(tmp_path, {"task": "segmentation", "data": {"source": "x"}})
     assert "field 'task'" in msg

@@ -68,7 +68,8 @@ def _command(fn):
 def init(
     directory: DirArg,
     task: Annotated[str, typer.Option(help="The task.")] = "image-classification",
-    data: Annotated[str, typer.Option(help="Folder of class subfolders of images, or builtin:NAME.")] = "builtin:seed-case",
+    data: Annotated[str, typer.Option(help="Folder of class subfolders of images, or builtin:NAME.")] = (
+        "builtin:seed-case"),
     metric: Annotated[str | None, typer.Option(help="Requirement metric (accuracy, f1_macro, ...).")] = None,
     target: Annotated[float | None, typer.Option(help="Requirement: metric on the test split >= target.")] = None,
     p95_latency_ms: Annotated[float | None, typer.Option(help="Requirement: p95 single-item latency.")] = None,
@@ -158,7 +159,8 @@ def models(directory: DirArg, as_json: JsonOpt = False) -> None:
 
 @app.command()
 @_command
-def promote(directory: DirArg, version: Annotated[str, typer.Argument(help="e.g. v2")], as_json: JsonOpt = False) -> None:
+def promote(directory: DirArg, version: Annotated[str, typer.Argument(help="e.g. v2")],
+            as_json: JsonOpt = False) -> None:
     """Make VERSION the champion."""
     from .project import Project
 

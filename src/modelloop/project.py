@@ -65,9 +65,9 @@ class Project:
                             "(or pass overwrite/--force)")
         source = data
         if not data.startswith("builtin:"):
-            # Store an absolute path unless the folder sits inside the project.
-            p = Path(data).resolve()
-            source = str(p)
+            # A relative path means relative to where the command runs; store it absolute so the
+            # project works from any directory.
+            source = str(Path(data).resolve())
         _check_source(source, path.resolve())
         reqs = {k: v for k, v in requirements.items() if v is not None}
         spec = parse_spec({"name": name or path.resolve().name, "task": task, "data": {"source": source},

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import SpecError
 
@@ -135,14 +135,6 @@ class Spec(_Strict):
     training: TrainingSpec = TrainingSpec()
     seed: int = 0
 
-    @model_validator(mode="before")
-    @classmethod
-    def _task_first(cls, v: Any) -> Any:
-        # Name an unknown task clearly before pydantic complains about everything else.
-        if isinstance(v, dict) and "task" in v and v["task"] not in TASKS:
-            raise ValueError(f"unknown task {v['task']!r}; expected one of {', '.join(TASKS)}")
-        return v
-
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -152,6 +144,8 @@ def _describe(err: dict[str, Any]) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return f"field {loc!r}: unknown field (received {err['input']!r}); check the spelling"
+    if err["type"] == "literal_error":
+        return f"field {loc!r}: received {err.get('input')!r}; expected one of {err['ctx']['expected']}"
     if err["type"] == "missing":
         return f"field {loc!r}: missing; it is required"
     return f"field {loc!r}: received {err.get('input')!r}; expected: {msg}"

@@ -51,7 +51,8 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
     }
 
 
-def measure_latency(model: torch.nn.Module, example: torch.Tensor, runs: int = 60, warmup: int = 10) -> dict[str, float]:
+def measure_latency(model: torch.nn.Module, example: torch.Tensor, runs: int = 60,
+                    warmup: int = 10) -> dict[str, float]:
     """Single-item forward latency on this machine, in milliseconds (p50 and p95).
 
     example: (1, C, H, W) float input the model accepts.

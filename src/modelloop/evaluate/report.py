@@ -17,9 +17,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 __all__ = ["write_report"]
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2330;
-padding:0 1rem}h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #dde;padding-bottom:.3rem}
-table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}td,th{border:1px solid #dde;padding:.3rem .6rem;text-align:left}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
+color:#1d2330;padding:0 1rem}h1{font-size:1.6rem}
+h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #dde;padding-bottom:.3rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
+td,th{border:1px solid #dde;padding:.3rem .6rem;text-align:left}
 th{background:#f3f5fa}.pass{color:#117a37;font-weight:600}.fail{color:#b3261e;font-weight:600}
 .grid{display:flex;flex-wrap:wrap;gap:1rem}.grid img{max-width:520px;border:1px solid #eee}
 code{background:#f3f5fa;padding:0 .25rem}

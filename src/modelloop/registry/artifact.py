@@ -66,13 +66,13 @@ class LoadedModel:
 
 def load_artifact(folder: Path) -> LoadedModel:
     """Rebuild a model from its artifact directory (safetensors: loading runs no code)."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        pre = json.loads((folder / PREPROCESSING).read_text())
-        state = load_file(str(folder / WEIGHTS))
-    except FileNotFoundError as e:
-        raise RegistryError(f"model artifact {str(folder)!r}: missing {Path(e.filename).name}; "
-                            f"expected {MANIFEST}, {WEIGHTS} and {PREPROCESSING}") from None
+    missing = [name for name in (MANIFEST, WEIGHTS, PREPROCESSING) if not (folder / name).is_file()]
+    if missing:
+        raise RegistryError(f"model artifact {str(folder)!r}: missing {', '.join(missing)}; "
+                            f"expected {MANIFEST}, {WEIGHTS} and {PREPROCESSING}")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    pre = json.loads((folder / PREPROCESSING).read_text())
+    state = load_file(str(folder / WEIGHTS))
     model = build_model(manifest["model"])
     model.load_state_dict(state)
     model.eval()
