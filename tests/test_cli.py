@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import yaml
+
 from tests.conftest import cli, cli_json, write_digit_folder
 
 

@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from tests.conftest import cli, cli_json
 
 from modelloop.data.builtin import seed_case_traffic
 from modelloop.feedback import FeedbackStore
+from tests.conftest import cli, cli_json
 
 pytestmark = pytest.mark.slow
 
