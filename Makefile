@@ -5,9 +5,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelloop-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup system-deps bench-deps demo test lint bench-serve clean
 
 setup: $(STAMP)
+
+# Debian packages the tests need: Chromium for the web UI tests (installed once; needs root).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# wrk drives the serving benchmark.
+bench-deps:
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,11 +26,14 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 demo: setup
 	$(BIN)/modelloop demo modelloop-demo --fresh
 
-test: setup
+test: setup system-deps
 	$(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check src tests bench
+
+bench-serve: setup bench-deps
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf modelloop-demo test-artifacts .pytest_cache

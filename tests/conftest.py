@@ -45,12 +45,13 @@ def free_port() -> int:
 class Server:
     """``modelloop serve DIR`` as a real process on loopback; stopped by its process id."""
 
-    def __init__(self, project: Path) -> None:
+    def __init__(self, project: Path, args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(project.parent / f"serve-{self.port}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen([MODELLOOP, "serve", str(project), "--host", "127.0.0.1", "--port",
-                                      str(self.port)], stdout=self.log, stderr=subprocess.STDOUT)
+                                      str(self.port), *args], stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
         deadline = time.time() + 60
         while True:
             try:
@@ -62,6 +63,12 @@ class Server:
                 raise RuntimeError(f"server did not start: {Path(self.log.name).read_text()}")
             time.sleep(0.2)
         self.client = httpx.Client(base_url=self.url, timeout=30)
+        self.project = project
+
+    def auth(self, role: str = "client") -> dict[str, str]:
+        """Authorization header with the project's key of ``role`` (created by the server on start)."""
+        keys = json.loads((self.project / ".modelloop" / "keys.json").read_text())
+        return {"Authorization": f"Bearer {keys[role][0]}"}
 
     def stop(self) -> None:
         self.client.close()
@@ -78,8 +85,8 @@ class Server:
 def serve():
     servers: list[Server] = []
 
-    def start(project: Path) -> Server:
-        s = Server(project)
+    def start(project: Path, *args: str, env: dict[str, str] | None = None) -> Server:
+        s = Server(project, args, env)
         servers.append(s)
         return s
 

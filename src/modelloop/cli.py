@@ -199,15 +199,46 @@ def predict(directory: DirArg, files: Annotated[list[Path], typer.Argument(help=
 
 @app.command()
 @_command
-def serve(directory: DirArg, host: str = "127.0.0.1", port: int = 8000, as_json: JsonOpt = False) -> None:
-    """Serve the champion over HTTP (FastAPI + uvicorn)."""
+def serve(directory: DirArg, host: str = "127.0.0.1", port: int = 8000,
+          max_batch_size: Annotated[int | None, typer.Option(help="Override serving.max_batch_size.")] = None,
+          max_wait_ms: Annotated[float | None, typer.Option(help="Override serving.max_wait_ms.")] = None,
+          backend: Annotated[str | None, typer.Option(help="Override the recorded backend (torch, "
+                                                           "onnxruntime, ...).")] = None,
+          as_json: JsonOpt = False) -> None:
+    """Serve the champion over HTTP (FastAPI + uvicorn), with the web UI at /."""
+    from .compress import BACKENDS
+    from .errors import InputError
     from .project import Project
 
+    if backend is not None and backend not in BACKENDS:
+        raise InputError(f"option '--backend': received {backend!r}; expected one of {', '.join(BACKENDS)}")
     p = Project(directory)
     if as_json:
         _emit({"url": f"http://{host}:{port}", "champion": p.loop.registry.champion()})
-    err.print(f"serving {p.path} on http://{host}:{port} (champion {p.loop.registry.champion()})")
-    p.serve(host=host, port=port, log_level="warning")
+    err.print(f"serving {p.path} on http://{host}:{port} (champion {p.loop.registry.champion()}); "
+              f"web UI at http://{host}:{port}/ ; keys: modelloop keys {directory}", highlight=False)
+    p.serve(host=host, port=port, log_level="warning", max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+            backend=backend)
+
+
+@app.command()
+@_command
+def keys(directory: DirArg, as_json: JsonOpt = False) -> None:
+    """Print the API keys the server accepts (creating the project's key file if needed)."""
+    from .project import Project
+    from .serve.security import keys_for
+
+    p = Project(directory)
+    found, source = keys_for(p.loop.spec.serving.keys, p.loop.paths.state / "keys.json")
+    if as_json:
+        _emit({"source": source, **found})
+        return
+    out.print(f"keys from {source}")
+    for role in ("client", "admin"):
+        for k in found.get(role, []):
+            out.print(f"{role:6} {k}", highlight=False)
+    if found.get("client"):
+        out.print(f"web UI with the client key: http://127.0.0.1:8000/#key={found['client'][0]}", highlight=False)
 
 
 @app.command()

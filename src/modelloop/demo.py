@@ -24,6 +24,7 @@ from .errors import ModelloopError
 from .loop import Progress
 from .project import Project
 from .serve import create_app
+from .serve.security import keys_for
 from .spec import SPEC_FILE
 
 __all__ = ["run_demo", "free_port", "BackgroundServer"]
@@ -91,8 +92,10 @@ def run_demo(directory: str | Path, fresh: bool = False, traffic: int = 600, see
     pick = rng.choice(len(y), size=min(traffic, len(y)), replace=False)
     names = ["even", "odd"]
     sent = correct = feedback = 0
-    with BackgroundServer(create_app(project.path)) as server, httpx.Client(base_url=server.url,
-                                                                            timeout=30) as client:
+    app = create_app(project.path)
+    keys, _ = keys_for(project.loop.spec.serving.keys, project.loop.paths.state / "keys.json")
+    headers = {"Authorization": f"Bearer {(keys['client'] or keys['admin'])[0]}"}
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=30, headers=headers) as client:
         say(f"[demo] serving {first['version']} on {server.url}; {len(pick)} users send images")
         for i in pick:
             r = client.post("/predict", json={"pixels": x[i].reshape(-1).tolist()})

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .compress import ServingModule, choose_backend
 from .data import Dataset, Normalizer, prepare_dataset
 from .errors import RegistryError
 from .evaluate import classification_metrics, measure_latency
@@ -225,6 +226,19 @@ class Loop:
         gate = check_requirements(spec.requirements, metrics, latency, size_mb)
         decision = decide(metrics, probs.argmax(1), gate) if decide else None
 
+        # Optimization for serving: export and time each backend, keep the fastest that agrees.
+        xva_pixels = (xva if len(yva) else ds.splits["train"][0]).float().numpy()
+        yva_labels = (yva if len(yva) else ds.splits["train"][1]).numpy()
+        export_dir = self.paths.runs / run_id / "export"
+        module = ServingModule(model, norm.mean_, norm.std_)
+        serving = choose_backend(module, xva_pixels, yva_labels, export_dir,
+                                 max_accuracy_drop=spec.serving.max_accuracy_drop,
+                                 candidates=tuple(spec.serving.backends))
+        self._say(progress, f"[optimization] serving backend {serving['backend']}: " + ", ".join(
+            f"{r['backend']} {r['p50_ms_batch1']:.2f} ms" if r["ok"] else f"{r['backend']} rejected"
+            for r in serving["candidates"]))
+        extra = {p.name: p for p in export_dir.glob("*.onnx")}
+
         manifest = {
             "task": spec.task, "name": spec.name, "model": config, "parameters": count_parameters(model),
             "class_names": ds.class_names, "metrics": {"test": metrics, "val": val_metrics},
@@ -235,11 +249,12 @@ class Loop:
             "run_id": run_id, "parent": parent, "feedback_examples": feedback_examples,
             "training": describe(train_result), "spec": spec.to_dict(), "libraries": library_versions(),
         }
+        manifest["serving"] = serving
         if decision is not None:
             manifest["gate"] = decision
         preprocessing = {"format": ds.fmt.to_dict(), "normalizer": norm.state_dict(),
                          "class_names": ds.class_names, "pixel_range": [0, 255]}
-        version = self.registry.register(manifest, model, preprocessing)
+        version = self.registry.register(manifest, model, preprocessing, extra_files=extra)
         if feedback_ids:
             (self.paths.runs / run_id / "feedback_ids.json").write_text(json.dumps(feedback_ids))
         report = write_report(self.paths.reports / f"{version}.html", {
@@ -247,7 +262,7 @@ class Loop:
             "fingerprint": fingerprint, "parent": parent, "class_names": ds.class_names, "metrics": metrics,
             "gate": gate, "history": train_result.history, "leaderboard": leaderboard, "latency": latency,
             "size_mb": size_mb, "data_report": ds.report.to_dict(), "decision": decision,
-            "feedback_examples": feedback_examples,
+            "feedback_examples": feedback_examples, "serving": serving,
         })
         self.registry.update_manifest(version, report=str(report))
         return {"version": version, "run_id": run_id, "parent": parent, "metrics": metrics,

@@ -118,10 +118,14 @@ class Project:
                  "scores": dict(zip(model.class_names, map(float, p), strict=True)),
                  "model_version": model.version} for p in probs]
 
-    def serve(self, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-        """Serve the champion over HTTP until interrupted."""
+    def serve(self, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **overrides: Any) -> None:
+        """Serve the champion over HTTP until interrupted.
+
+        ``overrides``: ``max_batch_size``, ``max_wait_ms``, ``backend`` (else the spec's ``serving``).
+        """
         import uvicorn
 
         from .serve import create_app
 
-        uvicorn.run(create_app(self.path), host=host, port=port, log_level=log_level)
+        app = create_app(self.path, **{k: v for k, v in overrides.items() if v is not None})
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -26,6 +26,8 @@ __all__ = [
     "Requirements",
     "SelectionSpec",
     "TrainingSpec",
+    "ServingSpec",
+    "KeysSpec",
     "load_spec",
     "save_spec",
     "SPEC_FILE",
@@ -124,6 +126,51 @@ class TrainingSpec(_Strict):
     batch_size: int = Field(64, ge=1, le=4096)
 
 
+class KeysSpec(_Strict):
+    """API keys by role. Prefer the environment (MODELLOOP_CLIENT_KEYS / MODELLOOP_ADMIN_KEYS,
+    comma-separated) over writing keys here; with neither, ``modelloop serve`` creates a key of
+    each role in ``.modelloop/keys.json`` (see ``modelloop keys DIR``)."""
+
+    client: list[str] = []
+    admin: list[str] = []
+
+    @field_validator("client", "admin")
+    @classmethod
+    def _long_enough(cls, v: list[str]) -> list[str]:
+        for k in v:
+            if len(k) < 16:
+                raise ValueError("each key must be at least 16 characters")
+        return v
+
+
+class ServingSpec(_Strict):
+    """How ``modelloop serve`` runs.
+
+    ``backends``: candidates tried at registration (the fastest that passes parity wins).
+    ``max_batch_size`` / ``max_wait_ms``: adaptive micro-batching; a request alone never waits
+    longer than ``max_wait_ms`` for company (and not at all when nothing else is in flight).
+    ``open_predict``: predict without a key. Feedback and admin calls always need one.
+    """
+
+    backends: list[Literal["torch", "torch-bf16", "onnxruntime", "onnxruntime-int8"]] = [
+        "torch", "torch-bf16", "onnxruntime", "onnxruntime-int8"]
+    max_accuracy_drop: float = Field(0.005, ge=0, le=0.2)
+    max_batch_size: int = Field(64, ge=1, le=4096)
+    max_wait_ms: float = Field(2.0, ge=0, le=1000)
+    threads: int = Field(1, ge=1, le=64)
+    open_predict: bool = True
+    max_body_bytes: int = Field(10_000_000, ge=1024)
+    cors_origins: list[str] = []
+    keys: KeysSpec = KeysSpec()
+
+    @field_validator("backends")
+    @classmethod
+    def _has_torch(cls, v: list[str]) -> list[str]:
+        if "torch" not in v:
+            raise ValueError("must include 'torch', the reference every other backend is checked against")
+        return list(dict.fromkeys(v))
+
+
 class Spec(_Strict):
     """A modelloop project: task, data, requirements and the knobs of each stage."""
 
@@ -133,6 +180,7 @@ class Spec(_Strict):
     requirements: Requirements = Requirements()
     selection: SelectionSpec = SelectionSpec()
     training: TrainingSpec = TrainingSpec()
+    serving: ServingSpec = ServingSpec()
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:

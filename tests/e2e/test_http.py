@@ -61,7 +61,8 @@ def test_predict_and_feedback_are_stored(demo_run, serve, traffic):
     assert up2.status_code == 200, up2.text
     assert up2.json()["label"] == up.json()["label"]
 
-    fb = server.client.post("/feedback", json={"prediction_id": body["prediction_id"], "label": names[int(y[0])]})
+    fb = server.client.post("/feedback", json={"prediction_id": body["prediction_id"], "label": names[int(y[0])]},
+                            headers=server.auth())
     assert fb.status_code == 201, fb.text
     assert fb.json()["label"] == names[int(y[0])]
 
@@ -92,6 +93,8 @@ BAD_PREDICT = [
     ({"pixels": [-1] * 784}, "0 to 255"),
     ({"pixels": "0,0,0"}, "expected a JSON array"),
     ({"image": [0] * 784}, "expected a field 'pixels'"),
+    ({"instances": []}, "expected a list of 1 to"),
+    ({"instances": [[0] * 784, [0] * 10]}, "instances[1]"),
     (17, "expected a JSON array"),
 ]
 
@@ -102,7 +105,9 @@ def test_bad_requests_get_clear_errors_and_lose_nothing(demo_run, serve):
     good = server.client.post("/predict", json=[0.0] * 300 + [200.0] * 184 + [0.0] * 300)
     assert good.status_code == 200
     pid = good.json()["prediction_id"]
-    assert server.client.post("/feedback", json={"prediction_id": pid, "label": "even"}).status_code == 201
+    auth = server.auth()
+    r = server.client.post("/feedback", json={"prediction_id": pid, "label": "even"}, headers=auth)
+    assert r.status_code == 201
     before = _counts(directory)
 
     for payload, reason in BAD_PREDICT:
@@ -120,13 +125,13 @@ def test_bad_requests_get_clear_errors_and_lose_nothing(demo_run, serve):
     r = server.client.post("/predict", files={"other": ("x.png", b"123", "image/png")})
     assert r.status_code == 422 and "'file'" in r.json()["detail"]
 
-    r = server.client.post("/feedback", json={"prediction_id": "doesnotexist", "label": "even"})
+    r = server.client.post("/feedback", json={"prediction_id": "doesnotexist", "label": "even"}, headers=auth)
     assert r.status_code == 404 and "doesnotexist" in r.json()["detail"]
-    r = server.client.post("/feedback", json={"prediction_id": pid, "label": "cat"})
+    r = server.client.post("/feedback", json={"prediction_id": pid, "label": "cat"}, headers=auth)
     assert r.status_code == 422 and "'cat'" in r.json()["detail"] and "even, odd" in r.json()["detail"]
-    r = server.client.post("/feedback", json={"label": "even"})
+    r = server.client.post("/feedback", json={"label": "even"}, headers=auth)
     assert r.status_code == 422 and "prediction_id" in r.text
-    r = server.client.post("/feedback", json={"prediction_id": pid, "label": "odd", "extra": 1})
+    r = server.client.post("/feedback", json={"prediction_id": pid, "label": "odd", "extra": 1}, headers=auth)
     assert r.status_code == 422
 
     assert _counts(directory) == before  # nothing stored, nothing lost

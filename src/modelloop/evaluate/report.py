@@ -151,6 +151,15 @@ def write_report(path: str | Path, ctx: dict[str, Any]) -> Path:
         lat = ctx["latency"]
         parts.append(f"<h2>Serving cost</h2><p>Single-image latency p50 {lat['p50_ms']:.2f} ms, "
                      f"p95 {lat['p95_ms']:.2f} ms; weights {ctx.get('size_mb', 0):.3f} MB.</p>")
+    if ctx.get("serving"):
+        sv = ctx["serving"]
+        rows = [[html.escape(r["backend"]) + (" <b>(chosen)</b>" if r["backend"] == sv["backend"] else ""),
+                 _fmt(r.get("p50_ms_batch1", "-")), _fmt(r.get("p50_ms_batch32", "-")),
+                 _fmt(r.get("max_abs_diff", "-")), _fmt(r.get("accuracy", "-")),
+                 "ok" if r["ok"] else html.escape(r["reason"])] for r in sv["candidates"]]
+        parts.append("<h2>Serving backends</h2>" + _table(
+            ["backend", "p50 ms (1 image)", "p50 ms (32 images)", "max |Δp| vs PyTorch", "val accuracy", "check"],
+            rows))
     rep = ctx.get("data_report")
     if rep:
         parts.append(f"<h2>Data</h2><p>Source <code>{html.escape(rep['source'])}</code>: {rep['found']} found, "

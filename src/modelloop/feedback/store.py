@@ -8,7 +8,6 @@ latest one for a prediction counts.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
@@ -87,12 +86,10 @@ class FeedbackStore:
     def log_prediction(self, *, model_version: str, x: np.ndarray, label: str, scores: dict[str, float],
                        latency_ms: float) -> str:
         """Store one prediction with its input (C, H, W). Returns the new prediction id."""
+        from .writer import prediction_row
+
         pid = uuid.uuid4().hex
-        data = np.ascontiguousarray(x).tobytes()
-        self.log_many([{"id": pid, "created_at": time.time(), "model_version": model_version,
-                        "input_shape": json.dumps(list(x.shape)), "input_dtype": str(x.dtype),
-                        "input_data": data, "input_hash": hashlib.sha256(data).hexdigest(), "label": label,
-                        "scores": json.dumps(scores), "latency_ms": latency_ms}])
+        self.log_many([prediction_row(pid, model_version, x, label, scores, latency_ms)])
         return pid
 
     def log_many(self, rows: list[dict[str, Any]]) -> None:

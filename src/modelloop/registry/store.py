@@ -32,13 +32,14 @@ class Registry(ABC):
     """What any registry backend offers. Chosen by URI in :func:`open_registry`."""
 
     @abstractmethod
-    def register(self, manifest: dict[str, Any], model: torch.nn.Module, preprocessing: dict[str, Any]) -> str: ...
+    def register(self, manifest: dict[str, Any], model: torch.nn.Module, preprocessing: dict[str, Any],
+                 extra_files: dict[str, Path] | None = None) -> str: ...
 
     @abstractmethod
     def versions(self) -> list[dict[str, Any]]: ...
 
     @abstractmethod
-    def load(self, version: str) -> LoadedModel: ...
+    def load(self, version: str, backend: str | None = None, threads: int = 1) -> LoadedModel: ...
 
     @abstractmethod
     def champion(self) -> str | None: ...
@@ -100,15 +101,20 @@ class LocalRegistry(Registry):
         return sorted(int(p.name[1:]) for p in self._versions.iterdir()
                       if p.name.startswith("v") and p.name[1:].isdigit() and (p / MANIFEST).is_file())
 
-    def register(self, manifest: dict[str, Any], model: torch.nn.Module, preprocessing: dict[str, Any]) -> str:
-        """Write a new artifact as the next version (v1, v2, ...) and return its name."""
+    def register(self, manifest: dict[str, Any], model: torch.nn.Module, preprocessing: dict[str, Any],
+                 extra_files: dict[str, Path] | None = None) -> str:
+        """Write a new artifact as the next version (v1, v2, ...) and return its name.
+
+        ``extra_files`` (name -> source path) are copied in, e.g. the exported ``model.onnx``.
+        """
         self._versions.mkdir(parents=True, exist_ok=True)
         nums = self._version_numbers()
         version = f"v{(nums[-1] if nums else 0) + 1}"
         tmp = self._versions / f".{version}.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        write_artifact(tmp, {**manifest, "version": version, "created_at": time.time()}, model, preprocessing)
+        write_artifact(tmp, {**manifest, "version": version, "created_at": time.time()}, model, preprocessing,
+                       extra_files)
         tmp.rename(self._versions / version)
         self.record({"event": "registered", "version": version, "parent": manifest.get("parent")})
         return version
@@ -139,9 +145,10 @@ class LocalRegistry(Registry):
             out.append(m)
         return out
 
-    def load(self, version: str) -> LoadedModel:
+    def load(self, version: str, backend: str | None = None, threads: int = 1) -> LoadedModel:
+        """Load a version with its recorded serving backend (or ``backend`` to override it)."""
         self.manifest(version)  # clear error for an unknown version
-        return load_artifact(self._versions / version)
+        return load_artifact(self._versions / version, backend, threads)
 
     def path(self, version: str) -> Path:
         return self._versions / version

@@ -1,8 +1,9 @@
-"""The HTTP API over a project: predict with the champion, take feedback, list models.
+"""The HTTP API over a project: predict with the champion, take feedback, list models, admin.
 
-Routes stay thin: they parse and validate the request, then call the loop's registry and the
-feedback store. The champion is re-read when the registry's aliases change, so a promotion or a
-rollback takes effect without restarting the server.
+Routes stay thin: they check the key, parse and validate the request, then hand over to the
+micro-batcher (predict), the feedback store or the loop. The champion is re-read when the
+registry's aliases change, so a promotion or rollback takes effect on the next batch without a
+restart; every batch runs on one model, and each answer names the version that computed it.
 """
 
 from __future__ import annotations
@@ -11,24 +12,41 @@ import json
 import logging
 import threading
 import time
+import uuid
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..data.image import ImageFormat, decode_image
 from ..errors import InputError, ModelloopError
+from ..feedback import PredictionWriter, prediction_row
 from ..loop import Loop
 from ..registry import LoadedModel
-from .schemas import FeedbackIn, FeedbackOut, PredictResponse
+from .batching import MicroBatcher
+from .metrics import ServerMetrics
+from .middleware import GuardMiddleware
+from .schemas import AdminPromoteIn, FeedbackIn, FeedbackOut
+from .security import KeyRing, key_from_request, load_keys
 
 __all__ = ["create_app", "parse_pixels"]
 
 log = logging.getLogger(__name__)
+UI_DIR = Path(__file__).parent / "ui"
+MAX_ITEMS = 1024
+
+_PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"oneOf": [
+        {"type": "object", "required": ["pixels"], "properties": {"pixels": {"type": "array"}}},
+        {"type": "object", "required": ["instances"], "properties": {"instances": {"type": "array"}}},
+        {"type": "array"}]}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
 
 
 def parse_pixels(value: Any, fmt: ImageFormat, field: str = "pixels") -> np.ndarray:
@@ -58,64 +76,124 @@ def parse_pixels(value: Any, fmt: ImageFormat, field: str = "pixels") -> np.ndar
 
 
 class ModelHolder:
-    """The champion, reloaded when the registry's aliases change (checked on each request)."""
+    """The champion, reloaded when the registry's aliases change."""
 
-    def __init__(self, loop: Loop) -> None:
+    def __init__(self, loop: Loop, backend: str | None, threads: int, on_load=None) -> None:
         self._loop = loop
+        self._backend = backend
+        self._threads = threads
         self._lock = threading.Lock()
         self._mtime = -1
         self._model: LoadedModel | None = None
+        self._on_load = on_load
 
     def get(self) -> LoadedModel:
+        """The current champion, loading a new one if the aliases moved (call off the event loop)."""
         mtime = self._loop.registry.state_mtime()
         if mtime != self._mtime:
             with self._lock:
                 if mtime != self._mtime:
                     version = self._loop.registry.champion()
                     if version is not None and (self._model is None or self._model.version != version):
-                        self._model = self._loop.registry.load(version)
-                        log.info("serving model %s", version)
+                        model = self._loop.registry.load(version, backend=self._backend, threads=self._threads)
+                        self._model = model
+                        log.info("serving model %s (%s)", version, model.backend)
+                        if self._on_load:
+                            self._on_load(model)
                     self._mtime = mtime
         if self._model is None:
             raise ModelloopError("no champion model to serve yet; run 'modelloop run DIR' first")
         return self._model
 
+    @property
+    def loaded(self) -> LoadedModel | None:
+        return self._model
 
-def create_app(project_dir: str | Path) -> FastAPI:
-    """The FastAPI app for a project folder."""
+
+class RetrainJobs:
+    """Retraining started over HTTP, one at a time, in a background thread."""
+
+    def __init__(self, project_dir: Path) -> None:
+        self.project_dir = project_dir
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> dict[str, Any]:
+        with self._lock:
+            if any(j["status"] == "running" for j in self.jobs.values()):
+                raise HTTPException(status_code=409, detail="a retrain is already running")
+            job = {"id": uuid.uuid4().hex[:12], "status": "running", "started_at": time.time(), "result": None,
+                   "error": None}
+            self.jobs[job["id"]] = job
+        threading.Thread(target=self._run, args=(job,), daemon=True, name="modelloop-retrain").start()
+        return job
+
+    def _run(self, job: dict[str, Any]) -> None:
+        try:
+            res = Loop(self.project_dir).retrain()
+            job["result"] = {k: res[k] for k in ("version", "parent", "feedback_examples", "decision",
+                                                 "champion_version")}
+            job["result"]["reasons"] = res["evidence"]["reasons"]
+            job["status"] = "done"
+        except Exception as e:  # reported to the caller through the job
+            log.exception("retrain failed")
+            job["status"], job["error"] = "failed", str(e)
+        job["finished_at"] = time.time()
+
+
+def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, max_wait_ms: float | None = None,
+               backend: str | None = None) -> FastAPI:
+    """The FastAPI app for a project folder. Keyword arguments override the spec's ``serving``."""
     loop = Loop(project_dir)
-    holder = ModelHolder(loop)
-    app = FastAPI(title="modelloop", version=__version__,
-                  description=f"Serving project {loop.spec.name!r} ({loop.spec.task}).")
-    app.state.loop = loop
-    app.state.holder = holder
+    cfg = loop.spec.serving
+    metrics = ServerMetrics()
+    holder = ModelHolder(loop, backend, cfg.threads, on_load=lambda m: metrics.serving(m.version, m.backend))
+    keys: KeyRing = load_keys(cfg.keys, loop.paths.state / "keys.json")
+    writer_box: dict[str, PredictionWriter] = {}
+
+    def forward(x: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
+        model = holder.get()
+        return model.run(x), model
+
+    batcher = MicroBatcher(forward, max_batch_size or cfg.max_batch_size,
+                           cfg.max_wait_ms if max_wait_ms is None else max_wait_ms, on_batch=metrics.on_batch)
+    jobs = RetrainJobs(loop.paths.root)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        writer_box["w"] = PredictionWriter(loop.store)
+        batcher.start()
+        try:
+            holder.get()
+        except ModelloopError as e:
+            log.warning("%s", e)
+        yield
+        await batcher.stop()
+        writer_box["w"].close()
+
+    app = FastAPI(title="modelloop", version=__version__, lifespan=lifespan,
+                  description=f"Serving project {loop.spec.name!r} ({loop.spec.task}). Keys: 'Authorization: "
+                              "Bearer KEY' or 'X-API-Key: KEY'.")
+    app.state.loop, app.state.holder, app.state.keys, app.state.metrics = loop, holder, keys, metrics
+    app.state.batcher = batcher
+    if cfg.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "x-api-key", "content-type"])
+    app.add_middleware(GuardMiddleware, metrics=metrics, max_body_bytes=cfg.max_body_bytes)
 
     @app.exception_handler(ModelloopError)
     async def _modelloop_error(_: Request, exc: ModelloopError) -> JSONResponse:
         status = 503 if type(exc) is ModelloopError else exc.http_status
         return JSONResponse(status_code=status, content={"detail": str(exc)})
 
-    @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "model_version": loop.registry.champion(), "project": loop.spec.name,
-                **loop.store.counts()}
+    def _model_for_parsing() -> LoadedModel:
+        return holder.loaded or holder.get()
 
-    @app.get("/models")
-    def models() -> dict[str, Any]:
-        return {"champion": loop.registry.champion(), "versions": loop.models()}
-
-    @app.post("/predict", response_model=PredictResponse,
-              openapi_extra={"requestBody": {"content": {
-                  "application/json": {"schema": {"oneOf": [
-                      {"type": "object", "properties": {"pixels": {"type": "array"}}, "required": ["pixels"]},
-                      {"type": "array"}]}},
-                  "multipart/form-data": {"schema": {"type": "object", "properties": {
-                      "file": {"type": "string", "format": "binary"}}, "required": ["file"]}}},
-                  "required": True}})
-    async def predict(request: Request) -> PredictResponse:
-        """Classify one image: JSON pixels (``{"pixels": [...]}`` or a bare array, values 0-255) or
-        an uploaded image file (multipart field ``file``)."""
-        model = holder.get()
+    # -- predictions -------------------------------------------------------------------------
+    async def _inputs(request: Request, fmt: ImageFormat) -> tuple[np.ndarray, bool]:
+        """(x (n, C, H, W) float32, whether the caller sent a list)."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
             try:
@@ -123,40 +201,154 @@ def create_app(project_dir: str | Path) -> FastAPI:
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise InputError(f"request body: not valid JSON ({e}); expected {{\"pixels\": [...]}}") from None
             if isinstance(body, dict):
+                if "instances" in body:
+                    items = body["instances"]
+                    if not isinstance(items, list) or not items or len(items) > MAX_ITEMS:
+                        raise InputError(f"field 'instances': received {type(items).__name__} of "
+                                         f"{len(items) if isinstance(items, list) else 'no'} items; expected a "
+                                         f"list of 1 to {MAX_ITEMS} images")
+                    return np.stack([parse_pixels(v, fmt, f"instances[{i}]") for i, v in enumerate(items)]), True
                 if "pixels" not in body:
-                    raise InputError(f"request body: received fields {sorted(body)}; expected a field 'pixels'")
+                    raise InputError(f"request body: received fields {sorted(body)}; expected a field 'pixels' "
+                                     "(one image) or 'instances' (a list)")
                 body = body["pixels"]
-            x = parse_pixels(body, model.fmt)
-        elif ctype == "multipart/form-data":
+            return parse_pixels(body, fmt)[None], False
+        if ctype == "multipart/form-data":
             form = await request.form()
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
+            uploads = [u for u in form.getlist("file") if not isinstance(u, str)]
+            if not uploads:
                 raise InputError(f"form field 'file': missing; received fields {sorted(form.keys())}; "
-                                 "expected an image file in field 'file'")
-            x = decode_image(await upload.read(), model.fmt, upload.filename or "file").astype(np.float32)
-        else:
-            return JSONResponse(status_code=415, content={
-                "detail": f"content type {ctype or '(none)'!r}: unsupported; expected application/json "
-                          "or multipart/form-data"})
-        t = time.perf_counter()
-        probs = model.predict_proba(torch.from_numpy(x)[None])[0].tolist()
-        latency = (time.perf_counter() - t) * 1000
-        scores = dict(zip(model.class_names, probs, strict=True))
-        label = model.class_names[int(np.argmax(probs))]
-        pid = loop.store.log_prediction(model_version=model.version, x=x, label=label, scores=scores,
-                                        latency_ms=latency)
-        return PredictResponse(prediction_id=pid, label=label, scores=scores, model_version=model.version,
-                               latency_ms=latency)
+                                 "expected one or more image files in field 'file'")
+            if len(uploads) > MAX_ITEMS:
+                raise InputError(f"form field 'file': received {len(uploads)} files; expected at most {MAX_ITEMS}")
+            xs = [decode_image(await u.read(), fmt, u.filename or "file").astype(np.float32) for u in uploads]
+            return np.stack(xs), len(uploads) > 1
+        raise HTTPException(status_code=415, detail=f"content type {ctype or '(none)'!r}: unsupported; expected "
+                                                    "application/json or multipart/form-data")
+
+    @app.post("/predict", openapi_extra=_PREDICT_BODY)
+    async def predict(request: Request) -> JSONResponse:
+        """Classify images: ``{"pixels": [...]}`` / a bare array (one image, values 0-255),
+        ``{"instances": [[...], ...]}`` (a list), or multipart field ``file`` (one or more files)."""
+        t0 = time.perf_counter()
+        batcher.arriving()
+        queued = False
+        try:
+            if not cfg.open_predict:
+                keys.require(request, "client")
+            x, as_list = await _inputs(request, _model_for_parsing().fmt)
+            batcher.left()
+            queued = True
+            res = await batcher.submit(x)
+        finally:
+            if not queued:
+                batcher.left()
+        model = res.model
+        names = model.class_names
+        latency_ms = (time.perf_counter() - t0) * 1000
+        out, rows = [], []
+        for xi, p in zip(x, res.probs, strict=True):
+            pid = uuid.uuid4().hex
+            scores = {n: float(v) for n, v in zip(names, p, strict=True)}
+            label = names[int(p.argmax())]
+            out.append({"prediction_id": pid, "label": label, "scores": scores, "model_version": model.version,
+                        "latency_ms": latency_ms})
+            rows.append(prediction_row(pid, model.version, xi, label, scores, latency_ms))
+        writer_box["w"].put(rows)
+        metrics.predictions.labels(model.version).inc(len(out))
+        if as_list:
+            return JSONResponse({"predictions": out, "model_version": model.version, "batch_size": res.batch_size})
+        return JSONResponse(out[0])
 
     @app.post("/feedback", response_model=FeedbackOut, status_code=201)
-    def feedback(body: FeedbackIn) -> FeedbackOut:
-        """Give the correct label for a prediction. Unknown ``prediction_id``: 404; unknown label: 422."""
+    def feedback(body: FeedbackIn, request: Request) -> FeedbackOut:
+        """Give the correct label for a prediction (client key). Unknown ``prediction_id``: 404;
+        a label the model does not know: 422."""
+        keys.require(request, "client")
+        writer_box["w"].flush()  # a prediction answered a moment ago is committed before we look
         pred = loop.store.get_prediction(body.prediction_id)
         classes = loop.registry.manifest(pred["model_version"])["class_names"]
         label = str(body.label)
         if label not in classes:
             raise InputError(f"field 'label': received {body.label!r}; expected one of {', '.join(classes)}")
-        fid = loop.store.add_feedback(body.prediction_id, label, client=None)
+        fid = loop.store.add_feedback(body.prediction_id, label, client=keys.fingerprint(key_from_request(request)))
+        metrics.feedback.inc()
         return FeedbackOut(feedback_id=fid, prediction_id=body.prediction_id, label=label)
 
+    # -- status ------------------------------------------------------------------------------
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        """Liveness, the served version and the store's counts."""
+        m = holder.loaded
+        return {"status": "ok", "model_version": loop.registry.champion(), "loaded_version": m and m.version,
+                "project": loop.spec.name, **loop.store.counts()}
+
+    @app.get("/ready")
+    def ready() -> JSONResponse:
+        """200 once a model is loaded and can answer; 503 before."""
+        try:
+            m = holder.get()
+        except ModelloopError as e:
+            return JSONResponse(status_code=503, content={"ready": False, "detail": str(e)})
+        return JSONResponse({"ready": True, "model_version": m.version, "backend": m.backend})
+
+    @app.get("/models")
+    def models() -> dict[str, Any]:
+        """Versions with metrics, parent, dataset, serving backend; and the champion."""
+        rows = loop.models()
+        for r in rows:
+            r["backend"] = (loop.registry.manifest(r["version"]).get("serving") or {}).get("backend", "torch")
+        return {"champion": loop.registry.champion(), "versions": rows}
+
+    @app.get("/info")
+    def info() -> dict[str, Any]:
+        """What a client needs to build inputs: project, classes and the input format."""
+        m = _model_for_parsing()
+        return {"project": loop.spec.name, "task": loop.spec.task, "class_names": m.class_names,
+                "format": m.fmt.to_dict(), "model_version": m.version, "predict_open": cfg.open_predict}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        """Prometheus text format."""
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/stats")
+    def stats() -> dict[str, Any]:
+        """Live counters for the web UI."""
+        m = holder.loaded
+        return {"requests": metrics.total("/predict"), **metrics.recent_latency_ms(),
+                **loop.store.feedback_stats(), "feedback": loop.store.counts()["feedback"],
+                "model_version": m and m.version, "backend": m and m.backend,
+                "uptime_s": time.time() - metrics.started, "predict_open": cfg.open_predict}
+
+    # -- admin -------------------------------------------------------------------------------
+    @app.post("/admin/promote")
+    def admin_promote(body: AdminPromoteIn, request: Request) -> dict[str, Any]:
+        keys.require(request, "admin")
+        loop.registry.promote(body.version, reason="admin over HTTP")
+        return {"champion": loop.registry.champion()}
+
+    @app.post("/admin/rollback")
+    def admin_rollback(request: Request) -> dict[str, Any]:
+        keys.require(request, "admin")
+        return {"champion": loop.registry.rollback()}
+
+    @app.post("/admin/retrain", status_code=202)
+    def admin_retrain(request: Request) -> dict[str, Any]:
+        keys.require(request, "admin")
+        return jobs.start()
+
+    @app.get("/admin/jobs/{job_id}")
+    def admin_job(job_id: str, request: Request) -> dict[str, Any]:
+        keys.require(request, "admin")
+        if job_id not in jobs.jobs:
+            raise HTTPException(status_code=404, detail=f"job {job_id!r}: not found")
+        return jobs.jobs[job_id]
+
+    # -- web UI ------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(UI_DIR / "index.html")
+
+    app.mount("/ui", StaticFiles(directory=UI_DIR), name="ui")
     return app

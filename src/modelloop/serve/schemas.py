@@ -23,3 +23,8 @@ class FeedbackOut(BaseModel):
     feedback_id: int
     prediction_id: str
     label: str
+
+
+class AdminPromoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(min_length=2, max_length=32, description="e.g. v2")

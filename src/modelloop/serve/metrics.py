@@ -1,0 +1,81 @@
+"""Prometheus metrics of one app, plus the recent-latency window the web UI shows."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+__all__ = ["ServerMetrics", "ENDPOINTS"]
+
+disable_created_metrics()  # the *_created series only add noise to every scrape
+
+ENDPOINTS = ("/predict", "/feedback", "/models", "/health", "/ready", "/metrics", "/stats", "/info", "/admin",
+             "/ui", "/docs", "/", "/openapi.json")
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5,
+                    1.0, 2.5, 5.0)
+
+
+def endpoint_of(path: str) -> str:
+    """A bounded label for a request path (never the raw path: no label explosion)."""
+    if path in ("/", "/openapi.json"):
+        return path
+    for e in ENDPOINTS:
+        if e != "/" and path.startswith(e) and (len(path) == len(e) or path[len(e)] == "/"):
+            return e
+    return "other"
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("modelloop_requests_total", "HTTP requests by endpoint, method and status.",
+                                ["endpoint", "method", "status"], registry=r)
+        self.latency = Histogram("modelloop_request_duration_seconds", "Time to answer a request.", ["endpoint"],
+                                 buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("modelloop_batch_size", "Inputs per forward pass.",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
+        self.batch_seconds = Histogram("modelloop_batch_duration_seconds", "Time of one forward pass.",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.predictions = Counter("modelloop_predictions_total", "Predictions served.", ["model_version"],
+                                   registry=r)
+        self.feedback = Counter("modelloop_feedback_total", "Feedback received.", registry=r)
+        self.model_info = Gauge("modelloop_model_info", "The model being served (value 1).",
+                                ["version", "backend"], registry=r)
+        self._recent = deque(maxlen=2000)  # (time, seconds) of recent predict requests
+        self.started = time.time()
+
+    def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, method, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+        if endpoint == "/predict":
+            self._recent.append((time.time(), seconds))
+
+    def on_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+
+    def serving(self, version: str, backend: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version, backend).set(1)
+
+    def recent_latency_ms(self) -> dict[str, float | None]:
+        lat = [s for _, s in self._recent]
+        if not lat:
+            return {"p50_ms": None, "p95_ms": None}
+        a = np.array(lat) * 1000
+        return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95))}
+
+    def total(self, endpoint: str) -> int:
+        n = 0
+        for metric in self.requests.collect():
+            for s in metric.samples:
+                if s.name.endswith("_total") and s.labels.get("endpoint") == endpoint:
+                    n += int(s.value)
+        return n
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
