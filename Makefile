@@ -9,9 +9,11 @@ STAMP := $(VENV)/.modelloop-installed
 
 setup: $(STAMP)
 
-# Debian packages the tests need: Chromium for the web UI tests (installed once; needs root).
+# Debian packages the tests need (installed once; needs root): Chromium for the web UI tests,
+# PostgreSQL for the multi-process feedback store tests (the tests start their own server).
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@{ command -v chromium >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; } || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql; }
 
 # wrk drives the serving benchmark.
 bench-deps:

@@ -128,3 +128,13 @@ def demo_run(tmp_path_factory):
     directory = tmp_path_factory.mktemp("demo") / "seed-case"
     result = cli_json("demo", str(directory), "--traffic", "400", timeout=1200)
     return directory, result
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on loopback for the whole session."""
+    from tests.pg import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.stop()

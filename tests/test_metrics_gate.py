@@ -9,7 +9,7 @@ import pytest
 
 from modelloop.evaluate.metrics import classification_metrics
 from modelloop.gate import check_requirements, compare
-from modelloop.spec import Requirements
+from modelloop.spec import GateSpec, Requirements
 
 # -- metrics --------------------------------------------------------------------------------------
 
@@ -159,7 +159,7 @@ def test_better_challenger_is_promoted_with_mcnemar_counts() -> None:
     assert d["mcnemar"]["only_challenger_right"] == 3    # examples 0, 1, 2
     # Exact two-sided binomial test, n = 4, k = 1: (1 + 4 + 4 + 1) / 16.
     assert d["mcnemar"]["p_value"] == pytest.approx(10 / 16)
-    assert d["reasons"] == ["challenger meets requirements and test accuracy 0.9000 >= champion 0.7000"]
+    assert d["reasons"] == ["meets requirements and is not worse than the champion"]
     assert d["requirements"]["passed"] is True
 
 
@@ -170,9 +170,12 @@ def test_equal_challenger_is_promoted() -> None:
     chall = Y.copy()
     chall[1] ^= 1
     m1, m2 = metrics_of(champ), metrics_of(chall)
-    d = compare(req, m1, m2, Y, champ, chall, passing(req, m2))
+    # Equal accuracy; on ten examples one swap moves a class's recall by 0.2, so allow that here.
+    d = compare(req, m1, m2, Y, champ, chall, passing(req, m2), gate=GateSpec(max_class_recall_drop=0.25))
     assert d["decision"] == "promoted"
     assert d["mcnemar"]["only_champion_right"] == 1 and d["mcnemar"]["only_challenger_right"] == 1
+    strict = compare(req, m1, m2, Y, champ, chall, passing(req, m2))
+    assert strict["decision"] == "rejected" and "recall drops by 0.2000" in " ".join(strict["reasons"])
     assert d["mcnemar"]["p_value"] == pytest.approx(1.0)
 
 
@@ -193,7 +196,7 @@ def test_worse_challenger_is_rejected_with_the_reason() -> None:
     m1, m2 = metrics_of(champ), metrics_of(chall)
     d = compare(req, m1, m2, Y, champ, chall, passing(req, m2))
     assert d["decision"] == "rejected"
-    assert d["reasons"] == ["challenger test accuracy 0.6000 < champion 0.9000"]
+    assert "test accuracy drops by 0.3000 (> 0.02): 0.6000 vs champion 0.9000" in d["reasons"]
     assert d["mcnemar"]["only_champion_right"] == 3 and d["mcnemar"]["only_challenger_right"] == 0
 
 
@@ -217,7 +220,6 @@ def test_worse_and_failing_challenger_lists_both_reasons() -> None:
     d = compare(req, m1, m2, Y, Y, chall, check_requirements(req, m2, None, None))
     assert d["decision"] == "rejected"
     assert d["metric"] == "f1_macro"
-    assert len(d["reasons"]) == 2
     assert d["reasons"][0] == "challenger misses requirements: test f1_macro"
-    assert d["reasons"][1].startswith("challenger test f1_macro 0.8000 < champion 1.0000")
+    assert any(r.startswith("test accuracy drops by 0.2000") for r in d["reasons"][1:])
     assert json.loads(json.dumps(d)) == d  # stored in events.jsonl and manifests

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from modelloop.errors import NotFoundError, StoreError
 from modelloop.feedback import FeedbackStore, open_store
+from modelloop.feedback.store import SCHEMA_VERSION
 
 SHAPE = (1, 28, 28)
 
@@ -98,7 +99,8 @@ def test_repeated_feedback_keeps_every_row_and_the_latest_counts(store: Feedback
     assert labels == ["even"] and ids == [pid]
     assert xs.shape == (1, *SHAPE)
     # The served prediction ("even") now agrees with the latest label.
-    assert store.feedback_stats() == {"labelled": 1, "agreed": 1, "live_accuracy": 1.0}
+    stats = store.feedback_stats()
+    assert (stats["labelled"], stats["agreed"], stats["live_accuracy"]) == (1, 1, 1.0)
 
 
 def test_labelled_examples_return_the_stored_input_exactly(store: FeedbackStore) -> None:
@@ -147,7 +149,8 @@ def test_labelled_examples_when_there_is_no_feedback(store: FeedbackStore) -> No
 
 def test_counts_and_live_accuracy(store: FeedbackStore) -> None:
     assert store.counts() == {"predictions": 0, "feedback": 0, "labelled_predictions": 0}
-    assert store.feedback_stats() == {"labelled": 0, "agreed": 0, "live_accuracy": None}
+    stats = store.feedback_stats()
+    assert (stats["labelled"], stats["agreed"], stats["live_accuracy"], stats["low"]) == (0, 0, None, None)
     served = ["even", "even", "odd", "odd", "even"]
     truth = ["even", "odd", "odd", "odd", None]  # the last one gets no feedback
     for i, (s, t) in enumerate(zip(served, truth, strict=True)):
@@ -156,7 +159,8 @@ def test_counts_and_live_accuracy(store: FeedbackStore) -> None:
             store.add_feedback(pid, t)
     assert store.counts() == {"predictions": 5, "feedback": 4, "labelled_predictions": 4}
     stats = store.feedback_stats()
-    assert stats == {"labelled": 4, "agreed": 3, "live_accuracy": 0.75}
+    assert (stats["labelled"], stats["agreed"], stats["live_accuracy"]) == (4, 3, 0.75)
+    assert stats["low"] == pytest.approx(0.3006, abs=1e-3) and stats["high"] == pytest.approx(0.9544, abs=1e-3)
 
 
 def test_sqlite_runs_in_wal_mode(store: FeedbackStore, db: Path) -> None:
@@ -193,7 +197,8 @@ def test_a_second_store_on_the_same_file_sees_the_rows(db: Path) -> None:
 
 def test_schema_version_is_recorded(store: FeedbackStore, db: Path) -> None:
     with sqlite3.connect(db) as con:
-        assert con.execute("select value from modelloop_meta where key='schema_version'").fetchone() == ("1",)
+        row = con.execute("select value from modelloop_meta where key='schema_version'").fetchone()
+    assert row == (str(SCHEMA_VERSION),)
 
 
 def test_a_newer_schema_is_refused(db: Path) -> None:
@@ -204,7 +209,7 @@ def test_a_newer_schema_is_refused(db: Path) -> None:
         FeedbackStore(f"sqlite:///{db}")
 
 
-@pytest.mark.parametrize("url", ["postgresql://user@host/db", "mysql://h/db", "feedback.db"])
+@pytest.mark.parametrize("url", ["mysql://h/db", "feedback.db"])
 def test_open_store_rejects_unsupported_urls(url: str) -> None:
     with pytest.raises(StoreError) as exc:
         open_store(url)
@@ -216,3 +221,35 @@ def test_open_store_rejects_unsupported_urls(url: str) -> None:
 def test_feedback_store_rejects_malformed_urls(url: str) -> None:
     with pytest.raises(StoreError, match="expected sqlite:///PATH"):
         FeedbackStore(url)
+
+
+def test_a_first_schema_database_is_migrated_without_losing_rows(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as con:  # the schema as the first release wrote it
+        con.executescript("""
+            CREATE TABLE modelloop_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(256) NOT NULL);
+            INSERT INTO modelloop_meta VALUES ('schema_version', '1');
+            CREATE TABLE predictions (id VARCHAR(32) PRIMARY KEY, created_at FLOAT NOT NULL,
+                model_version VARCHAR(32) NOT NULL, input_shape VARCHAR(64) NOT NULL, input_dtype VARCHAR(16) NOT NULL,
+                input_data BLOB NOT NULL, input_hash VARCHAR(64) NOT NULL, label VARCHAR(256) NOT NULL,
+                scores TEXT NOT NULL, latency_ms FLOAT NOT NULL);
+            CREATE TABLE feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, prediction_id VARCHAR(32) NOT NULL
+                REFERENCES predictions(id), label VARCHAR(256) NOT NULL, created_at FLOAT NOT NULL,
+                client VARCHAR(128));
+            INSERT INTO predictions VALUES ('p1', 1.0, 'v1', '[1, 2, 2]', 'uint8', x'01020304', 'h', 'even', '{}', 1.0);
+            INSERT INTO feedback (prediction_id, label, created_at, client) VALUES ('p1', 'odd', 2.0, NULL);
+        """)
+    store = FeedbackStore(f"sqlite:///{db}")
+    assert store.schema_version() == SCHEMA_VERSION
+    x, labels, ids = store.labelled_examples((1, 2, 2))
+    assert ids == ["p1"] and labels == ["odd"] and x.reshape(-1).tolist() == [1, 2, 3, 4]
+    assert store.feedback_history("p1")[0]["kind"] == "label"
+    store.add_feedback("p1", "odd", kind="thumbs", value=-1.0)
+    assert store.labelled(["even", "odd"])[-1]["label"] == "even"  # thumbs down on 'odd' of two classes
+    store.close()
+
+
+def test_unreachable_postgresql_is_a_clear_error() -> None:
+    with pytest.raises(StoreError, match="cannot connect") as e:
+        open_store("postgresql://modelloop:secret@127.0.0.1:1/feedback")
+    assert "secret" not in str(e.value)

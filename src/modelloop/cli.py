@@ -119,8 +119,9 @@ def retrain(directory: DirArg, as_json: JsonOpt = False) -> None:
 
     res = Project(directory).retrain(progress=_progress)
     if as_json:
-        _emit({k: res[k] for k in ("version", "parent", "feedback_examples", "decision", "evidence",
-                                   "champion_metrics", "challenger_metrics", "champion_version", "report")})
+        _emit({k: res[k] for k in ("version", "parent", "feedback_examples", "feedback_holdout", "decision",
+                                   "evidence", "champion_metrics", "challenger_metrics", "champion_version",
+                                   "report")})
     else:
         out.print(f"challenger {res['version']} (parent {res['parent']}, {res['feedback_examples']} feedback "
                   f"examples): {res['decision']}\n  " + "\n  ".join(res["evidence"]["reasons"])
@@ -267,6 +268,107 @@ def demo(directory: Annotated[Path, typer.Argument(help="Folder for the demo pro
     out.print(f"gate decision: [bold]{res['decision']}[/bold] ({'; '.join(res['reasons'])})")
     out.print(f"champion: {res['champion']} (served after retrain: {res['served_after_retrain']})")
     out.print(f"reports: {', '.join(res['reports'])}\ntook {res['seconds']} s")
+
+
+@app.command()
+@_command
+def monitor(directory: DirArg, as_json: JsonOpt = False) -> None:
+    """Input drift, prediction drift and live accuracy of the champion (and the shadow, if any)."""
+    from .project import Project
+
+    res = Project(directory).loop.monitor()
+    if as_json:
+        _emit(res)
+        return
+    d, la, pd = res["drift"], res["live_accuracy"], res["prediction_drift"]
+    out.print(f"champion {res['model_version']}")
+    if d["statistic"] is None:
+        out.print(f"input drift: not measured ({d['reason']})")
+    else:
+        out.print(f"input drift: {'DETECTED' if d['detected'] else 'none'} (MMD² {d['statistic']:.4g}, threshold "
+                  f"{d['threshold']:.4g}, p = {d['p_value']:.3g}, {d['n_live']} live vs {d['n_reference']} reference)")
+    if pd["psi"] is not None:
+        out.print(f"prediction drift: PSI {pd['psi']:.3f} (threshold {pd['threshold']}): "
+                  f"{'DETECTED' if pd['detected'] else 'none'}")
+    if la["value"] is None:
+        out.print("live accuracy: no labelled feedback yet")
+    else:
+        out.print(f"live accuracy: {la['value']:.3f} [{la['low']:.3f}, {la['high']:.3f}] on {la['n']} labelled")
+    out.print(f"feedback: {res['feedback']['new_since_last_training']} new since last training, "
+              f"{res['feedback']['feedback']} rows in all")
+    if "shadow" in res:
+        sh = res["shadow"]
+        out.print(f"shadow {sh['version']}: {sh['scored']} scored, agreement {sh['agreement']}, accuracy on "
+                  f"feedback {sh['shadow_accuracy']} vs served {sh['served_accuracy']} ({sh['with_feedback']})")
+
+
+@app.command()
+@_command
+def shadow(directory: DirArg, version: Annotated[str | None, typer.Argument(help="Version to shadow.")] = None,
+           stop: Annotated[bool, typer.Option("--stop", help="Stop shadowing.")] = False,
+           as_json: JsonOpt = False) -> None:
+    """Let VERSION score live traffic next to the champion without answering (a running server picks it up)."""
+    from .errors import InputError
+    from .project import Project
+
+    if (version is None) != stop:
+        raise InputError("expected a VERSION to shadow, or --stop")
+    loop = Project(directory).loop
+    res = loop.shadow(None if stop else version)
+    if as_json:
+        _emit(res)
+    else:
+        out.print(f"shadow: {res['shadow'] or 'off'} (champion {res['champion']})")
+
+
+@app.command()
+@_command
+def watch(directory: DirArg,
+          once: Annotated[bool, typer.Option("--once", help="Run one policy check and exit.")] = False,
+          interval: Annotated[float | None, typer.Option(help="Seconds between checks (policy.interval_s).")] = None,
+          as_json: JsonOpt = False) -> None:
+    """Retrain when feedback, drift or live accuracy says so; promote or roll back by the policy."""
+    import time as _time
+
+    from .project import Project
+
+    while True:
+        loop = Project(directory).loop  # re-read the spec and registry each round
+        res = loop.watch_once(progress=None if as_json else _progress)
+        if as_json:
+            _emit(res)
+        else:
+            out.print(f"watch: {res['action']}" + (f" -> {res.get('version')} {res.get('decision')}"
+                                                  if res["action"] == "retrained" else "")
+                      + f"; champion {res['champion']}")
+        if once:
+            return
+        _time.sleep(interval or loop.spec.policy.interval_s)
+
+
+@app.command()
+@_command
+def lineage(directory: DirArg,
+            prediction: Annotated[str | None, typer.Option("--prediction", help="A prediction id.")] = None,
+            version: Annotated[str | None, typer.Option("--version", help="A model version.")] = None,
+            as_json: JsonOpt = False) -> None:
+    """From a prediction (or version) to its model version, run, dataset, feedback used and parents, and back."""
+    from .errors import InputError
+    from .project import Project
+
+    if (prediction is None) == (version is None):
+        raise InputError("expected exactly one of --prediction ID or --version VERSION")
+    res = Project(directory).loop.lineage(prediction_id=prediction, version=version)
+    if as_json:
+        _emit(res)
+        return
+    if prediction:
+        out.print(f"prediction {prediction}: {res['predicted']}; feedback {len(res['feedback'])} row(s); "
+                  f"trained into {', '.join(res['trained_into']) or 'no version yet'}")
+    out.print(f"model {res['model_version']} <- run {res['run']} <- dataset {res['dataset_fingerprint']} "
+              f"(base {res['base_dataset']} from {res['data_source']}, {len(res['feedback_ids'])} feedback examples)")
+    out.print(f"parent {res['parent'] or '-'}; ancestors {', '.join(res['ancestors']) or '-'}; "
+              f"children {', '.join(res['children']) or '-'}; served {res['predictions_served']} predictions")
 
 
 def main() -> None:

@@ -1,6 +1,20 @@
-"""The quality gate: does a model meet the requirements, and is a challenger at least as good?
+"""The quality gate: does a model meet the requirements, and should a challenger replace the champion?
 
-Both questions are answered with their evidence, so the decision can be stored and shown later.
+The challenger is compared with the champion on two sets of data neither was trained on: the
+frozen held-out test split, and the recent labelled feedback kept out of the challenger's
+training (the feedback hold-out). Each comparison is paired — the same inputs through both
+models — and tested with McNemar's exact test at the spec's confidence. The challenger is
+promoted only if it
+
+1. meets every requirement on the test split;
+2. is not significantly worse on the test split, loses no more than ``max_accuracy_drop``
+   accuracy there, and no class loses more than ``max_class_recall_drop`` recall;
+3. is not significantly worse on the feedback hold-out;
+4. and the feedback hold-out looks trustworthy: at most ``max_feedback_disagreement`` of its
+   labels contradict *both* models (honest feedback on a good model rarely does; poisoned or
+   noisy feedback does).
+
+Every number behind the decision is returned as evidence, to be stored and shown.
 """
 
 from __future__ import annotations
@@ -10,9 +24,9 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
-from .spec import Requirements
+from .spec import GateSpec, Requirements
 
-__all__ = ["check_requirements", "compare"]
+__all__ = ["check_requirements", "paired_evidence", "judge", "compare"]
 
 
 def check_requirements(req: Requirements, metrics: dict[str, Any], latency: dict[str, float] | None,
@@ -29,37 +43,91 @@ def check_requirements(req: Requirements, metrics: dict[str, Any], latency: dict
     return {"passed": all(c["passed"] for c in checks), "checks": checks}
 
 
-def compare(req: Requirements, champion: dict[str, Any], challenger: dict[str, Any], y_true: np.ndarray,
-            champion_pred: np.ndarray, challenger_pred: np.ndarray, challenger_requirements: dict[str, Any]
-            ) -> dict[str, Any]:
-    """Champion vs challenger on the same held-out test split.
+def paired_evidence(y: np.ndarray, champion_pred: np.ndarray, challenger_pred: np.ndarray, n_classes: int,
+                    confidence: float) -> dict[str, Any]:
+    """Accuracy, per-class recall and McNemar's exact test (both directions) on one set."""
+    y, a, b = np.asarray(y), np.asarray(champion_pred), np.asarray(challenger_pred)
+    n = len(y)
+    a_right, b_right = a == y, b == y
+    only_a = int(np.sum(a_right & ~b_right))
+    only_b = int(np.sum(~a_right & b_right))
+    m = only_a + only_b
+    p_better = float(binomtest(only_b, m, 0.5, alternative="greater").pvalue) if m else 1.0
+    p_worse = float(binomtest(only_a, m, 0.5, alternative="greater").pvalue) if m else 1.0
+    alpha = 1 - confidence
 
-    The challenger is promoted when it meets every requirement and its metric is not below the
-    champion's. McNemar's exact test on the paired predictions is recorded as evidence of how
-    significant the difference is.
-    """
-    champ_right = champion_pred == y_true
-    chall_right = challenger_pred == y_true
-    b = int(np.sum(champ_right & ~chall_right))  # only the champion right
-    c = int(np.sum(~champ_right & chall_right))  # only the challenger right
-    p_value = float(binomtest(b, b + c, 0.5).pvalue) if b + c > 0 else 1.0
-    metric = req.metric
-    not_worse = challenger[metric] >= champion[metric]
-    reasons = []
+    def recall(pred: np.ndarray) -> list[float | None]:
+        return [float(np.mean(pred[y == k] == k)) if np.any(y == k) else None for k in range(n_classes)]
+
+    return {
+        "n": n,
+        "champion_accuracy": float(a_right.mean()) if n else None,
+        "challenger_accuracy": float(b_right.mean()) if n else None,
+        "champion_recall": recall(a), "challenger_recall": recall(b),
+        "only_champion_right": only_a, "only_challenger_right": only_b,
+        "p_challenger_better": p_better, "p_challenger_worse": p_worse,
+        "significantly_better": n > 0 and p_better < alpha, "significantly_worse": n > 0 and p_worse < alpha,
+        "contradicted_by_both": int(np.sum(~a_right & ~b_right)),
+    }
+
+
+def judge(req: Requirements, gate: GateSpec, class_names: list[str], challenger_requirements: dict[str, Any],
+          test: dict[str, Any], feedback: dict[str, Any] | None) -> dict[str, Any]:
+    """The decision from the evidence of :func:`paired_evidence` on the test split and the feedback hold-out."""
+    reasons: list[str] = []
     if not challenger_requirements["passed"]:
-        failed = [ch["name"] for ch in challenger_requirements["checks"] if not ch["passed"]]
+        failed = [c["name"] for c in challenger_requirements["checks"] if not c["passed"]]
         reasons.append("challenger misses requirements: " + ", ".join(failed))
-    if not not_worse:
-        reasons.append(f"challenger test {metric} {challenger[metric]:.4f} < champion {champion[metric]:.4f}")
-    promoted = challenger_requirements["passed"] and not_worse
+    if test["significantly_worse"]:
+        reasons.append(f"significantly worse on the test split (McNemar p = {test['p_challenger_worse']:.3g})")
+    drop = test["champion_accuracy"] - test["challenger_accuracy"]
+    if drop > gate.max_accuracy_drop:
+        reasons.append(f"test accuracy drops by {drop:.4f} (> {gate.max_accuracy_drop}): "
+                       f"{test['challenger_accuracy']:.4f} vs champion {test['champion_accuracy']:.4f}")
+    for name, ra, rb in zip(class_names, test["champion_recall"], test["challenger_recall"], strict=True):
+        if ra is not None and rb is not None and ra - rb > gate.max_class_recall_drop:
+            reasons.append(f"class {name!r} recall drops by {ra - rb:.4f} (> {gate.max_class_recall_drop}) "
+                           "on the test split")
+    enough_feedback = feedback is not None and feedback["n"] >= gate.min_feedback_for_evidence
+    if enough_feedback:
+        if feedback["significantly_worse"]:
+            reasons.append("significantly worse on held-out feedback "
+                           f"(McNemar p = {feedback['p_challenger_worse']:.3g})")
+        rate = feedback["contradicted_by_both"] / feedback["n"]
+        if rate > gate.max_feedback_disagreement:
+            reasons.append(f"feedback looks unreliable: {rate:.0%} of held-out feedback labels contradict both "
+                           f"models (> {gate.max_feedback_disagreement:.0%}); possible label noise or poisoning")
+    promoted = not reasons
+    better = [s for s, ev in (("test split", test), ("held-out feedback", feedback if enough_feedback else None))
+              if ev is not None and ev["significantly_better"]]
+    if promoted:
+        reasons.append("meets requirements and is not worse than the champion"
+                       + (f"; significantly better on {' and '.join(better)}" if better else ""))
     return {
         "decision": "promoted" if promoted else "rejected",
-        "reasons": reasons or [f"challenger meets requirements and test {metric} "
-                               f"{challenger[metric]:.4f} >= champion {champion[metric]:.4f}"],
-        "metric": metric,
-        "champion_value": champion[metric],
-        "challenger_value": challenger[metric],
-        "test_examples": int(len(y_true)),
-        "mcnemar": {"only_champion_right": b, "only_challenger_right": c, "p_value": p_value},
+        "reasons": reasons,
+        "metric": req.metric,
+        "confidence": gate.confidence,
+        "significantly_better_on": better,
+        "test": test,
+        "feedback": feedback,
         "requirements": challenger_requirements,
     }
+
+
+def compare(req: Requirements, champion: dict[str, Any], challenger: dict[str, Any], y_true: np.ndarray,
+            champion_pred: np.ndarray, challenger_pred: np.ndarray, challenger_requirements: dict[str, Any],
+            gate: GateSpec | None = None, class_names: list[str] | None = None,
+            feedback: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Champion vs challenger: :func:`judge` on the test split (and feedback evidence when given),
+    with the metric values of both models added."""
+    gate = gate or GateSpec()
+    names = class_names or [str(k) for k in range(int(max(np.max(y_true), champion_pred.max(),
+                                                          challenger_pred.max())) + 1)]
+    test = paired_evidence(y_true, champion_pred, challenger_pred, len(names), gate.confidence)
+    out = judge(req, gate, names, challenger_requirements, test, feedback)
+    out.update(champion_value=champion[req.metric], challenger_value=challenger[req.metric], test_examples=len(y_true),
+               mcnemar={"only_champion_right": test["only_champion_right"],
+                        "only_challenger_right": test["only_challenger_right"],
+                        "p_value": min(1.0, 2 * min(test["p_challenger_better"], test["p_challenger_worse"]))})
+    return out

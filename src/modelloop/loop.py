@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .compress import ServingModule, choose_backend
@@ -24,7 +25,7 @@ from .errors import RegistryError
 from .evaluate import classification_metrics, measure_latency
 from .evaluate.report import write_report
 from .feedback import FeedbackStore, open_store
-from .gate import check_requirements, compare
+from .gate import check_requirements, compare, paired_evidence
 from .models import build_model, count_parameters
 from .registry import LoadedModel, LocalRegistry
 from .registry.artifact import library_versions
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 STAGES = ("data", "selection", "training", "evaluation", "report", "gate", "registry")
+
+
+def _is_holdout(prediction_id: str, fraction: float) -> bool:
+    return int(hashlib.sha1(prediction_id.encode()).hexdigest()[:8], 16) / 0x100000000 < fraction
 
 
 def _state_bytes(model: torch.nn.Module) -> int:
@@ -64,7 +69,7 @@ class Loop:
     @property
     def store(self) -> FeedbackStore:
         if self._store is None:
-            self._store = open_store(self.paths.store_url)
+            self._store = open_store(self.paths.store_url(self.spec.feedback.store_url))
         return self._store
 
     def _say(self, progress: Progress | None, msg: str) -> None:
@@ -210,7 +215,7 @@ class Loop:
 
     def _finish(self, *, model, config, norm: Normalizer, ds: Dataset, run_id: str, train_result, parent,
                 feedback_examples: int, feedback_ids: list[str], leaderboard, fingerprint: str,
-                progress: Progress | None, title: str, decide=None) -> dict[str, Any]:
+                progress: Progress | None, title: str, decide=None, feedback_holdout: int = 0) -> dict[str, Any]:
         spec = self.spec
         xte, yte = ds.splits["test"]
         probs = torch.softmax(self._logits(model, norm.transform(xte)), 1).numpy()
@@ -247,6 +252,7 @@ class Loop:
                         "train_examples": int(len(ds.splits["train"][1])) + feedback_examples,
                         "test_examples": int(len(yte))},
             "run_id": run_id, "parent": parent, "feedback_examples": feedback_examples,
+            "feedback_holdout": feedback_holdout,
             "training": describe(train_result), "spec": spec.to_dict(), "libraries": library_versions(),
         }
         manifest["serving"] = serving
@@ -277,12 +283,35 @@ class Loop:
         return batched_logits(model, x)
 
     # -- retrain -----------------------------------------------------------------------------
-    def retrain(self, progress: Progress | None = None) -> dict[str, Any]:
+    def feedback_split(self, class_names: list[str], shape: tuple[int, ...]) -> dict[str, Any]:
+        """Trusted labelled feedback, split by prediction id into a training part and a hold-out part.
+
+        The split is a pure function of the prediction id (a hash), so an example never moves
+        between the two as more feedback arrives.
+        """
+        fs = self.spec.feedback
+        x, labels, ids = self.store.labelled_examples(shape, class_names, exclude_clients=fs.untrusted_clients)
+        index = {c: i for i, c in enumerate(class_names)}
+        keep = [i for i, lab in enumerate(labels) if lab in index]
+        if len(keep) < len(labels):
+            log.warning("skipped %d feedback rows whose label is not a class of this model", len(labels) - len(keep))
+        hold = np.array([_is_holdout(ids[i], fs.holdout_fraction) for i in keep], dtype=bool)
+        keep_arr = np.array(keep, dtype=np.int64)
+        y = np.array([index[labels[i]] for i in keep], dtype=np.int64)
+        return {
+            "train": (torch.from_numpy(x[keep_arr[~hold]]), torch.from_numpy(y[~hold]),
+                      [ids[i] for i in keep_arr[~hold]]),
+            "holdout": (torch.from_numpy(x[keep_arr[hold]]), torch.from_numpy(y[hold]),
+                        [ids[i] for i in keep_arr[hold]]),
+        }
+
+    def retrain(self, progress: Progress | None = None, promote: bool = True) -> dict[str, Any]:
         """Train a challenger on the training split plus feedback-labelled inputs and gate it.
 
-        The champion and the challenger are evaluated on the same frozen test split; the
-        challenger is promoted only if it meets the requirements and is not worse. The decision
-        and its evidence are stored in the registry either way.
+        Champion and challenger are compared on the frozen test split and on the feedback
+        hold-out (see ``gate.py``). With ``promote``, a challenger the gate passes becomes
+        champion; otherwise it gets the ``challenger`` alias and waits for ``promote``. The
+        decision and its evidence are stored in the registry either way.
         """
         champion = self.registry.champion()
         if champion is None:
@@ -292,15 +321,11 @@ class Loop:
         pm = parent.manifest
         ds = Dataset.load(self.paths.data, pm["dataset"]["base_fingerprint"])
         fmt = ds.fmt
-        xf, labels, ids = self.store.labelled_examples((fmt.channels, fmt.height, fmt.width))
-        index = {c: i for i, c in enumerate(ds.class_names)}
-        keep = [i for i, lab in enumerate(labels) if lab in index]
-        if len(keep) < len(labels):
-            log.warning("skipped %d feedback rows whose label is not a class of this model", len(labels) - len(keep))
-        xf = torch.from_numpy(xf[keep])
-        yf = torch.tensor([index[labels[i]] for i in keep], dtype=torch.int64)
-        fb_ids = [ids[i] for i in keep]
-        self._say(progress, f"[retrain] champion {champion}; {len(fb_ids)} feedback examples to learn from")
+        fb = self.feedback_split(ds.class_names, (fmt.channels, fmt.height, fmt.width))
+        xf, yf, fb_ids = fb["train"]
+        xh, yh, hold_ids = fb["holdout"]
+        self._say(progress, f"[retrain] champion {champion}; {len(fb_ids)} feedback examples to learn from, "
+                  f"{len(hold_ids)} held out for the gate")
 
         xtr, ytr = ds.splits["train"]
         x_all = torch.cat([xtr.float(), xf.float()])
@@ -315,35 +340,47 @@ class Loop:
         fingerprint = h.hexdigest()[:16]
 
         run_id, run_dir, state = self._new_run()
-        state.update(kind="retrain", parent=champion, dataset=ds.fingerprint, feedback_examples=len(fb_ids))
+        state.update(kind="retrain", parent=champion, dataset=ds.fingerprint, feedback_examples=len(fb_ids),
+                     feedback_holdout=len(hold_ids))
         self._save_state(run_dir, state)
+        (run_dir / "holdout_ids.json").write_text(json.dumps(hold_ids))
         config = pm["model"]
         result, model = self._train(config, train, val, run_dir, resume=False,
                                     time_limit=self.spec.requirements.time_budget_s, progress=progress)
 
-        # The champion is evaluated again, now, on the same test images as the challenger.
+        # The champion is evaluated again, now, on the same images as the challenger.
         xte, yte = ds.splits["test"]
         champ_probs = parent.predict_proba(xte).numpy()
         champ_metrics = classification_metrics(yte.numpy(), champ_probs, ds.class_names)
+        gate_spec = self.spec.gate
+        fb_evidence = None
+        if len(hold_ids):
+            champ_h = parent.predict_proba(xh).numpy().argmax(1)
+            chall_h = torch.softmax(self._logits(model, norm.transform(xh)), 1).numpy().argmax(1)
+            fb_evidence = paired_evidence(yh.numpy(), champ_h, chall_h, len(ds.class_names), gate_spec.confidence)
 
         def decide(chall_metrics, chall_pred, chall_gate):
-            return compare(self.spec.requirements, champ_metrics, chall_metrics, yte.numpy(),
-                           champ_probs.argmax(1), chall_pred, chall_gate)
+            return compare(self.spec.requirements, champ_metrics, chall_metrics, yte.numpy(), champ_probs.argmax(1),
+                           chall_pred, chall_gate, gate=gate_spec, class_names=ds.class_names, feedback=fb_evidence)
 
         out = self._finish(model=model, config=config, norm=norm, ds=ds, run_id=run_id, train_result=result,
                            parent=champion, feedback_examples=len(fb_ids), feedback_ids=fb_ids,
                            leaderboard=None, fingerprint=fingerprint, progress=progress,
-                           title="Retraining on feedback", decide=decide)
+                           title="Retraining on feedback", decide=decide, feedback_holdout=len(hold_ids))
         decision = out["decision"]
         version = out["version"]
-        self.registry.record({"event": "gate", "version": version, "champion": champion, **decision})
+        self.registry.record({"event": "gate", "version": version, "champion": champion,
+                              "decision": decision["decision"], "reasons": decision["reasons"]})
         if decision["decision"] == "promoted":
-            self.registry.promote(version, reason="gate passed after retraining on feedback")
-            out["champion"] = True
+            if promote:
+                self.registry.promote(version, reason="gate passed after retraining on feedback")
+                out["champion"] = True
+            else:
+                self.registry.set_alias("challenger", version)
         state.update(status="done", version=version)
         self._save_state(run_dir, state)
         self._say(progress, f"[gate] {version} {decision['decision']}: {'; '.join(decision['reasons'])}")
-        return {**out, "decision": decision["decision"], "evidence": decision,
+        return {**out, "decision": decision["decision"], "evidence": decision, "feedback_holdout": len(hold_ids),
                 "champion_metrics": champ_metrics, "challenger_metrics": out["metrics"],
                 "champion_version": self.registry.champion()}
 
@@ -376,3 +413,188 @@ class Loop:
                                 "'modelloop promote DIR VERSION'")
         return self.registry.load(v)
 
+
+    # -- monitoring, shadow, lineage, policy -------------------------------------------------
+    def monitor(self) -> dict[str, Any]:
+        """Input drift, prediction drift and live accuracy of the champion, plus shadow results."""
+        from .feedback.drift import embed, mmd_test, psi
+
+        champ = self.load_champion()
+        ms = self.spec.monitor
+        ds = Dataset.load(self.paths.data, champ.manifest["dataset"]["base_fingerprint"])
+        fmt = ds.fmt
+        xtr = ds.splits["train"][0]
+        rng = np.random.default_rng(self.spec.seed)
+        ref_idx = rng.choice(len(xtr), size=min(ms.reference_size, len(xtr)), replace=False)
+        x_ref = xtr[torch.from_numpy(np.sort(ref_idx))].float()
+        x_live, live_labels = self.store.recent_inputs((fmt.channels, fmt.height, fmt.width), limit=ms.window)
+        ref_emb = embed(champ.model, champ.normalizer.transform(x_ref))
+        if len(x_live) >= 20:
+            live_emb = embed(champ.model, champ.normalizer.transform(torch.from_numpy(x_live)))
+            drift = mmd_test(ref_emb, live_emb, ms.permutations, ms.drift_p_value, seed=self.spec.seed)
+        else:
+            drift = {"detected": False, "statistic": None, "threshold": None, "p_value": None,
+                     "n_reference": len(ref_emb), "n_live": len(x_live),
+                     "reason": f"{len(x_live)} live inputs; at least 20 needed"}
+        names = champ.class_names
+        ref_pred = [names[i] for i in champ.predict_proba(x_ref).numpy().argmax(1)]
+        value = psi(ref_pred, live_labels, names) if live_labels else None
+        pred_drift = {"psi": value, "threshold": ms.psi_threshold,
+                      "detected": value is not None and value > ms.psi_threshold,
+                      "reference": {c: ref_pred.count(c) for c in names},
+                      "live": {c: live_labels.count(c) for c in names}}
+        stats = self.store.feedback_stats(self.spec.feedback.untrusted_clients, model_version=champ.version,
+                                          class_names=names)
+        since = max(champ.manifest["created_at"], self._watch_state().get("last_retrain_at", 0.0))
+        rows = self.store.labelled(names, self.spec.feedback.untrusted_clients)
+        new = len(rows)
+        new_since = sum(1 for r in rows if r["feedback_at"] > since)
+        out = {
+            "model_version": champ.version,
+            "drift": drift,
+            "prediction_drift": pred_drift,
+            "live_accuracy": {"value": stats["live_accuracy"], "low": stats["low"], "high": stats["high"],
+                              "n": stats["labelled"], "confidence": stats["confidence"]},
+            "feedback": {"labelled": new, "new_since_last_training": new_since, **self.store.counts()},
+            "clients": [{**c, "trusted": c["client"] not in self.spec.feedback.untrusted_clients}
+                        for c in self.store.clients()],
+        }
+        shadow = self.registry.alias("shadow")
+        if shadow:
+            out["shadow"] = self.shadow_report(shadow)
+        return out
+
+    def shadow(self, version: str | None) -> dict[str, Any]:
+        """Put ``version`` in shadow mode (it scores live traffic next to the champion, silently),
+        or stop shadowing with None."""
+        if version is not None and version == self.registry.champion():
+            raise RegistryError(f"model version {version!r}: is the champion; expected another version to shadow it")
+        self.registry.set_alias("shadow", version, reason="shadow mode" if version else "shadow stopped")
+        return {"shadow": version, "champion": self.registry.champion()}
+
+    def shadow_report(self, version: str) -> dict[str, Any]:
+        """Agreement of a shadow model with what was served, and both models' accuracy on feedback."""
+        rows = self.store.shadow_rows(version)
+        names = self.registry.manifest(version)["class_names"]
+        labels = {r["id"]: r["label"] for r in self.store.labelled(names, self.spec.feedback.untrusted_clients)}
+        agree = sum(r["shadow_label"] == r["served_label"] for r in rows)
+        with_fb = [r for r in rows if r["prediction_id"] in labels]
+        shadow_right = sum(r["shadow_label"] == labels[r["prediction_id"]] for r in with_fb)
+        served_right = sum(r["served_label"] == labels[r["prediction_id"]] for r in with_fb)
+        n = len(with_fb)
+        return {"version": version, "scored": len(rows), "agreement": agree / len(rows) if rows else None,
+                "with_feedback": n, "shadow_accuracy": shadow_right / n if n else None,
+                "served_accuracy": served_right / n if n else None}
+
+    def lineage(self, prediction_id: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """Walk prediction -> model version -> run -> dataset (+ feedback used) -> parent, and back:
+        which later versions trained on this prediction's feedback, which versions descend from this one."""
+        out: dict[str, Any] = {}
+        if prediction_id is not None:
+            pred = self.store.get_prediction(prediction_id)
+            version = pred["model_version"]
+            out.update(prediction_id=prediction_id, predicted=pred["label"], created_at=pred["created_at"],
+                       input_hash=pred["input_hash"],
+                       feedback=[{k: r[k] for k in ("id", "kind", "label", "value", "client", "created_at")}
+                                 for r in self.store.feedback_history(prediction_id)])
+        if version is None:
+            raise RegistryError("lineage: expected --prediction ID or --version VERSION")
+        m = self.registry.manifest(version)
+        run_dir = self.paths.runs / m["run_id"]
+
+        def ids(name: str) -> list[str]:
+            f = run_dir / name
+            return json.loads(f.read_text()) if f.is_file() else []
+
+        chain, cur = [], m.get("parent")
+        while cur:
+            chain.append(cur)
+            cur = self.registry.manifest(cur).get("parent")
+        versions = self.registry.versions()
+        out.update(model_version=version, run=m["run_id"], dataset_fingerprint=m["dataset"]["fingerprint"],
+                   base_dataset=m["dataset"]["base_fingerprint"], data_source=m["dataset"]["source"],
+                   feedback_ids=ids("feedback_ids.json"), feedback_holdout_ids=ids("holdout_ids.json"),
+                   parent=m.get("parent"), ancestors=chain,
+                   children=[v["version"] for v in versions if v.get("parent") == version],
+                   predictions_served=self.store.predictions_for(version), gate=(m.get("gate") or {}).get("decision"))
+        if prediction_id is not None:
+            trained_into = []
+            for v in versions:
+                f = self.paths.runs / v["run_id"] / "feedback_ids.json"
+                if f.is_file() and prediction_id in json.loads(f.read_text()):
+                    trained_into.append(v["version"])
+            out["trained_into"] = trained_into
+        return out
+
+    def _watch_state(self) -> dict[str, Any]:
+        f = self.paths.state / "watch.json"
+        return json.loads(f.read_text()) if f.is_file() else {}
+
+    def _rollback_check(self) -> dict[str, Any] | None:
+        """Is the champion's live accuracy significantly below its predecessor's?"""
+        from scipy.stats import norm as normal
+
+        history = self.registry.champion_history()
+        if len(history) < 2:
+            return None
+        cur, prev = history[-1], history[-2]
+        names = self.registry.manifest(cur)["class_names"]
+        untrusted = self.spec.feedback.untrusted_clients
+        a = self.store.feedback_stats(untrusted, model_version=cur, class_names=names)
+        b = self.store.feedback_stats(untrusted, model_version=prev, class_names=names)
+        need = self.spec.policy.rollback_min_feedback
+        out = {"champion": cur, "predecessor": prev, "champion_live": a["live_accuracy"], "champion_n": a["labelled"],
+               "predecessor_live": b["live_accuracy"], "predecessor_n": b["labelled"], "p_value": None,
+               "rollback": False}
+        if a["labelled"] < need or b["labelled"] < need:
+            return out
+        p1, p2, n1, n2 = a["live_accuracy"], b["live_accuracy"], a["labelled"], b["labelled"]
+        pooled = (a["agreed"] + b["agreed"]) / (n1 + n2)
+        se = (pooled * (1 - pooled) * (1 / n1 + 1 / n2)) ** 0.5
+        z = (p1 - p2) / se if se > 0 else 0.0
+        out["p_value"] = float(normal.cdf(z))  # one-sided: champion worse than predecessor
+        out["rollback"] = out["p_value"] < 1 - self.spec.gate.confidence
+        return out
+
+    def watch_once(self, progress: Progress | None = None) -> dict[str, Any]:
+        """One policy check: roll back a failing new champion, or retrain when a trigger fires."""
+        pol = self.spec.policy
+        champion = self.registry.champion()
+        if champion is None:
+            raise RegistryError(f"project {str(self.paths.root)!r}: no champion to watch; "
+                                "run 'modelloop run DIR' first")
+        rb = self._rollback_check()
+        if rb and rb["rollback"]:
+            back = self.registry.rollback()
+            self.registry.record({"event": "auto_rollback", **rb})
+            self._say(progress, f"[watch] rolled back {rb['champion']} -> {back}: live accuracy "
+                      f"{rb['champion_live']:.3f} vs {rb['predecessor_live']:.3f} (p = {rb['p_value']:.3g})")
+            return {"action": "rolled_back", "champion": back, "rollback": rb, "triggers": {}}
+        mon = self.monitor()
+        target = pol.live_accuracy_floor if pol.live_accuracy_floor is not None else self.spec.requirements.target
+        new = mon["feedback"]["new_since_last_training"]
+        live = mon["live_accuracy"]
+        triggers = {
+            "new_feedback": {"value": new, "threshold": pol.min_new_feedback, "fired": new >= pol.min_new_feedback},
+            "drift": {"detected": mon["drift"]["detected"], "fired": pol.retrain_on_drift and mon["drift"]["detected"]
+                      and new >= self.spec.gate.min_feedback_for_evidence},
+            "live_accuracy": {"high": live["high"], "floor": target,
+                              "fired": live["high"] is not None and live["high"] < target},
+        }
+        out: dict[str, Any] = {"action": "none", "champion": champion, "triggers": triggers, "rollback": rb,
+                               "monitor": {"drift": mon["drift"], "live_accuracy": live}}
+        fired = [k for k, t in triggers.items() if t["fired"]]
+        if not fired:
+            self._say(progress, f"[watch] nothing to do ({new} new labelled feedback, drift "
+                      f"{'detected' if mon['drift']['detected'] else 'not detected'})")
+            return out
+        self._say(progress, f"[watch] retraining: {', '.join(fired)}")
+        state = {**self._watch_state(), "last_retrain_at": time.time()}
+        res = self.retrain(progress=progress, promote=pol.promote == "auto")
+        (self.paths.state / "watch.json").write_text(json.dumps(state))
+        self.registry.record({"event": "watch", "fired": fired, "version": res["version"],
+                              "decision": res["decision"]})
+        out.update(action="retrained", version=res["version"], decision=res["decision"],
+                   reasons=res["evidence"]["reasons"], champion=self.registry.champion(),
+                   challenger=self.registry.alias("challenger"))
+        return out

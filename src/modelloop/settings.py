@@ -11,7 +11,8 @@ __all__ = ["ProjectPaths"]
 class ProjectPaths:
     """Paths inside a project folder.
 
-    ``MODELLOOP_STORE_URL`` overrides the feedback store (default: SQLite file in the project).
+    ``MODELLOOP_STORE_URL`` overrides the feedback store (default: the spec's, else a SQLite file
+    in the project).
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -23,6 +24,6 @@ class ProjectPaths:
         self.reports = self.root / "reports"
         self.feedback_db = self.root / "feedback.db"
 
-    @property
-    def store_url(self) -> str:
-        return os.environ.get("MODELLOOP_STORE_URL") or f"sqlite:///{self.feedback_db}"
+    def store_url(self, configured: str | None = None) -> str:
+        """``MODELLOOP_STORE_URL``, else the spec's ``feedback.store_url``, else SQLite in the project."""
+        return os.environ.get("MODELLOOP_STORE_URL") or configured or f"sqlite:///{self.feedback_db}"

@@ -27,6 +27,10 @@ __all__ = [
     "SelectionSpec",
     "TrainingSpec",
     "ServingSpec",
+    "FeedbackSpec",
+    "GateSpec",
+    "MonitorSpec",
+    "PolicySpec",
     "KeysSpec",
     "load_spec",
     "save_spec",
@@ -171,6 +175,60 @@ class ServingSpec(_Strict):
         return list(dict.fromkeys(v))
 
 
+class FeedbackSpec(_Strict):
+    """Where feedback lives and how far it is trusted.
+
+    ``store_url``: ``sqlite:///PATH`` or ``postgresql://USER@HOST:PORT/DB``; default a SQLite file
+    in the project (``MODELLOOP_STORE_URL`` overrides both). ``untrusted_clients``: client
+    fingerprints (see ``modelloop monitor``) whose feedback is kept but never trained or gated on.
+    ``holdout_fraction``: share of labelled feedback (chosen by prediction id) kept out of
+    training so the gate can compare champion and challenger on recent data neither trained on.
+    """
+
+    store_url: str | None = None
+    untrusted_clients: list[str] = []
+    holdout_fraction: float = Field(0.3, ge=0.0, lt=1.0)
+
+
+class GateSpec(_Strict):
+    """How a challenger is judged against the champion (see ``gate.py``)."""
+
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    max_accuracy_drop: float = Field(0.02, ge=0, le=1)
+    max_class_recall_drop: float = Field(0.06, ge=0, le=1)
+    max_feedback_disagreement: float = Field(0.15, gt=0, le=1)
+    min_feedback_for_evidence: int = Field(20, ge=1)
+
+
+class MonitorSpec(_Strict):
+    """Drift and live-accuracy monitoring (``modelloop monitor``)."""
+
+    window: int = Field(300, ge=20, le=100_000)
+    reference_size: int = Field(500, ge=20, le=100_000)
+    permutations: int = Field(200, ge=20, le=10_000)
+    drift_p_value: float = Field(0.01, gt=0, lt=0.5)
+    psi_threshold: float = Field(0.2, gt=0)
+
+
+class PolicySpec(_Strict):
+    """What ``modelloop watch`` does by itself.
+
+    Retrain when ``min_new_feedback`` labelled feedback arrived since the champion was trained,
+    when input drift is detected, or when live accuracy's upper bound falls below
+    ``live_accuracy_floor`` (default: the requirement's target). ``promote: auto`` promotes a
+    challenger the gate passes; ``manual`` leaves it as ``challenger`` for ``modelloop promote``.
+    A freshly promoted champion is rolled back when its live accuracy is significantly below its
+    predecessor's, once each has ``rollback_min_feedback`` labelled predictions.
+    """
+
+    promote: Literal["auto", "manual"] = "auto"
+    min_new_feedback: int = Field(100, ge=1)
+    retrain_on_drift: bool = True
+    live_accuracy_floor: float | None = Field(None, ge=0, le=1)
+    rollback_min_feedback: int = Field(30, ge=5)
+    interval_s: float = Field(60.0, gt=0)
+
+
 class Spec(_Strict):
     """A modelloop project: task, data, requirements and the knobs of each stage."""
 
@@ -181,6 +239,10 @@ class Spec(_Strict):
     selection: SelectionSpec = SelectionSpec()
     training: TrainingSpec = TrainingSpec()
     serving: ServingSpec = ServingSpec()
+    feedback: FeedbackSpec = FeedbackSpec()
+    gate: GateSpec = GateSpec()
+    monitor: MonitorSpec = MonitorSpec()
+    policy: PolicySpec = PolicySpec()
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:

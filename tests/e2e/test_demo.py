@@ -28,7 +28,10 @@ def test_demo_runs_the_whole_loop(demo_run):
     # The running server picked up whatever the gate decided.
     assert res["served_after_retrain"] == res["champion"]
     assert res["traffic"]["requests"] == 400
-    assert res["traffic"]["feedback"] == second["feedback_examples"]
+    # Feedback is split by prediction id: most trains the challenger, the rest is held out for the gate.
+    v2 = json.loads((directory / "registry" / "versions" / "v2" / "manifest.json").read_text())
+    assert res["traffic"]["feedback"] == second["feedback_examples"] + v2["feedback_holdout"]
+    assert v2["feedback_holdout"] > 0
     for report in res["reports"]:
         text = Path(report).read_text()
         assert "Confusion matrix" in text or "data:image/png;base64" in text
@@ -51,6 +54,10 @@ def test_demo_records_lineage_and_decision(demo_run):
     assert len(ids) == manifest["feedback_examples"]
     events = [json.loads(line) for line in (directory / "registry" / "events.jsonl").read_text().splitlines()]
     assert any(e["event"] == "gate" and e["version"] == "v2" and e["decision"] == res["decision"] for e in events)
-    # No pickle anywhere in the artifacts.
+    # No pickle anywhere in the artifacts; an ONNX file only when that backend serves.
     files = {p.name for p in (directory / "registry" / "versions" / "v1").iterdir()}
-    assert files == {"manifest.json", "weights.safetensors", "preprocessing.json"}
+    assert {"manifest.json", "weights.safetensors", "preprocessing.json"} <= files
+    assert files <= {"manifest.json", "weights.safetensors", "preprocessing.json", "model.onnx", "model.int8.onnx"}
+    v1 = json.loads((directory / "registry" / "versions" / "v1" / "manifest.json").read_text())
+    assert v1["serving"]["backend"] in ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8")
+    assert ("model.onnx" in files) == v1["serving"]["backend"].startswith("onnxruntime")

@@ -57,7 +57,7 @@ def test_own_png_folder_through_the_loop(tmp_path, mnist, serve):
             assert r.status_code == 200, r.text
             sent.append((r.json()["prediction_id"], labels[k]))
     for pid, label in sent:
-        r = server.client.post("/feedback", json={"prediction_id": pid, "label": label})
+        r = server.client.post("/feedback", json={"prediction_id": pid, "label": label}, headers=server.auth())
         assert r.status_code == 201, r.text
 
     proc = subprocess.run([MODELLOOP, "retrain", str(project), "--json"], capture_output=True, text=True,
@@ -65,7 +65,7 @@ def test_own_png_folder_through_the_loop(tmp_path, mnist, serve):
     assert proc.returncode in (0, 1), proc.stderr  # 1 = the gate rejected the challenger
     re = json.loads(proc.stdout)
     assert re["parent"] == "v1" and re["version"] == "v2"
-    assert re["feedback_examples"] == len(sent)
+    assert re["feedback_examples"] + re["feedback_holdout"] == len(sent)
     assert re["decision"] in ("promoted", "rejected")
     assert (proc.returncode == 0) == (re["decision"] == "promoted")
     assert set(re["champion_metrics"]) >= {"accuracy", "f1_macro"}

@@ -1,16 +1,21 @@
-"""Predictions and feedback, stored durably through SQLAlchemy.
+"""Predictions and feedback, stored durably through SQLAlchemy: SQLite (the embedded default,
+WAL mode) or PostgreSQL (``postgresql://...``), one schema, versioned and migrated on open.
 
-The embedded default is a SQLite file in the project (WAL mode, so the server can write while
-``retrain`` reads). Every prediction keeps the model input it was made on, so feedback on it
-becomes a training example. Feedback never overwrites: each submission is a new row and the
-latest one for a prediction counts.
+Every prediction keeps the model input it was made on, so feedback on it becomes a training
+example. Feedback comes in kinds — a corrected ``label``, ``thumbs`` up/down on the predicted
+label, or a ``rating`` (1-5) — and never overwrites: each submission is a new row, and for
+training the latest label-bearing row of a prediction counts (history kept). Feedback from
+clients the project marks untrusted is stored but left out of training and evaluation.
+Challengers in shadow mode log their answers in ``shadow_predictions``, next to the champion's.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -19,9 +24,10 @@ from sqlalchemy import event
 
 from ..errors import NotFoundError, StoreError
 
-__all__ = ["FeedbackStore", "open_store", "SCHEMA_VERSION"]
+__all__ = ["FeedbackStore", "open_store", "SCHEMA_VERSION", "FEEDBACK_KINDS", "wilson_interval"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+FEEDBACK_KINDS = ("label", "thumbs", "rating")
 
 _meta = sa.MetaData()
 _info = sa.Table("modelloop_meta", _meta, sa.Column("key", sa.String(64), primary_key=True),
@@ -43,22 +49,66 @@ feedback = sa.Table(
     "feedback", _meta,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("prediction_id", sa.String(32), sa.ForeignKey("predictions.id"), nullable=False, index=True),
-    sa.Column("label", sa.String(256), nullable=False),
+    sa.Column("label", sa.String(256), nullable=False),  # the label this feedback is about
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("client", sa.String(128), nullable=True),
+    sa.Column("kind", sa.String(16), nullable=False, server_default="label"),  # since schema 2
+    sa.Column("value", sa.Float, nullable=True),  # thumbs: +1/-1; rating: 1-5 (since schema 2)
+)
+shadow_predictions = sa.Table(
+    "shadow_predictions", _meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("prediction_id", sa.String(32), nullable=False, index=True),
+    sa.Column("model_version", sa.String(32), nullable=False, index=True),
+    sa.Column("label", sa.String(256), nullable=False),
+    sa.Column("scores", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 
 
+def _migrate_1_to_2(conn: sa.Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE feedback ADD COLUMN kind VARCHAR(16) NOT NULL DEFAULT 'label'"))
+    conn.execute(sa.text("ALTER TABLE feedback ADD COLUMN value FLOAT"))
+
+
+_MIGRATIONS = {1: _migrate_1_to_2}  # from version N to N+1
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """Wilson score interval for a proportion k/n."""
+    if n == 0:
+        return None, None
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def normalize_url(url: str) -> str:
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
 class FeedbackStore:
-    """Prediction log and feedback store over one database URL (``sqlite:///PATH``)."""
+    """Prediction log and feedback store over one database URL."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         try:
-            self.engine = sa.create_engine(url, future=True)
-        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as e:
-            raise StoreError(f"feedback store URL {url!r}: {e}; expected sqlite:///PATH") from None
-        if self.engine.dialect.name == "sqlite":
+            if url.startswith("sqlite"):
+                self.engine = sa.create_engine(url)
+            else:
+                self.engine = sa.create_engine(normalize_url(url), pool_size=5, max_overflow=10, pool_pre_ping=True)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
+            raise StoreError(f"feedback store URL {url!r}: {e}; expected sqlite:///PATH or "
+                             "postgresql://USER@HOST:PORT/DB") from None
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
             @event.listens_for(self.engine, "connect")
             def _pragmas(dbapi_conn, _record):  # noqa: ANN001
                 cur = dbapi_conn.cursor()
@@ -67,17 +117,42 @@ class FeedbackStore:
                 cur.execute("PRAGMA busy_timeout=10000")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
-        self._migrate()
+        try:
+            self._migrate()
+        except sa.exc.OperationalError as e:
+            raise StoreError(f"feedback store {self._safe_url()}: cannot connect or write "
+                             f"({str(e.orig).strip().splitlines()[0]}); expected a reachable database") from None
+
+    def _safe_url(self) -> str:
+        return repr(sa.engine.make_url(normalize_url(self.url)).render_as_string(hide_password=True))
 
     def _migrate(self) -> None:
-        _meta.create_all(self.engine)
         with self.engine.begin() as c:
-            row = c.execute(sa.select(_info.c.value).where(_info.c.key == "schema_version")).first()
-            if row is None:
-                c.execute(_info.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise StoreError(f"feedback store {self.url!r}: schema version {row[0]} is newer than this "
+            if self.dialect == "postgresql":
+                # One process migrates at a time; the others wait here.
+                c.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
+            insp = sa.inspect(c)
+            existing = set(insp.get_table_names())
+            version = None
+            if "modelloop_meta" in existing:
+                row = c.execute(sa.select(_info.c.value).where(_info.c.key == "schema_version")).first()
+                version = int(row[0]) if row else None
+            if version is not None and version > SCHEMA_VERSION:
+                raise StoreError(f"feedback store {self._safe_url()}: schema version {version} is newer than this "
                                  f"modelloop understands (expected at most {SCHEMA_VERSION}); upgrade modelloop")
+            if version is not None:
+                while version < SCHEMA_VERSION:
+                    _MIGRATIONS[version](c)
+                    version += 1
+            _meta.create_all(c)
+            if version is None:
+                c.execute(_info.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+            else:
+                c.execute(_info.update().where(_info.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as c:
+            return int(c.execute(sa.select(_info.c.value).where(_info.c.key == "schema_version")).scalar_one())
 
     def close(self) -> None:
         self.engine.dispose()
@@ -92,19 +167,29 @@ class FeedbackStore:
         self.log_many([prediction_row(pid, model_version, x, label, scores, latency_ms)])
         return pid
 
-    def log_many(self, rows: list[dict[str, Any]]) -> None:
+    def log_many(self, rows: list[dict[str, Any]], shadow_rows: list[dict[str, Any]] | None = None) -> None:
         with self.engine.begin() as c:
-            c.execute(predictions.insert(), rows)
+            if rows:
+                c.execute(predictions.insert(), rows)
+            if shadow_rows:
+                c.execute(shadow_predictions.insert(), shadow_rows)
 
-    def add_feedback(self, prediction_id: str, label: str, client: str | None = None) -> int:
-        """Record the correct label for a prediction. Raises NotFoundError for an unknown id."""
+    def add_feedback(self, prediction_id: str, label: str, client: str | None = None, kind: str = "label",
+                     value: float | None = None) -> int:
+        """Record feedback on a prediction. Raises NotFoundError for an unknown id.
+
+        ``label`` is the label the feedback is about: the correct one (kind ``label``), or the
+        predicted one being judged (``thumbs`` with value +1/-1, ``rating`` with value 1-5).
+        """
+        if kind not in FEEDBACK_KINDS:
+            raise StoreError(f"feedback kind {kind!r}: unknown; expected one of {', '.join(FEEDBACK_KINDS)}")
         with self.engine.begin() as c:
             found = c.execute(sa.select(predictions.c.id).where(predictions.c.id == prediction_id)).first()
             if found is None:
                 raise NotFoundError(f"field 'prediction_id': received {prediction_id!r}; "
                                     "expected the id of a stored prediction")
-            res = c.execute(feedback.insert().values(prediction_id=prediction_id, label=label,
-                                                     created_at=time.time(), client=client))
+            res = c.execute(feedback.insert().values(prediction_id=prediction_id, label=label, created_at=time.time(),
+                                                     client=client, kind=kind, value=value))
             return int(res.inserted_primary_key[0])
 
     # -- reads -----------------------------------------------------------------------------
@@ -116,6 +201,11 @@ class FeedbackStore:
                                 "expected the id of a stored prediction")
         return dict(row)
 
+    def feedback_history(self, prediction_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            q = sa.select(feedback).where(feedback.c.prediction_id == prediction_id).order_by(feedback.c.id)
+            return [dict(r) for r in c.execute(q).mappings()]
+
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as c:
             n_pred = c.execute(sa.select(sa.func.count()).select_from(predictions)).scalar_one()
@@ -123,35 +213,79 @@ class FeedbackStore:
             n_lab = c.execute(sa.select(sa.func.count(sa.distinct(feedback.c.prediction_id)))).scalar_one()
         return {"predictions": int(n_pred), "feedback": int(n_fb), "labelled_predictions": int(n_lab)}
 
-    def feedback_stats(self) -> dict[str, Any]:
-        """Live accuracy: how often the served prediction matched the latest feedback label."""
-        rows = self._latest_feedback_rows(with_input=False)
-        n = len(rows)
-        agree = sum(1 for r in rows if r["label"] == r["predicted"])
-        return {"labelled": n, "agreed": agree, "live_accuracy": (agree / n) if n else None}
+    def clients(self) -> list[dict[str, Any]]:
+        """Feedback count per client fingerprint (None: no key recorded)."""
+        with self.engine.connect() as c:
+            q = sa.select(feedback.c.client, sa.func.count()).group_by(feedback.c.client)
+            return [{"client": r[0], "feedback": int(r[1])} for r in c.execute(q)]
 
-    def _latest_feedback_rows(self, with_input: bool) -> list[dict[str, Any]]:
-        latest = (sa.select(feedback.c.prediction_id, sa.func.max(feedback.c.id).label("fid"))
-                  .group_by(feedback.c.prediction_id).subquery())
-        cols = [predictions.c.id, feedback.c.label, predictions.c.label.label("predicted"),
-                predictions.c.model_version]
+    def labelled(self, class_names: list[str] | None = None, exclude_clients: Iterable[str] = (),
+                 with_input: bool = False, since: float | None = None, model_version: str | None = None
+                 ) -> list[dict[str, Any]]:
+        """One row per prediction that has label-bearing feedback: its effective label.
+
+        The latest ``label`` or ``thumbs`` row of trusted clients counts. Thumbs up confirms the
+        predicted label; thumbs down names the other class only when there are two classes
+        (``class_names`` given), otherwise it carries no label and the prediction is skipped.
+        Rows: id, label, predicted, model_version, created_at (of the prediction), feedback_at,
+        client, and with ``with_input`` the stored input.
+        """
+        excluded = [c for c in exclude_clients if c]
+        fb = sa.select(feedback).where(feedback.c.kind.in_(("label", "thumbs")))
+        if excluded:
+            fb = fb.where(sa.or_(feedback.c.client.is_(None), feedback.c.client.not_in(excluded)))
+        fb = fb.subquery()
+        latest = (sa.select(fb.c.prediction_id, sa.func.max(fb.c.id).label("fid"))
+                  .group_by(fb.c.prediction_id).subquery())
+        cols = [predictions.c.id, fb.c.label.label("fb_label"), fb.c.kind, fb.c.value, fb.c.client,
+                fb.c.created_at.label("feedback_at"), predictions.c.label.label("predicted"),
+                predictions.c.model_version, predictions.c.created_at]
         if with_input:
             cols += [predictions.c.input_shape, predictions.c.input_dtype, predictions.c.input_data]
-        q = (sa.select(*cols).select_from(latest.join(feedback, feedback.c.id == latest.c.fid)
+        q = (sa.select(*cols).select_from(latest.join(fb, fb.c.id == latest.c.fid)
                                           .join(predictions, predictions.c.id == latest.c.prediction_id))
-             .order_by(predictions.c.created_at))
+             .order_by(predictions.c.created_at, predictions.c.id))
+        if since is not None:
+            q = q.where(predictions.c.created_at >= since)
+        if model_version is not None:
+            q = q.where(predictions.c.model_version == model_version)
+        out = []
         with self.engine.connect() as c:
-            return [dict(r) for r in c.execute(q).mappings()]
+            for r in c.execute(q).mappings():
+                r = dict(r)
+                if r["kind"] == "thumbs" and (r["value"] or 0) < 0:
+                    others = [n for n in (class_names or []) if n != r["fb_label"]]
+                    if len(others) != 1:
+                        continue
+                    r["label"] = others[0]
+                else:
+                    r["label"] = r["fb_label"]
+                out.append(r)
+        return out
 
-    def labelled_examples(self, shape: tuple[int, ...]) -> tuple[np.ndarray, list[str], list[str]]:
-        """Inputs with their latest feedback label, for retraining.
+    def feedback_stats(self, exclude_clients: Iterable[str] = (), model_version: str | None = None,
+                       since: float | None = None, class_names: list[str] | None = None,
+                       confidence: float = 0.95) -> dict[str, Any]:
+        """Live accuracy: how often the served prediction matched the feedback, with a Wilson interval."""
+        rows = self.labelled(class_names, exclude_clients, since=since, model_version=model_version)
+        n = len(rows)
+        agree = sum(1 for r in rows if r["label"] == r["predicted"])
+        low, high = wilson_interval(agree, n, confidence)
+        return {"labelled": n, "agreed": agree, "live_accuracy": (agree / n) if n else None, "low": low,
+                "high": high, "confidence": confidence}
+
+    def labelled_examples(self, shape: tuple[int, ...], class_names: list[str] | None = None,
+                          exclude_clients: Iterable[str] = (), exclude_ids: Iterable[str] = ()
+                          ) -> tuple[np.ndarray, list[str], list[str]]:
+        """Inputs with their effective feedback label, for training or evaluation.
 
         Returns (x (N, *shape) float32, labels, prediction ids). Rows stored with another input
         shape (from a model with a different format) are skipped.
         """
+        skip = set(exclude_ids)
         xs, labels, ids = [], [], []
-        for r in self._latest_feedback_rows(with_input=True):
-            if tuple(json.loads(r["input_shape"])) != tuple(shape):
+        for r in self.labelled(class_names, exclude_clients, with_input=True):
+            if r["id"] in skip or tuple(json.loads(r["input_shape"])) != tuple(shape):
                 continue
             xs.append(np.frombuffer(r["input_data"], dtype=np.dtype(r["input_dtype"])).reshape(shape))
             labels.append(r["label"])
@@ -159,8 +293,42 @@ class FeedbackStore:
         x = np.stack(xs).astype(np.float32) if xs else np.zeros((0, *shape), np.float32)
         return x, labels, ids
 
+    def recent_inputs(self, shape: tuple[int, ...], limit: int = 500, since: float | None = None
+                      ) -> tuple[np.ndarray, list[str]]:
+        """The latest served inputs (N, *shape) float32 and the labels predicted for them."""
+        q = sa.select(predictions.c.input_shape, predictions.c.input_dtype, predictions.c.input_data,
+                      predictions.c.label).order_by(predictions.c.created_at.desc()).limit(limit)
+        if since is not None:
+            q = q.where(predictions.c.created_at >= since)
+        xs, labels = [], []
+        with self.engine.connect() as c:
+            for r in c.execute(q):
+                if tuple(json.loads(r[0])) == tuple(shape):
+                    xs.append(np.frombuffer(r[2], dtype=np.dtype(r[1])).reshape(shape))
+                    labels.append(r[3])
+        return (np.stack(xs).astype(np.float32) if xs else np.zeros((0, *shape), np.float32)), labels
+
+    def predictions_for(self, model_version: str) -> int:
+        with self.engine.connect() as c:
+            return int(c.execute(sa.select(sa.func.count()).select_from(predictions)
+                                 .where(predictions.c.model_version == model_version)).scalar_one())
+
+    def shadow_rows(self, model_version: str) -> list[dict[str, Any]]:
+        """Shadow answers of ``model_version`` joined to what the champion answered."""
+        q = (sa.select(shadow_predictions.c.prediction_id, shadow_predictions.c.label.label("shadow_label"),
+                       predictions.c.label.label("served_label"), predictions.c.model_version.label("served_by"))
+             .join(predictions, predictions.c.id == shadow_predictions.c.prediction_id)
+             .where(shadow_predictions.c.model_version == model_version))
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(q).mappings()]
+
+    # Kept for callers of the first schema's API.
+    def _latest_feedback_rows(self, with_input: bool) -> list[dict[str, Any]]:
+        return self.labelled(with_input=with_input)
+
 
 def open_store(url: str) -> FeedbackStore:
-    if not url.startswith("sqlite"):
-        raise StoreError(f"feedback store URL {url!r}: unsupported; expected sqlite:///PATH")
+    if not (url.startswith("sqlite") or url.startswith("postgresql") or url.startswith("postgres://")):
+        raise StoreError(f"feedback store URL {url!r}: unsupported; expected sqlite:///PATH or "
+                         "postgresql://USER@HOST:PORT/DB")
     return FeedbackStore(url)

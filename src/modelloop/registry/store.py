@@ -164,9 +164,31 @@ class LocalRegistry(Registry):
         if previous == version:
             return
         state["aliases"]["champion"] = version
+        if state["aliases"].get("challenger") == version:
+            del state["aliases"]["challenger"]
         state["champion_history"].append(version)
         self._write_state(state)
         self.record({"event": "promoted", "version": version, "previous": previous, "reason": reason})
+
+    def alias(self, name: str) -> str | None:
+        return self._read_state()["aliases"].get(name)
+
+    def set_alias(self, name: str, version: str | None, reason: str = "") -> None:
+        """Point an alias other than ``champion`` (e.g. ``challenger``, ``shadow``) at a version, or remove it."""
+        if name == "champion":
+            raise RegistryError("alias 'champion': moved only by promote and rollback")
+        if version is not None:
+            self.manifest(version)
+        state = self._read_state()
+        if version is None:
+            state["aliases"].pop(name, None)
+        else:
+            state["aliases"][name] = version
+        self._write_state(state)
+        self.record({"event": "alias", "alias": name, "version": version, "reason": reason})
+
+    def champion_history(self) -> list[str]:
+        return list(self._read_state()["champion_history"])
 
     def rollback(self) -> str:
         """Make the previous champion champion again. Returns it."""

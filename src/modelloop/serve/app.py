@@ -32,8 +32,9 @@ from ..registry import LoadedModel
 from .batching import MicroBatcher
 from .metrics import ServerMetrics
 from .middleware import GuardMiddleware
-from .schemas import AdminPromoteIn, FeedbackIn, FeedbackOut
+from .schemas import AdminPromoteIn, FeedbackIn, FeedbackOut, ShadowIn
 from .security import KeyRing, key_from_request, load_keys
+from .shadow import ShadowScorer
 
 __all__ = ["create_app", "parse_pixels"]
 
@@ -119,22 +120,28 @@ class RetrainJobs:
         self.jobs: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
-    def start(self) -> dict[str, Any]:
+    def start(self, kind: str = "retrain") -> dict[str, Any]:
         with self._lock:
             if any(j["status"] == "running" for j in self.jobs.values()):
                 raise HTTPException(status_code=409, detail="a retrain is already running")
-            job = {"id": uuid.uuid4().hex[:12], "status": "running", "started_at": time.time(), "result": None,
-                   "error": None}
+            job = {"id": uuid.uuid4().hex[:12], "kind": kind, "status": "running", "started_at": time.time(),
+                   "result": None, "error": None}
             self.jobs[job["id"]] = job
         threading.Thread(target=self._run, args=(job,), daemon=True, name="modelloop-retrain").start()
         return job
 
     def _run(self, job: dict[str, Any]) -> None:
         try:
-            res = Loop(self.project_dir).retrain()
-            job["result"] = {k: res[k] for k in ("version", "parent", "feedback_examples", "decision",
-                                                 "champion_version")}
-            job["result"]["reasons"] = res["evidence"]["reasons"]
+            loop = Loop(self.project_dir)
+            if job["kind"] == "watch":
+                res = loop.watch_once()
+                job["result"] = {k: res.get(k) for k in ("action", "version", "decision", "reasons", "champion")}
+                job["result"]["triggers"] = res["triggers"]
+            else:
+                res = loop.retrain()
+                job["result"] = {k: res[k] for k in ("version", "parent", "feedback_examples", "decision",
+                                                     "champion_version")}
+                job["result"]["reasons"] = res["evidence"]["reasons"]
             job["status"] = "done"
         except Exception as e:  # reported to the caller through the job
             log.exception("retrain failed")
@@ -159,6 +166,7 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
     batcher = MicroBatcher(forward, max_batch_size or cfg.max_batch_size,
                            cfg.max_wait_ms if max_wait_ms is None else max_wait_ms, on_batch=metrics.on_batch)
     jobs = RetrainJobs(loop.paths.root)
+    shadow = ShadowScorer(loop, cfg.threads)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -175,6 +183,7 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
         yield
         await batcher.stop()
         writer_box["w"].close()
+        shadow.close()
 
     app = FastAPI(title="modelloop", version=__version__, lifespan=lifespan,
                   description=f"Serving project {loop.spec.name!r} ({loop.spec.task}). Keys: 'Authorization: "
@@ -260,6 +269,8 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
                         "latency_ms": latency_ms})
             rows.append(prediction_row(pid, model.version, xi, label, scores, latency_ms))
         writer_box["w"].put(rows)
+        if shadow.active():
+            shadow.submit([o["prediction_id"] for o in out], x)
         metrics.predictions.labels(model.version).inc(len(out))
         payload = ({"predictions": out, "model_version": model.version, "batch_size": res.batch_size}
                    if as_list else out[0])
@@ -273,12 +284,14 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
         writer_box["w"].flush()  # a prediction answered a moment ago is committed before we look
         pred = loop.store.get_prediction(body.prediction_id)
         classes = loop.registry.manifest(pred["model_version"])["class_names"]
-        label = str(body.label)
+        label = pred["label"] if body.label is None else str(body.label)
         if label not in classes:
             raise InputError(f"field 'label': received {body.label!r}; expected one of {', '.join(classes)}")
-        fid = loop.store.add_feedback(body.prediction_id, label, client=keys.fingerprint(key_from_request(request)))
+        fid = loop.store.add_feedback(body.prediction_id, label, client=keys.fingerprint(key_from_request(request)),
+                                      kind=body.kind, value=body.value)
         metrics.feedback.inc()
-        return FeedbackOut(feedback_id=fid, prediction_id=body.prediction_id, label=label)
+        return FeedbackOut(feedback_id=fid, prediction_id=body.prediction_id, kind=body.kind, label=label,
+                           value=body.value)
 
     # -- status ------------------------------------------------------------------------------
     @app.get("/health")
@@ -342,6 +355,32 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
     def admin_retrain(request: Request) -> dict[str, Any]:
         keys.require(request, "admin")
         return jobs.start()
+
+    @app.post("/admin/watch", status_code=202)
+    def admin_watch(request: Request) -> dict[str, Any]:
+        """One policy check (retrain on triggers, auto-rollback), as a background job."""
+        keys.require(request, "admin")
+        return jobs.start("watch")
+
+    @app.get("/admin/monitor")
+    def admin_monitor(request: Request) -> dict[str, Any]:
+        """Drift, prediction drift, live accuracy with its interval, feedback clients, shadow results."""
+        keys.require(request, "admin")
+        writer_box["w"].flush()
+        return loop.monitor()
+
+    @app.post("/admin/shadow")
+    def admin_shadow(body: ShadowIn, request: Request) -> dict[str, Any]:
+        keys.require(request, "admin")
+        return loop.shadow(body.version)
+
+    @app.get("/admin/lineage")
+    def admin_lineage(request: Request, prediction: str | None = None, version: str | None = None) -> dict[str, Any]:
+        keys.require(request, "admin")
+        if (prediction is None) == (version is None):
+            raise InputError("query: expected exactly one of 'prediction' or 'version'")
+        writer_box["w"].flush()
+        return loop.lineage(prediction_id=prediction, version=version)
 
     @app.get("/admin/jobs/{job_id}")
     def admin_job(job_id: str, request: Request) -> dict[str, Any]:

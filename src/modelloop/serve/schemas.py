@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class PredictResponse(BaseModel):
@@ -16,15 +18,36 @@ class PredictResponse(BaseModel):
 class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prediction_id: str = Field(min_length=1, max_length=64)
-    label: str | int = Field(description="The correct class name (an integer is read as its text).")
+    kind: Literal["label", "thumbs", "rating"] = Field("label", description=(
+        "label: the correct class; thumbs: value +1 (right) or -1 (wrong); rating: value 1-5."))
+    label: str | int | None = Field(None, description="The correct class name (kind label); an integer is "
+                                                       "read as its text.")
+    value: float | None = Field(None, description="thumbs: +1 or -1; rating: 1 to 5.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeedbackIn:
+        if self.kind == "label" and self.label is None:
+            raise ValueError("field 'label' is required for kind 'label'")
+        if self.kind == "thumbs" and self.value not in (1, -1):
+            raise ValueError(f"field 'value': received {self.value!r}; expected +1 or -1 for kind 'thumbs'")
+        if self.kind == "rating" and (self.value is None or not 1 <= self.value <= 5):
+            raise ValueError(f"field 'value': received {self.value!r}; expected 1 to 5 for kind 'rating'")
+        return self
 
 
 class FeedbackOut(BaseModel):
     feedback_id: int
     prediction_id: str
+    kind: str = "label"
     label: str
+    value: float | None = None
 
 
 class AdminPromoteIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: str = Field(min_length=2, max_length=32, description="e.g. v2")
+
+
+class ShadowIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str | None = Field(None, description="Version to shadow; null stops shadowing.")

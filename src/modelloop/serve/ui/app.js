@@ -178,6 +178,48 @@ $("retrain").onclick = async () => {
   }, 1500);
 };
 
+// ---- monitoring (admin)
+function tile(title, value, detail, alert) {
+  const d = document.createElement("div"); d.className = "tile" + (alert ? " alert" : "");
+  const t = document.createElement("small"); t.className = "muted"; t.textContent = title;
+  const b = document.createElement("b"); b.textContent = value;
+  const s = document.createElement("small"); s.className = "hint"; s.textContent = detail;
+  d.append(t, b, s); return d;
+}
+const fmt = (v, n = 3) => (v == null ? "–" : Number(v).toFixed(n));
+async function refreshMonitor() {
+  if (!$("admin-key").value.trim()) return;
+  try {
+    const m = await api("/admin/monitor", { headers: auth("admin") });
+    const box = $("monitor"); box.innerHTML = "";
+    const d = m.drift, la = m.live_accuracy, pd = m.prediction_drift;
+    box.append(tile("input drift", d.statistic == null ? "not measured" : (d.detected ? "DETECTED" : "none"),
+      d.statistic == null ? d.reason : `MMD² ${fmt(d.statistic, 4)} vs threshold ${fmt(d.threshold, 4)}, p = ${fmt(d.p_value)}`, d.detected));
+    box.append(tile("prediction drift", pd.psi == null ? "–" : (pd.detected ? "DETECTED" : "none"),
+      `PSI ${fmt(pd.psi)} (threshold ${pd.threshold})`, pd.detected));
+    box.append(tile("live accuracy", la.value == null ? "–" : (100 * la.value).toFixed(1) + "%",
+      la.value == null ? "no labelled feedback yet" : `95% CI ${fmt(la.low)}–${fmt(la.high)} on ${la.n}`, false));
+    box.append(tile("new feedback", m.feedback.new_since_last_training, `${m.feedback.feedback} rows in all`, false));
+    if (m.shadow) box.append(tile(`shadow ${m.shadow.version}`, m.shadow.agreement == null ? "–" : (100 * m.shadow.agreement).toFixed(1) + "% agree",
+      `accuracy on feedback ${fmt(m.shadow.shadow_accuracy)} vs served ${fmt(m.shadow.served_accuracy)}`, false));
+  } catch (e) { flash("monitor-status", e.message, "err"); }
+}
+$("refresh-monitor").onclick = refreshMonitor;
+$("watch").onclick = async () => {
+  const job = await admin("/admin/watch");
+  if (!job) return;
+  flash("monitor-status", "checking…");
+  const poll = setInterval(async () => {
+    try {
+      const j = await api("/admin/jobs/" + job.id, { headers: auth("admin") });
+      if (j.status === "running") return;
+      clearInterval(poll);
+      flash("monitor-status", j.status === "done" ? `policy: ${j.result.action}${j.result.version ? " → " + j.result.version + " " + j.result.decision : ""}` : "failed: " + j.error, j.status === "done" ? "ok" : "err");
+      refresh(); refreshMonitor();
+    } catch (e) { clearInterval(poll); flash("monitor-status", e.message, "err"); }
+  }, 1500);
+};
+
 async function init() {
   const info = await api("/info");
   state.classes = info.class_names; state.format = info.format;
@@ -186,6 +228,7 @@ async function init() {
     $("draw-hint").textContent = `Drawings are scaled to ${info.format.width}×${info.format.height} for this model.`;
   }
   refresh();
+  refreshMonitor();
   setInterval(refresh, 3000);
 }
 init().catch((e) => showError(e));
