@@ -28,7 +28,8 @@ def predict(body: dict) -> dict:
     x = torch.tensor(body["pixels"], dtype=torch.float32).view(1, fmt.channels, fmt.height, fmt.width)
     with torch.inference_mode():
         probs = torch.softmax(model((x - mean) / std), dim=1)[0].tolist()
-    return {"label": names[max(range(len(probs)), key=probs.__getitem__)], "scores": dict(zip(names, probs))}
+    best = max(range(len(probs)), key=probs.__getitem__)
+    return {"label": names[best], "scores": dict(zip(names, probs, strict=True))}
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 
 from .compress import ServingModule, choose_backend
 from .data import Dataset, Normalizer, prepare_dataset
-from .errors import RegistryError
+from .errors import InputError, RegistryError
 from .evaluate import classification_metrics, measure_latency
 from .evaluate.report import write_report
 from .feedback import FeedbackStore, open_store
@@ -468,7 +468,7 @@ class Loop:
         """Put ``version`` in shadow mode (it scores live traffic next to the champion, silently),
         or stop shadowing with None."""
         if version is not None and version == self.registry.champion():
-            raise RegistryError(f"model version {version!r}: is the champion; expected another version to shadow it")
+            raise InputError(f"model version {version!r}: is the champion; expected another version to shadow it")
         self.registry.set_alias("shadow", version, reason="shadow mode" if version else "shadow stopped")
         return {"shadow": version, "champion": self.registry.champion()}
 

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_mnist784_reaches_097(tmp_path):
-    project = Project.init(tmp_path / "mnist", data="builtin:mnist784", target=0.97)
+    # A generous time budget: this checks what the loop reaches, not how a slow machine cuts it short.
+    project = Project.init(tmp_path / "mnist", data="builtin:mnist784", target=0.97, time_budget_s=1800)
     res = project.run()
     assert res["metrics"]["n"] == 750
     assert res["metrics"]["accuracy"] >= 0.97, res["metrics"]

@@ -216,3 +216,54 @@ def test_ready_is_503_without_a_model(tmp_path, serve):
     r = server.client.post("/predict", json={"pixels": [0] * 784})
     assert r.status_code == 503 and "no champion" in r.json()["detail"]
     assert json.loads(server.client.get("/models").text) == {"champion": None, "versions": []}
+
+
+def test_shadow_feedback_kinds_monitor_and_lineage_over_http(project, serve, images):
+    directory, res = project
+    server = serve(directory)
+    c = server.client
+    admin, client = server.auth("admin"), server.auth("client")
+    other = "v1" if res["champion"] == "v2" else "v2"
+    assert c.post("/admin/shadow", json={"version": res["champion"]}, headers=admin).status_code == 422
+    assert c.post("/admin/shadow", json={"version": other}, headers=client).status_code == 403
+    assert c.post("/admin/shadow", json={"version": other}, headers=admin).json()["shadow"] == other
+    preds = c.post("/predict", json={"instances": [im.reshape(-1).tolist() for im in images[:40]]}).json()
+    ids = [p["prediction_id"] for p in preds["predictions"]]
+    assert preds["model_version"] == res["champion"]
+
+    # Feedback of every kind, and the bad ones refused with the reason.
+    assert c.post("/feedback", json={"prediction_id": ids[0], "kind": "thumbs", "value": 1},
+                  headers=client).json()["label"] == preds["predictions"][0]["label"]
+    assert c.post("/feedback", json={"prediction_id": ids[1], "kind": "thumbs", "value": -1},
+                  headers=client).status_code == 201
+    assert c.post("/feedback", json={"prediction_id": ids[2], "kind": "rating", "value": 4},
+                  headers=client).status_code == 201
+    for i in range(3, 30):
+        assert c.post("/feedback", json={"prediction_id": ids[i], "label": "odd"}, headers=client).status_code == 201
+    for bad, why in (({"kind": "thumbs", "value": 0}, "+1 or -1"), ({"kind": "rating", "value": 7}, "1 to 5"),
+                     ({"kind": "label"}, "required"), ({"kind": "stars", "value": 1}, "kind")):
+        r = c.post("/feedback", json={"prediction_id": ids[0], **bad}, headers=client)
+        assert r.status_code == 422 and why in r.text, (bad, r.text)
+
+    # The shadow scored the same inputs in the background.
+    import time
+
+    deadline = time.time() + 30
+    while True:
+        mon = c.get("/admin/monitor", headers=admin)
+        assert mon.status_code == 200
+        sh = mon.json()["shadow"]
+        if sh["scored"] >= 40 or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert sh["version"] == other and sh["scored"] == 40 and 0 <= sh["agreement"] <= 1
+    assert sh["with_feedback"] == 29  # 27 labels + 2 thumbs (the rating carries no label)
+    m = mon.json()
+    assert m["live_accuracy"]["n"] == 29 and m["drift"]["n_live"] >= 20
+    assert c.get("/admin/monitor", headers=client).status_code == 403
+
+    lin = c.get("/admin/lineage", params={"prediction": ids[3]}, headers=admin).json()
+    assert lin["model_version"] == res["champion"] and lin["feedback"][0]["label"] == "odd"
+    assert lin["run"] and lin["dataset_fingerprint"]
+    assert c.get("/admin/lineage", headers=admin).status_code == 422
+    assert c.post("/admin/shadow", json={"version": None}, headers=admin).json()["shadow"] is None
