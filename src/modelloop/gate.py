@@ -81,11 +81,11 @@ def judge(req: Requirements, gate: GateSpec, class_names: list[str], challenger_
     if test["significantly_worse"]:
         reasons.append(f"significantly worse on the test split (McNemar p = {test['p_challenger_worse']:.3g})")
     drop = test["champion_accuracy"] - test["challenger_accuracy"]
-    if drop > gate.max_accuracy_drop:
+    if drop > gate.max_accuracy_drop + 1e-9:  # a drop of exactly the margin is allowed
         reasons.append(f"test accuracy drops by {drop:.4f} (> {gate.max_accuracy_drop}): "
                        f"{test['challenger_accuracy']:.4f} vs champion {test['champion_accuracy']:.4f}")
     for name, ra, rb in zip(class_names, test["champion_recall"], test["challenger_recall"], strict=True):
-        if ra is not None and rb is not None and ra - rb > gate.max_class_recall_drop:
+        if ra is not None and rb is not None and ra - rb > gate.max_class_recall_drop + 1e-9:
             reasons.append(f"class {name!r} recall drops by {ra - rb:.4f} (> {gate.max_class_recall_drop}) "
                            "on the test split")
     enough_feedback = feedback is not None and feedback["n"] >= gate.min_feedback_for_evidence

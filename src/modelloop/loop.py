@@ -215,7 +215,8 @@ class Loop:
 
     def _finish(self, *, model, config, norm: Normalizer, ds: Dataset, run_id: str, train_result, parent,
                 feedback_examples: int, feedback_ids: list[str], leaderboard, fingerprint: str,
-                progress: Progress | None, title: str, decide=None, feedback_holdout: int = 0) -> dict[str, Any]:
+                progress: Progress | None, title: str, decide=None, feedback_holdout: int = 0,
+                monitoring: dict[str, Any] | None = None) -> dict[str, Any]:
         spec = self.spec
         xte, yte = ds.splits["test"]
         probs = torch.softmax(self._logits(model, norm.transform(xte)), 1).numpy()
@@ -268,7 +269,7 @@ class Loop:
             "fingerprint": fingerprint, "parent": parent, "class_names": ds.class_names, "metrics": metrics,
             "gate": gate, "history": train_result.history, "leaderboard": leaderboard, "latency": latency,
             "size_mb": size_mb, "data_report": ds.report.to_dict(), "decision": decision,
-            "feedback_examples": feedback_examples, "serving": serving,
+            "feedback_examples": feedback_examples, "serving": serving, "monitor": monitoring,
         })
         self.registry.update_manifest(version, report=str(report))
         return {"version": version, "run_id": run_id, "parent": parent, "metrics": metrics,
@@ -321,6 +322,11 @@ class Loop:
         pm = parent.manifest
         ds = Dataset.load(self.paths.data, pm["dataset"]["base_fingerprint"])
         fmt = ds.fmt
+        try:
+            monitoring = self.monitor()  # what the loop saw when it decided to retrain, for the report
+        except Exception as e:  # monitoring is evidence, never a reason to fail a retrain
+            log.warning("monitor before retraining failed: %s", e)
+            monitoring = None
         fb = self.feedback_split(ds.class_names, (fmt.channels, fmt.height, fmt.width))
         xf, yf, fb_ids = fb["train"]
         xh, yh, hold_ids = fb["holdout"]
@@ -366,7 +372,8 @@ class Loop:
         out = self._finish(model=model, config=config, norm=norm, ds=ds, run_id=run_id, train_result=result,
                            parent=champion, feedback_examples=len(fb_ids), feedback_ids=fb_ids,
                            leaderboard=None, fingerprint=fingerprint, progress=progress,
-                           title="Retraining on feedback", decide=decide, feedback_holdout=len(hold_ids))
+                           title="Retraining on feedback", decide=decide, feedback_holdout=len(hold_ids),
+                           monitoring=monitoring)
         decision = out["decision"]
         version = out["version"]
         self.registry.record({"event": "gate", "version": version, "champion": champion,
@@ -394,7 +401,8 @@ class Loop:
                 "accuracy": test["accuracy"], "f1_macro": test["f1_macro"], "parent": m.get("parent"),
                 "dataset": m["dataset"]["fingerprint"], "feedback_examples": m.get("feedback_examples", 0),
                 "created_at": m["created_at"], "requirements_passed": m["requirements"]["passed"],
-                "gate": (m.get("gate") or {}).get("decision"), "report": m.get("report"),
+                "gate": (m.get("gate") or {}).get("decision"), "gate_reasons": (m.get("gate") or {}).get("reasons"),
+                "report": m.get("report"),
             })
         return rows
 

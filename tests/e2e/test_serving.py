@@ -261,6 +261,13 @@ def test_shadow_feedback_kinds_monitor_and_lineage_over_http(project, serve, ima
     m = mon.json()
     assert m["live_accuracy"]["n"] == 29 and m["drift"]["n_live"] >= 20
     assert c.get("/admin/monitor", headers=client).status_code == 403
+    # The monitor's figures are exported to Prometheus too.
+    families = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
+    live = {s.labels["bound"]: s.value for s in families["modelloop_live_accuracy"].samples}
+    assert live["value"] == pytest.approx(m["live_accuracy"]["value"])
+    assert live["low"] <= live["value"] <= live["high"]
+    drift = {s.labels["quantity"]: s.value for s in families["modelloop_drift"].samples}
+    assert drift["statistic"] == pytest.approx(m["drift"]["statistic"]) and drift["detected"] in (0.0, 1.0)
 
     lin = c.get("/admin/lineage", params={"prediction": ids[3]}, headers=admin).json()
     assert lin["model_version"] == res["champion"] and lin["feedback"][0]["label"] == "odd"

@@ -83,6 +83,28 @@ def _leaderboard_plot(rows: list[dict[str, Any]]) -> str:
     return _png(fig)
 
 
+def _monitor_plot(mon: dict[str, Any]) -> str:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(7.0, 2.8))
+    d = mon["drift"]
+    if d.get("statistic") is not None:
+        a1.bar(["statistic", "threshold"], [d["statistic"], d["threshold"]],
+               color=["#dc3912" if d["detected"] else "#3366cc", "#999999"])
+        a1.set_title(f"Input drift (MMD²): {'detected' if d['detected'] else 'none'}", fontsize=9)
+    else:
+        a1.text(0.5, 0.5, "not measured", ha="center")
+        a1.set_title("Input drift", fontsize=9)
+    la = mon["live_accuracy"]
+    if la.get("value") is not None:
+        a2.errorbar([0], [la["value"]], yerr=[[la["value"] - la["low"]], [la["high"] - la["value"]]], fmt="o",
+                    capsize=6, color="#109618")
+        a2.set_xticks([0], [f"{mon['model_version']} (n={la['n']})"])
+        a2.set_ylim(0, 1.02)
+        a2.set_title("Live accuracy from feedback (95% CI)", fontsize=9)
+    else:
+        a2.text(0.5, 0.5, "no labelled feedback", ha="center")
+    return _png(fig)
+
+
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
@@ -132,6 +154,15 @@ def write_report(path: str | Path, ctx: dict[str, Any]) -> Path:
                      f"{m['only_champion_right']}, only the challenger right on {m['only_challenger_right']} "
                      f"(McNemar exact p = {m['p_value']:.3g}). Feedback examples used: "
                      f"{ctx.get('feedback_examples', 0)}.</p>")
+        fb = d.get("feedback")
+        if fb:
+            parts.append(f"<p>On {fb['n']} held-out feedback examples: champion {fb['champion_accuracy']:.4f}, "
+                         f"challenger {fb['challenger_accuracy']:.4f} (challenger better p = "
+                         f"{fb['p_challenger_better']:.3g}, worse p = {fb['p_challenger_worse']:.3g}); "
+                         f"{fb['contradicted_by_both']} labels contradict both models.</p>")
+    if ctx.get("monitor"):
+        mon = ctx["monitor"]
+        parts.append("<h2>Monitoring when retraining started</h2>" + _monitor_plot(mon))
     parts.append("<h2>Requirements</h2>" + _gate_table(ctx["gate"]))
     parts.append("<h2>Test metrics</h2>" + _metrics_table(ctx["metrics"]))
     plots = [_confusion(ctx["metrics"]["confusion_matrix"], names, "Confusion matrix (test)")]

@@ -327,7 +327,12 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
 
     @app.get("/metrics")
     def prometheus() -> Response:
-        """Prometheus text format."""
+        """Prometheus text format. Drift gauges hold the last monitor run's figures."""
+        m = holder.loaded
+        if m is not None:
+            metrics.set_live_accuracy(m.version, loop.store.feedback_stats(loop.spec.feedback.untrusted_clients,
+                                                                           model_version=m.version,
+                                                                           class_names=m.class_names))
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/stats")
@@ -367,7 +372,9 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
         """Drift, prediction drift, live accuracy with its interval, feedback clients, shadow results."""
         keys.require(request, "admin")
         writer_box["w"].flush()
-        return loop.monitor()
+        res = loop.monitor()
+        metrics.set_drift(res["drift"])
+        return res
 
     @app.post("/admin/shadow")
     def admin_shadow(body: ShadowIn, request: Request) -> dict[str, Any]:

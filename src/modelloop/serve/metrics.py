@@ -45,6 +45,10 @@ class ServerMetrics:
         self.feedback = Counter("modelloop_feedback_total", "Feedback received.", registry=r)
         self.model_info = Gauge("modelloop_model_info", "The model being served (value 1).",
                                 ["version", "backend"], registry=r)
+        self.live_accuracy = Gauge("modelloop_live_accuracy", "Champion's live accuracy from feedback, with its "
+                                   "Wilson interval.", ["version", "bound"], registry=r)
+        self.drift = Gauge("modelloop_drift", "Input drift of the last monitor run (MMD² statistic, threshold, "
+                           "detected 0/1).", ["quantity"], registry=r)
         self._recent = deque(maxlen=2000)  # (time, seconds) of recent predict requests
         self.started = time.time()
 
@@ -61,6 +65,19 @@ class ServerMetrics:
     def serving(self, version: str, backend: str) -> None:
         self.model_info.clear()
         self.model_info.labels(version, backend).set(1)
+
+    def set_live_accuracy(self, version: str, stats: dict) -> None:
+        self.live_accuracy.clear()
+        for bound, key in (("value", "live_accuracy"), ("low", "low"), ("high", "high")):
+            if stats.get(key) is not None:
+                self.live_accuracy.labels(version, bound).set(stats[key])
+
+    def set_drift(self, drift: dict) -> None:
+        if drift.get("statistic") is None:
+            return
+        self.drift.labels("statistic").set(drift["statistic"])
+        self.drift.labels("threshold").set(drift["threshold"])
+        self.drift.labels("detected").set(1.0 if drift["detected"] else 0.0)
 
     def recent_latency_ms(self) -> dict[str, float | None]:
         lat = [s for _, s in self._recent]

@@ -162,20 +162,24 @@ async function admin(path, body) {
   } catch (e) { flash("admin-status", e.message, "err"); return null; }
 }
 $("rollback").onclick = () => admin("/admin/rollback");
-$("retrain").onclick = async () => {
-  const job = await admin("/admin/retrain");
-  if (!job) return;
-  flash("admin-status", "retraining…");
+// Poll a background job (retrain or policy check) until it ends, then report through `done`.
+function pollJob(job, statusId, done) {
   const poll = setInterval(async () => {
     try {
       const j = await api("/admin/jobs/" + job.id, { headers: auth("admin") });
       if (j.status === "running") return;
       clearInterval(poll);
-      if (j.status === "done") flash("admin-status", `${j.result.version} ${j.result.decision}: ${j.result.reasons.join("; ")}`, j.result.decision === "promoted" ? "ok" : "");
-      else flash("admin-status", "retrain failed: " + j.error, "err");
-      refresh();
-    } catch (e) { clearInterval(poll); flash("admin-status", e.message, "err"); }
+      if (j.status === "done") done(j.result); else flash(statusId, `${job.kind} failed: ${j.error}`, "err");
+      refresh(); refreshMonitor();
+    } catch (e) { clearInterval(poll); flash(statusId, e.message, "err"); }
   }, 1500);
+}
+$("retrain").onclick = async () => {
+  const job = await admin("/admin/retrain");
+  if (!job) return;
+  flash("admin-status", "retraining…");
+  pollJob(job, "admin-status", (r) => flash("admin-status", `${r.version} ${r.decision}: ${r.reasons.join("; ")}`,
+    r.decision === "promoted" ? "ok" : ""));
 };
 
 // ---- monitoring (admin)
@@ -209,15 +213,8 @@ $("watch").onclick = async () => {
   const job = await admin("/admin/watch");
   if (!job) return;
   flash("monitor-status", "checking…");
-  const poll = setInterval(async () => {
-    try {
-      const j = await api("/admin/jobs/" + job.id, { headers: auth("admin") });
-      if (j.status === "running") return;
-      clearInterval(poll);
-      flash("monitor-status", j.status === "done" ? `policy: ${j.result.action}${j.result.version ? " → " + j.result.version + " " + j.result.decision : ""}` : "failed: " + j.error, j.status === "done" ? "ok" : "err");
-      refresh(); refreshMonitor();
-    } catch (e) { clearInterval(poll); flash("monitor-status", e.message, "err"); }
-  }, 1500);
+  pollJob(job, "monitor-status", (r) => flash("monitor-status",
+    `policy: ${r.action}${r.version ? " → " + r.version + " " + r.decision : ""}`, "ok"));
 };
 
 async function init() {
