@@ -170,12 +170,10 @@ def test_equal_challenger_is_promoted() -> None:
     chall = Y.copy()
     chall[1] ^= 1
     m1, m2 = metrics_of(champ), metrics_of(chall)
-    # Equal accuracy; on ten examples one swap moves a class's recall by 0.2, so allow that here.
-    d = compare(req, m1, m2, Y, champ, chall, passing(req, m2), gate=GateSpec(max_class_recall_drop=0.25))
+    # Equal accuracy; one image's swing in a class of five is chance, not evidence.
+    d = compare(req, m1, m2, Y, champ, chall, passing(req, m2))
     assert d["decision"] == "promoted"
     assert d["mcnemar"]["only_champion_right"] == 1 and d["mcnemar"]["only_challenger_right"] == 1
-    strict = compare(req, m1, m2, Y, champ, chall, passing(req, m2))
-    assert strict["decision"] == "rejected" and "recall drops by 0.2000" in " ".join(strict["reasons"])
     assert d["mcnemar"]["p_value"] == pytest.approx(1.0)
 
 
@@ -196,7 +194,7 @@ def test_worse_challenger_is_rejected_with_the_reason() -> None:
     m1, m2 = metrics_of(champ), metrics_of(chall)
     d = compare(req, m1, m2, Y, champ, chall, passing(req, m2))
     assert d["decision"] == "rejected"
-    assert "test accuracy drops by 0.3000 (> 0.02): 0.6000 vs champion 0.9000" in d["reasons"]
+    assert any(r.startswith("test accuracy drops by 0.3000: 0.6000 vs champion 0.9000") for r in d["reasons"])
     assert d["mcnemar"]["only_champion_right"] == 3 and d["mcnemar"]["only_challenger_right"] == 0
 
 
@@ -221,5 +219,39 @@ def test_worse_and_failing_challenger_lists_both_reasons() -> None:
     assert d["decision"] == "rejected"
     assert d["metric"] == "f1_macro"
     assert d["reasons"][0] == "challenger misses requirements: test f1_macro"
-    assert any(r.startswith("test accuracy drops by 0.2000") for r in d["reasons"][1:])
     assert json.loads(json.dumps(d)) == d  # stored in events.jsonl and manifests
+
+
+def test_margins_allow_chance_but_not_a_real_drop() -> None:
+    from modelloop.gate import drop_lower_bound
+
+    # 3 of 100 test images lost, none gained: could be chance at 95%.
+    assert drop_lower_bound(3, 0, 100, 0.95) < 0.02
+    # 10 of 100 lost: the drop is real even at its lower bound.
+    assert drop_lower_bound(10, 0, 100, 0.95) > 0.02
+    assert drop_lower_bound(0, 5, 100, 0.95) < 0  # a gain is never a drop
+
+
+def test_feedback_evidence_rejects_unreliable_or_worse_feedback() -> None:
+    from modelloop.gate import judge, paired_evidence
+
+    req, gate = Requirements(target=0.5), GateSpec()
+    y = np.array([0, 1] * 50)
+    test = paired_evidence(y, y, y, 2, 0.95)
+    ok = check_requirements(req, {"accuracy": 1.0}, None, None)
+    # 30% of held-out feedback labels contradict both models: poisoning suspected.
+    fy = y.copy()
+    fy[:30] = 1 - fy[:30]
+    fb = paired_evidence(fy, y, y, 2, 0.95)
+    d = judge(req, gate, ["a", "b"], ok, test, fb)
+    assert d["decision"] == "rejected" and "feedback looks unreliable: 30%" in d["reasons"][0]
+    # The challenger is significantly worse on recent feedback.
+    worse = y.copy()
+    worse[:20] = 1 - worse[:20]
+    d = judge(req, gate, ["a", "b"], ok, test, paired_evidence(y, y, worse, 2, 0.95))
+    assert d["decision"] == "rejected" and "significantly worse on held-out feedback" in d["reasons"][0]
+    # Significantly better on recent feedback, same on the test split: promoted, and said so.
+    champ = y.copy()
+    champ[:20] = 1 - champ[:20]
+    d = judge(req, gate, ["a", "b"], ok, test, paired_evidence(y, champ, y, 2, 0.95))
+    assert d["decision"] == "promoted" and d["significantly_better_on"] == ["held-out feedback"]

@@ -7,8 +7,11 @@ models — and tested with McNemar's exact test at the spec's confidence. The ch
 promoted only if it
 
 1. meets every requirement on the test split;
-2. is not significantly worse on the test split, loses no more than ``max_accuracy_drop``
-   accuracy there, and no class loses more than ``max_class_recall_drop`` recall;
+2. is not significantly worse on the test split, and neither its accuracy nor any class's
+   recall there is lower than the champion's by more than ``max_accuracy_drop`` /
+   ``max_class_recall_drop`` beyond what chance explains (the lower one-sided confidence bound
+   of the paired difference must stay within the margin: on a 100-image test split, one or two
+   images either way are noise, not evidence);
 3. is not significantly worse on the feedback hold-out;
 4. and the feedback hold-out looks trustworthy: at most ``max_feedback_disagreement`` of its
    labels contradict *both* models (honest feedback on a good model rarely does; poisoned or
@@ -26,7 +29,7 @@ from scipy.stats import binomtest
 
 from .spec import GateSpec, Requirements
 
-__all__ = ["check_requirements", "paired_evidence", "judge", "compare"]
+__all__ = ["check_requirements", "paired_evidence", "drop_lower_bound", "judge", "compare"]
 
 
 def check_requirements(req: Requirements, metrics: dict[str, Any], latency: dict[str, float] | None,
@@ -59,6 +62,9 @@ def paired_evidence(y: np.ndarray, champion_pred: np.ndarray, challenger_pred: n
     def recall(pred: np.ndarray) -> list[float | None]:
         return [float(np.mean(pred[y == k] == k)) if np.any(y == k) else None for k in range(n_classes)]
 
+    per_class = [[int(np.sum(a_right[y == k] & ~b_right[y == k])), int(np.sum(~a_right[y == k] & b_right[y == k])),
+                  int(np.sum(y == k))] for k in range(n_classes)]
+
     return {
         "n": n,
         "champion_accuracy": float(a_right.mean()) if n else None,
@@ -68,7 +74,19 @@ def paired_evidence(y: np.ndarray, champion_pred: np.ndarray, challenger_pred: n
         "p_challenger_better": p_better, "p_challenger_worse": p_worse,
         "significantly_better": n > 0 and p_better < alpha, "significantly_worse": n > 0 and p_worse < alpha,
         "contradicted_by_both": int(np.sum(~a_right & ~b_right)),
+        "per_class_discordant": per_class,  # [only champion right, only challenger right, n] per class
     }
+
+
+def drop_lower_bound(only_champion: int, only_challenger: int, n: int, confidence: float) -> float:
+    """Lower one-sided confidence bound of (champion - challenger) accuracy from paired outcomes."""
+    if n == 0:
+        return 0.0
+    from scipy.stats import norm
+
+    d = (only_champion - only_challenger) / n
+    var = max(((only_champion + only_challenger) / n - d * d) / n, 0.0)
+    return d - float(norm.ppf(confidence)) * var ** 0.5
 
 
 def judge(req: Requirements, gate: GateSpec, class_names: list[str], challenger_requirements: dict[str, Any],
@@ -81,13 +99,19 @@ def judge(req: Requirements, gate: GateSpec, class_names: list[str], challenger_
     if test["significantly_worse"]:
         reasons.append(f"significantly worse on the test split (McNemar p = {test['p_challenger_worse']:.3g})")
     drop = test["champion_accuracy"] - test["challenger_accuracy"]
-    if drop > gate.max_accuracy_drop + 1e-9:  # a drop of exactly the margin is allowed
-        reasons.append(f"test accuracy drops by {drop:.4f} (> {gate.max_accuracy_drop}): "
-                       f"{test['challenger_accuracy']:.4f} vs champion {test['champion_accuracy']:.4f}")
-    for name, ra, rb in zip(class_names, test["champion_recall"], test["challenger_recall"], strict=True):
-        if ra is not None and rb is not None and ra - rb > gate.max_class_recall_drop + 1e-9:
-            reasons.append(f"class {name!r} recall drops by {ra - rb:.4f} (> {gate.max_class_recall_drop}) "
-                           "on the test split")
+    bound = drop_lower_bound(test["only_champion_right"], test["only_challenger_right"], test["n"], gate.confidence)
+    if bound > gate.max_accuracy_drop + 1e-9:
+        reasons.append(f"test accuracy drops by {drop:.4f}: {test['challenger_accuracy']:.4f} vs champion "
+                       f"{test['champion_accuracy']:.4f} (lower {gate.confidence:.0%} bound of the drop {bound:.4f} "
+                       f"> {gate.max_accuracy_drop})")
+    for name, ra, rb, (oa, ob, nk) in zip(class_names, test["champion_recall"], test["challenger_recall"],
+                                          test["per_class_discordant"], strict=True):
+        if ra is None or rb is None:
+            continue
+        kb = drop_lower_bound(oa, ob, nk, gate.confidence)
+        if kb > gate.max_class_recall_drop + 1e-9:
+            reasons.append(f"class {name!r} recall drops by {ra - rb:.4f} on the test split (lower "
+                           f"{gate.confidence:.0%} bound {kb:.4f} > {gate.max_class_recall_drop})")
     enough_feedback = feedback is not None and feedback["n"] >= gate.min_feedback_for_evidence
     if enough_feedback:
         if feedback["significantly_worse"]:

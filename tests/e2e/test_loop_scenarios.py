@@ -97,7 +97,7 @@ def _drift_scenario(project, serve, traffic):
     manifest = yaml.safe_load((project / "registry" / "versions" / "v2" / "manifest.json").read_text())
     evidence = manifest["gate"]
     assert evidence["feedback"]["significantly_better"] is True  # much better on the shifted data
-    assert evidence["test"]["challenger_accuracy"] >= evidence["test"]["champion_accuracy"] - 0.02
+    assert evidence["test"]["significantly_worse"] is False  # and not worse on the original test split
     # The running server now answers with v2, and gets the sideways digits right far more often.
     fresh = np.rot90(x[:200].astype(np.float32), k=1, axes=(2, 3))
     again = server.client.post("/predict", json={"instances": [im.reshape(-1).tolist() for im in fresh]}).json()
