@@ -239,12 +239,23 @@ def test_feedback_evidence_rejects_unreliable_or_worse_feedback() -> None:
     y = np.array([0, 1] * 50)
     test = paired_evidence(y, y, y, 2, 0.95)
     ok = check_requirements(req, {"accuracy": 1.0}, None, None)
-    # 30% of held-out feedback labels contradict both models: poisoning suspected.
+    # 25% of held-out feedback labels contradict both models, all claiming class 'b': targeted poisoning.
     fy = y.copy()
-    fy[:30] = 1 - fy[:30]
-    fb = paired_evidence(fy, y, y, 2, 0.95)
-    d = judge(req, gate, ["a", "b"], ok, test, fb)
-    assert d["decision"] == "rejected" and "feedback looks unreliable: 30%" in d["reasons"][0]
+    evens = np.flatnonzero(y == 0)[:25]
+    fy[evens] = 1
+    d = judge(req, gate, ["a", "b"], ok, test, paired_evidence(fy, y, y, 2, 0.95))
+    assert d["decision"] == "rejected" and "feedback looks unreliable: 25%" in d["reasons"][0]
+    assert "25 of 25 of them claiming class 'b'" in d["reasons"][0]
+    # As many contradictions spread over both classes: a hard distribution, not an attack.
+    fy = y.copy()
+    fy[:25] = 1 - fy[:25]
+    d = judge(req, gate, ["a", "b"], ok, test, paired_evidence(fy, y, y, 2, 0.95))
+    assert d["decision"] == "promoted", d["reasons"]
+    # Beyond twice the allowed share, targeted or not, the feedback is refused.
+    fy = y.copy()
+    fy[:34] = 1 - fy[:34]
+    d = judge(req, gate, ["a", "b"], ok, test, paired_evidence(fy, y, y, 2, 0.95))
+    assert d["decision"] == "rejected" and "feedback looks unreliable: 34%" in d["reasons"][0]
     # The challenger is significantly worse on recent feedback.
     worse = y.copy()
     worse[:20] = 1 - worse[:20]

@@ -13,9 +13,12 @@ promoted only if it
    of the paired difference must stay within the margin: on a 100-image test split, one or two
    images either way are noise, not evidence);
 3. is not significantly worse on the feedback hold-out;
-4. and the feedback hold-out looks trustworthy: at most ``max_feedback_disagreement`` of its
-   labels contradict *both* models (honest feedback on a good model rarely does; poisoned or
-   noisy feedback does).
+4. and the feedback hold-out looks trustworthy. Labels that contradict *both* models are
+   suspect: honest feedback contradicts a good challenger only where it still errs, and those
+   errors fall on every class, while poisoning pushes one class. The hold-out is refused when
+   more than ``max_feedback_disagreement`` of its labels contradict both models *and* those
+   labels pile onto one class beyond chance (binomial test at 99%), or when more than twice
+   that share contradicts both, targeted or not.
 
 Every number behind the decision is returned as evidence, to be stored and shown.
 """
@@ -74,6 +77,9 @@ def paired_evidence(y: np.ndarray, champion_pred: np.ndarray, challenger_pred: n
         "p_challenger_better": p_better, "p_challenger_worse": p_worse,
         "significantly_better": n > 0 and p_better < alpha, "significantly_worse": n > 0 and p_worse < alpha,
         "contradicted_by_both": int(np.sum(~a_right & ~b_right)),
+        # Which class the contradicting labels claim, per class: targeted poisoning piles onto one.
+        "contradicting_labels": [int(np.sum(~a_right & ~b_right & (y == k))) for k in range(n_classes)],
+        "classes_present": int(len(np.unique(y))),
         "per_class_discordant": per_class,  # [only champion right, only challenger right, n] per class
     }
 
@@ -117,10 +123,17 @@ def judge(req: Requirements, gate: GateSpec, class_names: list[str], challenger_
         if feedback["significantly_worse"]:
             reasons.append("significantly worse on held-out feedback "
                            f"(McNemar p = {feedback['p_challenger_worse']:.3g})")
-        rate = feedback["contradicted_by_both"] / feedback["n"]
-        if rate > gate.max_feedback_disagreement:
+        c = feedback["contradicted_by_both"]
+        rate = c / feedback["n"]
+        claims = feedback["contradicting_labels"]
+        top = int(np.argmax(claims)) if c else 0
+        k = max(feedback["classes_present"], 2)
+        p_targeted = float(binomtest(claims[top], c, 1 / k, alternative="greater").pvalue) if c else 1.0
+        feedback["p_targeted"] = p_targeted
+        if rate > 2 * gate.max_feedback_disagreement or (rate > gate.max_feedback_disagreement and p_targeted < 0.01):
             reasons.append(f"feedback looks unreliable: {rate:.0%} of held-out feedback labels contradict both "
-                           f"models (> {gate.max_feedback_disagreement:.0%}); possible label noise or poisoning")
+                           f"models (> {gate.max_feedback_disagreement:.0%}), {claims[top]} of {c} of them claiming "
+                           f"class {class_names[top]!r} (targeted p = {p_targeted:.2g}); possible poisoning")
     promoted = not reasons
     better = [s for s, ev in (("test split", test), ("held-out feedback", feedback if enough_feedback else None))
               if ev is not None and ev["significantly_better"]]

@@ -27,7 +27,7 @@ def seed_v1(tmp_path_factory):
     spec_path = project / "modelloop.yaml"
     spec = yaml.safe_load(spec_path.read_text())
     spec["selection"] = {"candidates": ["cnn"], "trials": 1}
-    spec["training"] = {"max_epochs": 25}
+    spec["training"] = {"max_epochs": 30}
     spec["serving"] = {"backends": ["torch", "onnxruntime"]}
     spec_path.write_text(yaml.safe_dump(spec))
     res = cli_json("run", project)
@@ -73,7 +73,7 @@ def _drift_scenario(project, serve, traffic):
     x, y = traffic
     server = serve(project)
     rng = np.random.default_rng(1)
-    idx = rng.choice(len(y), 400, replace=False)
+    idx = rng.choice(len(y), 500, replace=False)
     rotated = np.rot90(x[idx].astype(np.float32), k=1, axes=(2, 3))  # users now send sideways digits
     truth = [NAMES[int(t)] for t in y[idx]]
     preds = _send(server, rotated, truth)
@@ -83,7 +83,7 @@ def _drift_scenario(project, serve, traffic):
     assert mon["drift"]["detected"] is True, mon["drift"]
     assert mon["drift"]["statistic"] > mon["drift"]["threshold"]
     la = mon["live_accuracy"]
-    assert la["n"] == 400 and la["low"] <= la["value"] <= la["high"]
+    assert la["n"] == 500 and la["low"] <= la["value"] <= la["high"]
     assert la["value"] == pytest.approx(served_acc)
 
     res = cli_json("watch", project, "--once")
@@ -110,7 +110,7 @@ def _drift_scenario(project, serve, traffic):
     assert lin["model_version"] == "v1" and lin["parent"] is None and lin["run"]
     assert lin["dataset_fingerprint"] and lin["feedback"][0]["label"] == truth[0]
     lin2 = cli_json("lineage", project, "--version", "v2")
-    assert lin2["parent"] == "v1" and len(lin2["feedback_ids"]) + len(lin2["feedback_holdout_ids"]) == 400
+    assert lin2["parent"] == "v1" and len(lin2["feedback_ids"]) + len(lin2["feedback_holdout_ids"]) == 500
     assert lin["trained_into"] == (["v2"] if pid in lin2["feedback_ids"] else [])
 
 
