@@ -119,7 +119,8 @@ def retrain(directory: DirArg, as_json: JsonOpt = False) -> None:
 
     res = Project(directory).retrain(progress=_progress)
     if as_json:
-        _emit({k: res[k] for k in ("version", "parent", "feedback_examples", "feedback_holdout", "decision",
+        _emit({k: res[k] for k in ("version", "parent", "feedback_examples", "feedback_validation",
+                                   "feedback_holdout", "decision",
                                    "evidence", "champion_metrics", "challenger_metrics", "champion_version",
                                    "report")})
     else:

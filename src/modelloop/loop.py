@@ -216,7 +216,7 @@ class Loop:
     def _finish(self, *, model, config, norm: Normalizer, ds: Dataset, run_id: str, train_result, parent,
                 feedback_examples: int, feedback_ids: list[str], leaderboard, fingerprint: str,
                 progress: Progress | None, title: str, decide=None, feedback_holdout: int = 0,
-                monitoring: dict[str, Any] | None = None) -> dict[str, Any]:
+                monitoring: dict[str, Any] | None = None, feedback_validation: int = 0) -> dict[str, Any]:
         spec = self.spec
         xte, yte = ds.splits["test"]
         probs = torch.softmax(self._logits(model, norm.transform(xte)), 1).numpy()
@@ -253,7 +253,7 @@ class Loop:
                         "train_examples": int(len(ds.splits["train"][1])) + feedback_examples,
                         "test_examples": int(len(yte))},
             "run_id": run_id, "parent": parent, "feedback_examples": feedback_examples,
-            "feedback_holdout": feedback_holdout,
+            "feedback_holdout": feedback_holdout, "feedback_validation": feedback_validation,
             "training": describe(train_result), "spec": spec.to_dict(), "libraries": library_versions(),
         }
         manifest["serving"] = serving
@@ -328,17 +328,24 @@ class Loop:
             log.warning("monitor before retraining failed: %s", e)
             monitoring = None
         fb = self.feedback_split(ds.class_names, (fmt.channels, fmt.height, fmt.width))
-        xf, yf, fb_ids = fb["train"]
+        xf, yf, fb_all = fb["train"]
         xh, yh, hold_ids = fb["holdout"]
+        # A slice of the training feedback joins the validation split, so early stopping picks an
+        # epoch that suits the traffic being served now, not only the original data.
+        in_val = torch.tensor([_is_holdout("validation:" + pid, 0.2) for pid in fb_all], dtype=torch.bool)
+        fb_ids = [pid for pid, v in zip(fb_all, in_val.tolist(), strict=True) if not v]
+        val_ids = [pid for pid, v in zip(fb_all, in_val.tolist(), strict=True) if v]
         self._say(progress, f"[retrain] champion {champion}; {len(fb_ids)} feedback examples to learn from, "
-                  f"{len(hold_ids)} held out for the gate")
+                  f"{len(val_ids)} to validate on, {len(hold_ids)} held out for the gate")
 
         xtr, ytr = ds.splits["train"]
-        x_all = torch.cat([xtr.float(), xf.float()])
-        y_all = torch.cat([ytr, yf])
+        x_all = torch.cat([xtr.float(), xf[~in_val].float()])
+        y_all = torch.cat([ytr, yf[~in_val]])
         norm = Normalizer().fit(x_all)
         train = (norm.transform(x_all), y_all)
         xva, yva = ds.splits["val"]
+        xva = torch.cat([xva.float(), xf[in_val].float()])
+        yva = torch.cat([yva, yf[in_val]])
         val = (norm.transform(xva), yva) if len(yva) else train
         h = hashlib.sha256(ds.fingerprint.encode())
         for pid in fb_ids:
@@ -347,9 +354,10 @@ class Loop:
 
         run_id, run_dir, state = self._new_run()
         state.update(kind="retrain", parent=champion, dataset=ds.fingerprint, feedback_examples=len(fb_ids),
-                     feedback_holdout=len(hold_ids))
+                     feedback_validation=len(val_ids), feedback_holdout=len(hold_ids))
         self._save_state(run_dir, state)
         (run_dir / "holdout_ids.json").write_text(json.dumps(hold_ids))
+        (run_dir / "validation_ids.json").write_text(json.dumps(val_ids))
         config = pm["model"]
         result, model = self._train(config, train, val, run_dir, resume=False,
                                     time_limit=self.spec.requirements.time_budget_s, progress=progress)
@@ -373,7 +381,7 @@ class Loop:
                            parent=champion, feedback_examples=len(fb_ids), feedback_ids=fb_ids,
                            leaderboard=None, fingerprint=fingerprint, progress=progress,
                            title="Retraining on feedback", decide=decide, feedback_holdout=len(hold_ids),
-                           monitoring=monitoring)
+                           monitoring=monitoring, feedback_validation=len(val_ids))
         decision = out["decision"]
         version = out["version"]
         self.registry.record({"event": "gate", "version": version, "champion": champion,
@@ -388,6 +396,7 @@ class Loop:
         self._save_state(run_dir, state)
         self._say(progress, f"[gate] {version} {decision['decision']}: {'; '.join(decision['reasons'])}")
         return {**out, "decision": decision["decision"], "evidence": decision, "feedback_holdout": len(hold_ids),
+                "feedback_validation": len(val_ids),
                 "champion_metrics": champ_metrics, "challenger_metrics": out["metrics"],
                 "champion_version": self.registry.champion()}
 
@@ -521,7 +530,8 @@ class Loop:
         versions = self.registry.versions()
         out.update(model_version=version, run=m["run_id"], dataset_fingerprint=m["dataset"]["fingerprint"],
                    base_dataset=m["dataset"]["base_fingerprint"], data_source=m["dataset"]["source"],
-                   feedback_ids=ids("feedback_ids.json"), feedback_holdout_ids=ids("holdout_ids.json"),
+                   feedback_ids=ids("feedback_ids.json"), feedback_validation_ids=ids("validation_ids.json"),
+                   feedback_holdout_ids=ids("holdout_ids.json"),
                    parent=m.get("parent"), ancestors=chain,
                    children=[v["version"] for v in versions if v.get("parent") == version],
                    predictions_served=self.store.predictions_for(version), gate=(m.get("gate") or {}).get("decision"))

@@ -30,7 +30,8 @@ def test_demo_runs_the_whole_loop(demo_run):
     assert res["traffic"]["requests"] == 400
     # Feedback is split by prediction id: most trains the challenger, the rest is held out for the gate.
     v2 = json.loads((directory / "registry" / "versions" / "v2" / "manifest.json").read_text())
-    assert res["traffic"]["feedback"] == second["feedback_examples"] + v2["feedback_holdout"]
+    assert res["traffic"]["feedback"] == (second["feedback_examples"] + v2["feedback_validation"]
+                                          + v2["feedback_holdout"])
     assert v2["feedback_holdout"] > 0
     for report in res["reports"]:
         text = Path(report).read_text()

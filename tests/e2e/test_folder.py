@@ -65,7 +65,7 @@ def test_own_png_folder_through_the_loop(tmp_path, mnist, serve):
     assert proc.returncode in (0, 1), proc.stderr  # 1 = the gate rejected the challenger
     re = json.loads(proc.stdout)
     assert re["parent"] == "v1" and re["version"] == "v2"
-    assert re["feedback_examples"] + re["feedback_holdout"] == len(sent)
+    assert re["feedback_examples"] + re["feedback_validation"] + re["feedback_holdout"] == len(sent)
     assert re["decision"] in ("promoted", "rejected")
     assert (proc.returncode == 0) == (re["decision"] == "promoted")
     assert set(re["champion_metrics"]) >= {"accuracy", "f1_macro"}
