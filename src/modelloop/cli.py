@@ -32,7 +32,8 @@ DirArg = Annotated[Path, typer.Argument(help="Project folder (holds modelloop.ya
 def _logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=err, show_path=False, show_time=False)], force=True)
-    for noisy in ("httpx", "uvicorn.access", "optuna"):
+    for noisy in ("httpx", "uvicorn.access", "optuna", "onnx_ir", "onnxscript", "torch.onnx", "torch.export",
+                  "torch._export"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
