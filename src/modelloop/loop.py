@@ -26,7 +26,7 @@ from .evaluate import classification_metrics, measure_latency
 from .evaluate.report import write_report
 from .feedback import FeedbackStore, open_store
 from .gate import check_requirements, compare, paired_evidence
-from .models import build_model, count_parameters
+from .models import batched_logits, build_model, count_parameters
 from .registry import LoadedModel, LocalRegistry
 from .registry.artifact import library_versions
 from .select import CandidateSearch
@@ -45,6 +45,11 @@ STAGES = ("data", "selection", "training", "evaluation", "report", "gate", "regi
 
 def _is_holdout(prediction_id: str, fraction: float) -> bool:
     return int(hashlib.sha1(prediction_id.encode()).hexdigest()[:8], 16) / 0x100000000 < fraction
+
+
+def _proba(model: torch.nn.Module, norm: Normalizer, x: torch.Tensor) -> np.ndarray:
+    """Class probabilities of 0-255 pixels (N, C, H, W) through the normalizer and the model."""
+    return torch.softmax(batched_logits(model, norm.transform(x)), 1).numpy()
 
 
 def _state_bytes(model: torch.nn.Module) -> int:
@@ -219,11 +224,10 @@ class Loop:
                 monitoring: dict[str, Any] | None = None, feedback_validation: int = 0) -> dict[str, Any]:
         spec = self.spec
         xte, yte = ds.splits["test"]
-        probs = torch.softmax(self._logits(model, norm.transform(xte)), 1).numpy()
+        probs = _proba(model, norm, xte)
         metrics = classification_metrics(yte.numpy(), probs, ds.class_names)
         xva, yva = ds.splits["val"]
-        val_metrics = (classification_metrics(yva.numpy(), torch.softmax(self._logits(model, norm.transform(xva)),
-                                                                          1).numpy(), ds.class_names)
+        val_metrics = (classification_metrics(yva.numpy(), _proba(model, norm, xva), ds.class_names)
                        if len(yva) else None)
         latency = measure_latency(model, norm.transform(xte[:1] if len(xte) else ds.splits["train"][0][:1]))
         size_mb = _state_bytes(model) / 1e6
@@ -277,11 +281,6 @@ class Loop:
                 "passed": gate["passed"], "champion": False, "report": str(report), "family": config["family"],
                 "dataset": fingerprint, "feedback_examples": feedback_examples, "decision": decision}
 
-    @staticmethod
-    def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        from .models import batched_logits
-
-        return batched_logits(model, x)
 
     # -- retrain -----------------------------------------------------------------------------
     def feedback_split(self, class_names: list[str], shape: tuple[int, ...]) -> dict[str, Any]:
@@ -370,7 +369,7 @@ class Loop:
         fb_evidence = None
         if len(hold_ids):
             champ_h = parent.predict_proba(xh).numpy().argmax(1)
-            chall_h = torch.softmax(self._logits(model, norm.transform(xh)), 1).numpy().argmax(1)
+            chall_h = _proba(model, norm, xh).argmax(1)
             fb_evidence = paired_evidence(yh.numpy(), champ_h, chall_h, len(ds.class_names), gate_spec.confidence)
 
         def decide(chall_metrics, chall_pred, chall_gate):
