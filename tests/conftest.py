@@ -71,6 +71,8 @@ class Server:
         return {"Authorization": f"Bearer {keys[role][0]}"}
 
     def stop(self) -> None:
+        if self.proc.poll() is not None:  # already stopped
+            return
         self.client.close()
         os.kill(self.proc.pid, signal.SIGTERM)
         try:

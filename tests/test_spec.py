@@ -10,7 +10,6 @@ import yaml
 from modelloop.errors import DataError, ModelloopError, SpecError
 from modelloop.project import Project
 from modelloop.spec import (
-    FAMILIES,
     SPEC_FILE,
     AugmentSpec,
     DataSpec,
@@ -79,7 +78,7 @@ def test_minimal_spec_gets_documented_defaults(tmp_path: Path) -> None:
     r = spec.requirements
     assert (r.metric, r.target, r.p95_latency_ms, r.max_model_size_mb, r.time_budget_s) == (
         "accuracy", 0.95, None, None, 600.0)
-    assert spec.selection.candidates == list(FAMILIES)
+    assert spec.selection.candidates is None  # the task chooses for the data
     assert (spec.selection.trials, spec.selection.epochs_per_trial) == (9, 8)
     assert (spec.training.max_epochs, spec.training.patience, spec.training.batch_size) == (40, 6, 64)
 

@@ -68,9 +68,13 @@ def _command(fn):
 @_command
 def init(
     directory: DirArg,
-    task: Annotated[str, typer.Option(help="The task.")] = "image-classification",
-    data: Annotated[str, typer.Option(help="Folder of class subfolders of images, or builtin:NAME.")] = (
-        "builtin:seed-case"),
+    task: Annotated[str, typer.Option(help="The task: image-classification or text-classification.")] = (
+        "image-classification"),
+    data: Annotated[str | None, typer.Option(help="Images: a folder of class subfolders, or builtin:seed-case / "
+                                             "builtin:mnist784. Texts: a CSV/TSV/JSONL/Parquet file, or "
+                                             "builtin:rotten-tomatoes. Default: the task's built-in example.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text files: the column holding the text.")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Text files: the column holding the label.")] = None,
     metric: Annotated[str | None, typer.Option(help="Requirement metric (accuracy, f1_macro, ...).")] = None,
     target: Annotated[float | None, typer.Option(help="Requirement: metric on the test split >= target.")] = None,
     p95_latency_ms: Annotated[float | None, typer.Option(help="Requirement: p95 single-item latency.")] = None,
@@ -82,7 +86,8 @@ def init(
     """Write DIR/modelloop.yaml: data source, task and requirements."""
     from .project import Project
 
-    p = Project.init(directory, task=task, data=data, overwrite=force, metric=metric, target=target,
+    p = Project.init(directory, task=task, data=data, overwrite=force, text_column=text_column,
+                     label_column=label_column, metric=metric, target=target,
                      p95_latency_ms=p95_latency_ms, max_model_size_mb=max_model_size_mb, time_budget_s=time_budget_s)
     spec_path = p.path / "modelloop.yaml"
     if as_json:
@@ -183,21 +188,34 @@ def rollback(directory: DirArg, as_json: JsonOpt = False) -> None:
 
 @app.command()
 @_command
-def predict(directory: DirArg, files: Annotated[list[Path], typer.Argument(help="Image files.")],
+def predict(directory: DirArg,
+            files: Annotated[list[Path] | None, typer.Argument(help="Image files (image models).")] = None,
+            text: Annotated[list[str] | None, typer.Option("--text", help="A text to classify (text models); "
+                                                           "repeat for several.")] = None,
             as_json: JsonOpt = False) -> None:
-    """Predict image files with the champion (offline; the server logs its own predictions)."""
+    """Predict image files or texts with the champion (offline; the server logs its own predictions)."""
     from .errors import InputError
     from .project import Project
 
-    for f in files:
-        if not f.is_file():
-            raise InputError(f"image file {str(f)!r}: no such file; expected a PNG, JPEG or BMP image")
-    res = Project(directory).predict([str(f) for f in files])
-    if as_json:
-        _emit({"predictions": [{"file": str(f), **r} for f, r in zip(files, res, strict=True)]})
+    project = Project(directory)
+    if project.loop.task.input_kind == "text":
+        if not text:
+            raise InputError("option '--text': missing; expected one or more --text \"...\" for a text model")
+        items, res = list(text), project.predict(list(text))
+        key = "text"
     else:
-        for f, r in zip(files, res, strict=True):
-            out.print(f"{f}: {r['label']} ({max(r['scores'].values()):.3f})")
+        if not files:
+            raise InputError("argument 'FILES': missing; expected one or more image files for an image model")
+        for f in files:
+            if not f.is_file():
+                raise InputError(f"image file {str(f)!r}: no such file; expected a PNG, JPEG or BMP image")
+        items, res = [str(f) for f in files], project.predict([str(f) for f in files])
+        key = "file"
+    if as_json:
+        _emit({"predictions": [{key: i, **r} for i, r in zip(items, res, strict=True)]})
+    else:
+        for i, r in zip(items, res, strict=True):
+            out.print(f"{i}: {r['label']} ({max(r['scores'].values()):.3f})")
 
 
 @app.command()

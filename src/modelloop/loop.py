@@ -20,18 +20,19 @@ import numpy as np
 import torch
 
 from .compress import ServingModule, choose_backend
-from .data import Dataset, Normalizer, prepare_dataset
+from .data import Dataset
 from .errors import InputError, RegistryError
-from .evaluate import classification_metrics, measure_latency
+from .evaluate import classification_metrics
 from .evaluate.report import write_report
 from .feedback import FeedbackStore, open_store
 from .gate import check_requirements, compare, paired_evidence
 from .models import batched_logits, build_model, count_parameters
 from .registry import LoadedModel, LocalRegistry
 from .registry.artifact import library_versions
-from .select import CandidateSearch
+from .select.candidates import model_bytes, prepare_features, search_candidates, serving_latency
 from .settings import ProjectPaths
 from .spec import Spec, load_spec
+from .tasks import Task, featurizer_from_config, get_task
 from .train import TrainConfig, Trainer
 from .train.trainer import describe
 
@@ -47,13 +48,21 @@ def _is_holdout(prediction_id: str, fraction: float) -> bool:
     return int(hashlib.sha1(prediction_id.encode()).hexdigest()[:8], 16) / 0x100000000 < fraction
 
 
-def _proba(model: torch.nn.Module, norm: Normalizer, x: torch.Tensor) -> np.ndarray:
-    """Class probabilities of 0-255 pixels (N, C, H, W) through the normalizer and the model."""
-    return torch.softmax(batched_logits(model, norm.transform(x)), 1).numpy()
+def _proba(model: torch.nn.Module, feat, x: Any) -> np.ndarray:
+    """Class probabilities of raw inputs (pixels 0-255 (N, C, H, W), or texts) through featurizer and model."""
+    return torch.softmax(batched_logits(model, feat.transform(x)), 1).numpy()
 
 
-def _state_bytes(model: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+def _take(x: Any, mask: torch.Tensor | np.ndarray) -> Any:
+    """Rows of a raw batch (tensor, or list of texts) where ``mask`` is true."""
+    m = torch.as_tensor(np.asarray(mask, dtype=bool))
+    if isinstance(x, list):
+        return [v for v, k in zip(x, m.tolist(), strict=True) if k]
+    return x[m]
+
+
+def _cat(a: Any, b: Any) -> Any:
+    return a + b if isinstance(a, list) else torch.cat([a.float(), b.float()])
 
 
 class Loop:
@@ -69,6 +78,7 @@ class Loop:
         self.paths = ProjectPaths(project_dir)
         self.spec: Spec = load_spec(self.paths.root)
         self.registry = LocalRegistry(self.paths.registry)
+        self.task: Task = get_task(self.spec.task)
         self._store: FeedbackStore | None = None
 
     @property
@@ -136,52 +146,58 @@ class Loop:
             self._say(progress, f"[data] resumed dataset snapshot {ds.fingerprint}")
         else:
             self._say(progress, f"[data] loading and validating {spec.data.source}")
-            ds = prepare_dataset(spec.data, self.paths.root)
+            ds = self.task.prepare(spec.data, self.paths.root)
             ds.save(self.paths.data)
             state["dataset"] = ds.fingerprint
             self._save_state(run_dir, state)
         rep = ds.report
-        self._say(progress, f"[data] {rep.kept} images kept, {len(rep.dropped)} dropped; split "
+        what = "texts" if ds.kind == "text" else "images"
+        self._say(progress, f"[data] {rep.kept} {what} kept, {len(rep.dropped)} dropped; split "
                   + ", ".join(f"{s} {sum(c.values())}" for s, c in rep.split_counts.items()))
         for d in rep.dropped[:20]:
             log.warning("dropped %s: %s", d["file"], d["reason"])
 
-        # 2. preprocessing fit on the training split only
+        # 2. technology selection: each candidate's featurizer is fit on the training split only
         (xtr, ytr), (xva, yva) = ds.splits["train"], ds.splits["val"]
-        norm = Normalizer().fit(xtr)
-        train, val = (norm.transform(xtr), ytr), (norm.transform(xva), yva)
         if len(yva) == 0:
-            val = train  # too few images for a validation split: early stopping watches training data
-            log.warning("no validation images (classes too small); early stopping uses the training split")
-        base = {"input_shape": [ds.fmt.channels, ds.fmt.height, ds.fmt.width], "num_classes": len(ds.class_names)}
-
-        # 3. technology selection
+            log.warning("no validation examples (classes too small); early stopping uses the training split")
         if "selection" in state:
             selection = state["selection"]
-            self._say(progress, f"[selection] resumed: {selection['best_family']}")
+            self._say(progress, f"[selection] resumed: {selection['chosen']}")
         else:
             sel = spec.selection
-            self._say(progress, f"[selection] searching {', '.join(sel.candidates)} ({sel.trials} trials)")
-            search = CandidateSearch(sel.candidates, sel.trials, sel.epochs_per_trial,
-                                     timeout_s=max(1.0, budget * sel.share_of_budget - elapsed()),
-                                     batch_size=spec.training.batch_size, shift=spec.data.augmentation.shift,
-                                     seed=spec.seed)
-            selection = search.run(train, val, base, storage_path=run_dir / "selection.db",
-                                   progress=progress).to_dict()
+            cands, excluded = self.task.choose_candidates(spec, ds)
+            for name, why in excluded.items():
+                log.info("candidate %s: %s", name, why)
+            self._say(progress, f"[selection] candidates {', '.join(c.name for c in cands)} "
+                      f"({sel.trials} trials, rule: {sel.choose})")
+            selection = search_candidates(cands, (xtr, ytr), (xva, yva), len(ds.class_names), spec,
+                                          timeout_s=max(1.0, budget * sel.share_of_budget - elapsed()),
+                                          run_dir=run_dir, cache_dir=self.paths.state / "cache", progress=progress)
+            selection["excluded"] = excluded
             state["selection"] = selection
             state["elapsed_s"] = elapsed()
             self._save_state(run_dir, state)
-            self._say(progress, f"[selection] chose {selection['best_family']} "
-                      f"(val accuracy {selection['best_val_accuracy']:.4f})")
+            if selection["warning"]:
+                log.warning("%s", selection["warning"])
+            self._say(progress, f"[selection] chose {selection['chosen']} "
+                      f"(val accuracy {selection['best_val_accuracy']:.4f}; "
+                      + next(r["decision"] for r in selection["leaderboard"] if r["candidate"] == selection["chosen"])
+                      + ")")
 
-        # 4. final training with early stopping and checkpoints
-        config = {**base, "family": selection["best_family"], "params": selection["best_params"]}
+        # 3. final training of the chosen candidate, with early stopping and checkpoints
+        cand = self.task.candidates[selection["chosen"]]
+        feat, ftr, fva = prepare_features(cand, xtr, xva, self.paths.state / "cache")
+        train = (ftr, ytr)
+        val = (fva, yva) if fva is not None else train
+        config = {"family": cand.family, "input_shape": list(ftr.shape[1:]), "num_classes": len(ds.class_names),
+                  "params": selection["best_params"], "featurizer": dict(cand.featurizer), "candidate": cand.name}
         result, model = self._train(config, train, val, run_dir, resume=found is not None,
                                      time_limit=max(5.0, budget - elapsed()), progress=progress)
 
         # 5. evaluation, 6. gate, 7. registry, 8. report
-        out = self._finish(model=model, config=config, norm=norm, ds=ds, run_id=run_id, train_result=result,
-                           parent=None, feedback_examples=0, feedback_ids=[], leaderboard=selection["leaderboard"],
+        out = self._finish(model=model, config=config, feat=feat, ds=ds, run_id=run_id, train_result=result,
+                           parent=None, feedback_examples=0, feedback_ids=[], selection=selection,
                            fingerprint=ds.fingerprint, progress=progress, title="Training run")
         gate = out["gate"]
         if gate["passed"] and self.registry.champion() is None:
@@ -200,12 +216,13 @@ class Loop:
         params = config["params"]
         torch.manual_seed(spec.seed)
         model = build_model(config)
+        pixels = config.get("featurizer", {"kind": "pixels"})["kind"] == "pixels"
         trainer = Trainer(TrainConfig(
             max_epochs=spec.training.max_epochs, patience=spec.training.patience,
             batch_size=spec.training.batch_size, lr=params["lr"], weight_decay=params["weight_decay"],
-            shift=spec.data.augmentation.shift, seed=spec.seed, time_limit_s=time_limit,
+            shift=spec.data.augmentation.shift if pixels else 0, seed=spec.seed, time_limit_s=time_limit,
             checkpoint_path=run_dir / "checkpoint.pt"))
-        self._say(progress, f"[training] {config['family']} on {len(train[1])} images, "
+        self._say(progress, f"[training] {config.get('candidate', config['family'])} on {len(train[1])} examples, "
                   f"up to {spec.training.max_epochs} epochs")
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
@@ -218,32 +235,37 @@ class Loop:
                   f"({result.stopped}), val accuracy {result.best_val_accuracy:.4f}")
         return result, model
 
-    def _finish(self, *, model, config, norm: Normalizer, ds: Dataset, run_id: str, train_result, parent,
-                feedback_examples: int, feedback_ids: list[str], leaderboard, fingerprint: str,
+    def _finish(self, *, model, config, feat, ds: Dataset, run_id: str, train_result, parent,
+                feedback_examples: int, feedback_ids: list[str], selection, fingerprint: str,
                 progress: Progress | None, title: str, decide=None, feedback_holdout: int = 0,
                 monitoring: dict[str, Any] | None = None, feedback_validation: int = 0) -> dict[str, Any]:
         spec = self.spec
         xte, yte = ds.splits["test"]
-        probs = _proba(model, norm, xte)
+        probs = _proba(model, feat, xte)
         metrics = classification_metrics(yte.numpy(), probs, ds.class_names)
         xva, yva = ds.splits["val"]
-        val_metrics = (classification_metrics(yva.numpy(), _proba(model, norm, xva), ds.class_names)
+        val_metrics = (classification_metrics(yva.numpy(), _proba(model, feat, xva), ds.class_names)
                        if len(yva) else None)
-        latency = measure_latency(model, norm.transform(xte[:1] if len(xte) else ds.splits["train"][0][:1]))
-        size_mb = _state_bytes(model) / 1e6
+        latency = serving_latency(feat, model, (xte if len(xte) else ds.splits["train"][0])[:1])
+        size_mb = (model_bytes(model) + feat.frozen_bytes()) / 1e6
         self._say(progress, f"[evaluation] test accuracy {metrics['accuracy']:.4f}, F1 macro "
                   f"{metrics['f1_macro']:.4f}, p95 latency {latency['p95_ms']:.2f} ms")
         gate = check_requirements(spec.requirements, metrics, latency, size_mb)
         decision = decide(metrics, probs.argmax(1), gate) if decide else None
 
         # Optimization for serving: export and time each backend, keep the fastest that agrees.
-        xva_pixels = (xva if len(yva) else ds.splits["train"][0]).float().numpy()
-        yva_labels = (yva if len(yva) else ds.splits["train"][1]).numpy()
         export_dir = self.paths.runs / run_id / "export"
-        module = ServingModule(model, norm.mean_, norm.std_)
-        serving = choose_backend(module, xva_pixels, yva_labels, export_dir,
-                                 max_accuracy_drop=spec.serving.max_accuracy_drop,
-                                 candidates=tuple(spec.serving.backends))
+        if feat.exportable:
+            xva_raw = (xva if len(yva) else ds.splits["train"][0]).float().numpy()
+            yva_labels = (yva if len(yva) else ds.splits["train"][1]).numpy()
+            module = ServingModule(model, feat.normalizer.mean_, feat.normalizer.std_)
+            serving = choose_backend(module, xva_raw, yva_labels, export_dir,
+                                     max_accuracy_drop=spec.serving.max_accuracy_drop,
+                                     candidates=tuple(spec.serving.backends))
+        else:
+            serving = {"backend": "torch", "candidates": [{
+                "backend": "torch", "ok": True, "reason": "", "p50_ms_batch1": latency["p50_ms"]}],
+                "note": f"featurizer {feat.kind}: served by PyTorch (featurizer and network in one process)"}
         self._say(progress, f"[optimization] serving backend {serving['backend']}: " + ", ".join(
             f"{r['backend']} {r['p50_ms_batch1']:.2f} ms" if r["ok"] else f"{r['backend']} rejected"
             for r in serving["candidates"]))
@@ -256,6 +278,8 @@ class Loop:
             "dataset": {"fingerprint": fingerprint, "base_fingerprint": ds.fingerprint, "source": spec.data.source,
                         "train_examples": int(len(ds.splits["train"][1])) + feedback_examples,
                         "test_examples": int(len(yte))},
+            "selection": ({k: selection.get(k) for k in ("chosen", "rule", "warning", "excluded", "leaderboard")}
+                          if selection else None),
             "run_id": run_id, "parent": parent, "feedback_examples": feedback_examples,
             "feedback_holdout": feedback_holdout, "feedback_validation": feedback_validation,
             "training": describe(train_result), "spec": spec.to_dict(), "libraries": library_versions(),
@@ -263,47 +287,57 @@ class Loop:
         manifest["serving"] = serving
         if decision is not None:
             manifest["gate"] = decision
-        preprocessing = {"format": ds.fmt.to_dict(), "normalizer": norm.state_dict(),
-                         "class_names": ds.class_names, "pixel_range": [0, 255]}
+        preprocessing = {"featurizer": feat.config(), "class_names": ds.class_names, "input": ds.kind}
+        if ds.fmt is not None:
+            preprocessing.update(format=ds.fmt.to_dict(), pixel_range=[0, 255])
         version = self.registry.register(manifest, model, preprocessing, extra_files=extra)
         if feedback_ids:
             (self.paths.runs / run_id / "feedback_ids.json").write_text(json.dumps(feedback_ids))
         report = write_report(self.paths.reports / f"{version}.html", {
-            "title": f"{title}: {spec.name} {version}", "version": version, "family": config["family"],
+            "title": f"{title}: {spec.name} {version}", "version": version,
+            "family": config.get("candidate", config["family"]),
             "fingerprint": fingerprint, "parent": parent, "class_names": ds.class_names, "metrics": metrics,
-            "gate": gate, "history": train_result.history, "leaderboard": leaderboard, "latency": latency,
+            "gate": gate, "history": train_result.history, "latency": latency,
+            "leaderboard": (selection or {}).get("leaderboard"), "trials": (selection or {}).get("trials"),
+            "selection_warning": (selection or {}).get("warning"), "excluded": (selection or {}).get("excluded"),
+            "requirements": spec.requirements.model_dump(),
             "size_mb": size_mb, "data_report": ds.report.to_dict(), "decision": decision,
             "feedback_examples": feedback_examples, "serving": serving, "monitor": monitoring,
         })
         self.registry.update_manifest(version, report=str(report))
         return {"version": version, "run_id": run_id, "parent": parent, "metrics": metrics,
                 "val_metrics": val_metrics, "latency": latency, "size_mb": size_mb, "gate": gate,
-                "passed": gate["passed"], "champion": False, "report": str(report), "family": config["family"],
+                "passed": gate["passed"], "champion": False, "report": str(report),
+                "family": config.get("candidate", config["family"]),
                 "dataset": fingerprint, "feedback_examples": feedback_examples, "decision": decision}
 
 
     # -- retrain -----------------------------------------------------------------------------
-    def feedback_split(self, class_names: list[str], shape: tuple[int, ...]) -> dict[str, Any]:
+    def feedback_split(self, class_names: list[str], like) -> dict[str, Any]:
         """Trusted labelled feedback, split by prediction id into a training part and a hold-out part.
 
-        The split is a pure function of the prediction id (a hash), so an example never moves
-        between the two as more feedback arrives.
+        ``like`` (a dataset or model) decides which stored inputs are usable (an image model takes
+        images of its format). The split is a pure function of the prediction id (a hash), so an
+        example never moves between the two as more feedback arrives. Returns raw inputs.
         """
         fs = self.spec.feedback
-        x, labels, ids = self.store.labelled_examples(shape, class_names, exclude_clients=fs.untrusted_clients)
+        items, labels, ids = self.store.labelled_inputs(class_names, exclude_clients=fs.untrusted_clients)
+        x, usable = self.task.collate(items, like)
+        labels = [lab for lab, k in zip(labels, usable, strict=True) if k]
+        ids = [i for i, k in zip(ids, usable, strict=True) if k]
+        if not all(usable):
+            log.warning("skipped %d feedback rows whose input this model cannot take", usable.count(False))
         index = {c: i for i, c in enumerate(class_names)}
-        keep = [i for i, lab in enumerate(labels) if lab in index]
-        if len(keep) < len(labels):
-            log.warning("skipped %d feedback rows whose label is not a class of this model", len(labels) - len(keep))
-        hold = np.array([_is_holdout(ids[i], fs.holdout_fraction) for i in keep], dtype=bool)
-        keep_arr = np.array(keep, dtype=np.int64)
-        y = np.array([index[labels[i]] for i in keep], dtype=np.int64)
-        return {
-            "train": (torch.from_numpy(x[keep_arr[~hold]]), torch.from_numpy(y[~hold]),
-                      [ids[i] for i in keep_arr[~hold]]),
-            "holdout": (torch.from_numpy(x[keep_arr[hold]]), torch.from_numpy(y[hold]),
-                        [ids[i] for i in keep_arr[hold]]),
-        }
+        keep = np.array([lab in index for lab in labels], dtype=bool)
+        if not keep.all():
+            log.warning("skipped %d feedback rows whose label is not a class of this model", int((~keep).sum()))
+        hold = np.array([_is_holdout(pid, fs.holdout_fraction) for pid in ids], dtype=bool)
+        y = torch.tensor([index.get(lab, -1) for lab in labels], dtype=torch.int64)
+        ids_arr = np.array(ids, dtype=object)
+        out = {}
+        for name, mask in (("train", keep & ~hold), ("holdout", keep & hold)):
+            out[name] = (_take(x, mask), y[torch.from_numpy(mask)], list(ids_arr[mask]) if len(ids) else [])
+        return out
 
     def retrain(self, progress: Progress | None = None, promote: bool = True) -> dict[str, Any]:
         """Train a challenger on the training split plus feedback-labelled inputs and gate it.
@@ -320,13 +354,12 @@ class Loop:
         parent = self.registry.load(champion)
         pm = parent.manifest
         ds = Dataset.load(self.paths.data, pm["dataset"]["base_fingerprint"])
-        fmt = ds.fmt
         try:
             monitoring = self.monitor()  # what the loop saw when it decided to retrain, for the report
         except Exception as e:  # monitoring is evidence, never a reason to fail a retrain
             log.warning("monitor before retraining failed: %s", e)
             monitoring = None
-        fb = self.feedback_split(ds.class_names, (fmt.channels, fmt.height, fmt.width))
+        fb = self.feedback_split(ds.class_names, ds)
         xf, yf, fb_all = fb["train"]
         xh, yh, hold_ids = fb["holdout"]
         # A slice of the training feedback joins the validation split, so early stopping picks an
@@ -338,14 +371,17 @@ class Loop:
                   f"{len(val_ids)} to validate on, {len(hold_ids)} held out for the gate")
 
         xtr, ytr = ds.splits["train"]
-        x_all = torch.cat([xtr.float(), xf[~in_val].float()])
+        x_all = _cat(xtr, _take(xf, ~in_val))
         y_all = torch.cat([ytr, yf[~in_val]])
-        norm = Normalizer().fit(x_all)
-        train = (norm.transform(x_all), y_all)
+        config = pm["model"]
+        feat = featurizer_from_config(config.get("featurizer", {"kind": "pixels"}))
+        feat.set_cache(self.paths.state / "cache")
+        feat.fit(x_all)
+        train = (feat.transform(x_all), y_all)
         xva, yva = ds.splits["val"]
-        xva = torch.cat([xva.float(), xf[in_val].float()])
+        xva = _cat(xva, _take(xf, in_val))
         yva = torch.cat([yva, yf[in_val]])
-        val = (norm.transform(xva), yva) if len(yva) else train
+        val = (feat.transform(xva), yva) if len(yva) else train
         h = hashlib.sha256(ds.fingerprint.encode())
         for pid in fb_ids:
             h.update(pid.encode())
@@ -357,7 +393,6 @@ class Loop:
         self._save_state(run_dir, state)
         (run_dir / "holdout_ids.json").write_text(json.dumps(hold_ids))
         (run_dir / "validation_ids.json").write_text(json.dumps(val_ids))
-        config = pm["model"]
         result, model = self._train(config, train, val, run_dir, resume=False,
                                     time_limit=self.spec.requirements.time_budget_s, progress=progress)
 
@@ -369,16 +404,16 @@ class Loop:
         fb_evidence = None
         if len(hold_ids):
             champ_h = parent.predict_proba(xh).numpy().argmax(1)
-            chall_h = _proba(model, norm, xh).argmax(1)
+            chall_h = _proba(model, feat, xh).argmax(1)
             fb_evidence = paired_evidence(yh.numpy(), champ_h, chall_h, len(ds.class_names), gate_spec.confidence)
 
         def decide(chall_metrics, chall_pred, chall_gate):
             return compare(self.spec.requirements, champ_metrics, chall_metrics, yte.numpy(), champ_probs.argmax(1),
                            chall_pred, chall_gate, gate=gate_spec, class_names=ds.class_names, feedback=fb_evidence)
 
-        out = self._finish(model=model, config=config, norm=norm, ds=ds, run_id=run_id, train_result=result,
+        out = self._finish(model=model, config=config, feat=feat, ds=ds, run_id=run_id, train_result=result,
                            parent=champion, feedback_examples=len(fb_ids), feedback_ids=fb_ids,
-                           leaderboard=None, fingerprint=fingerprint, progress=progress,
+                           selection=None, fingerprint=fingerprint, progress=progress,
                            title="Retraining on feedback", decide=decide, feedback_holdout=len(hold_ids),
                            monitoring=monitoring, feedback_validation=len(val_ids))
         decision = out["decision"]
@@ -405,7 +440,8 @@ class Loop:
         for m in self.registry.versions():
             test = m["metrics"]["test"]
             rows.append({
-                "version": m["version"], "aliases": m["aliases"], "family": m["model"]["family"],
+                "version": m["version"], "aliases": m["aliases"],
+                "family": m["model"].get("candidate", m["model"]["family"]),
                 "accuracy": test["accuracy"], "f1_macro": test["f1_macro"], "parent": m.get("parent"),
                 "dataset": m["dataset"]["fingerprint"], "feedback_examples": m.get("feedback_examples", 0),
                 "created_at": m["created_at"], "requirements_passed": m["requirements"]["passed"],
@@ -438,15 +474,18 @@ class Loop:
         champ = self.load_champion()
         ms = self.spec.monitor
         ds = Dataset.load(self.paths.data, champ.manifest["dataset"]["base_fingerprint"])
-        fmt = ds.fmt
         xtr = ds.splits["train"][0]
         rng = np.random.default_rng(self.spec.seed)
         ref_idx = rng.choice(len(xtr), size=min(ms.reference_size, len(xtr)), replace=False)
-        x_ref = xtr[torch.from_numpy(np.sort(ref_idx))].float()
-        x_live, live_labels = self.store.recent_inputs((fmt.channels, fmt.height, fmt.width), limit=ms.window)
-        ref_emb = embed(champ.model, champ.normalizer.transform(x_ref))
+        ref_mask = np.zeros(len(xtr), dtype=bool)
+        ref_mask[ref_idx] = True
+        x_ref = _take(xtr, ref_mask)
+        items, served = self.store.recent_raw(limit=ms.window)
+        x_live, usable = self.task.collate(items, champ)
+        live_labels = [lab for lab, k in zip(served, usable, strict=True) if k]
+        ref_emb = embed(champ.model, champ.features(x_ref))
         if len(x_live) >= 20:
-            live_emb = embed(champ.model, champ.normalizer.transform(torch.from_numpy(x_live)))
+            live_emb = embed(champ.model, champ.features(x_live))
             drift = mmd_test(ref_emb, live_emb, ms.permutations, ms.drift_p_value, seed=self.spec.seed)
         else:
             drift = {"detected": False, "statistic": None, "threshold": None, "p_value": None,

@@ -25,14 +25,27 @@ from .spec import SPEC_FILE, TASKS, parse_spec, save_spec
 __all__ = ["Project"]
 
 
-def _check_source(source: str, base: Path) -> None:
+TEXT_BUILTINS = ("rotten-tomatoes",)
+TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+DEFAULT_DATA = {"image-classification": "builtin:seed-case", "text-classification": "builtin:rotten-tomatoes"}
+
+
+def _check_source(source: str, base: Path, task: str = "image-classification") -> None:
+    text = task == "text-classification"
+    builtins = TEXT_BUILTINS if text else BUILTINS
     if source.startswith("builtin:"):
         name = source.removeprefix("builtin:")
-        if name not in BUILTINS:
-            raise DataError(f"data source {source!r}: unknown built-in dataset; expected one of "
-                            + ", ".join(f"builtin:{n}" for n in BUILTINS))
+        if name not in builtins:
+            raise DataError(f"data source {source!r}: unknown built-in dataset for {task}; expected one of "
+                            + ", ".join(f"builtin:{n}" for n in builtins))
         return
     path = Path(source) if Path(source).is_absolute() else base / source
+    if text:
+        if not path.is_file() or path.suffix.lower() not in TEXT_SUFFIXES:
+            raise DataError(f"data source {source!r}: {'no such file' if not path.is_file() else 'unsupported type'}; "
+                            f"expected a {'/'.join(s.lstrip('.').upper() for s in TEXT_SUFFIXES)} file with text and "
+                            "label columns, or builtin:rotten-tomatoes")
+        return
     if not path.is_dir():
         raise DataError(f"data source {source!r}: no such folder; expected a folder of class subfolders of "
                         "images (PNG/JPEG/BMP) or builtin:NAME (" + ", ".join(f"builtin:{n}" for n in BUILTINS) + ")")
@@ -46,12 +59,15 @@ class Project:
         self.path = self.loop.paths.root
 
     @classmethod
-    def init(cls, path: str | Path, task: str = "image-classification", data: str = "builtin:seed-case",
-             name: str | None = None, overwrite: bool = False, **requirements: Any) -> Project:
+    def init(cls, path: str | Path, task: str = "image-classification", data: str | None = None,
+             name: str | None = None, overwrite: bool = False, text_column: str | None = None,
+             label_column: str | None = None, **requirements: Any) -> Project:
         """Write ``path/modelloop.yaml`` for ``task`` on ``data`` and return the project.
 
-        ``requirements`` are fields of :class:`~modelloop.spec.Requirements` (metric, target,
-        p95_latency_ms, max_model_size_mb, time_budget_s).
+        ``data`` defaults to the task's built-in example (``builtin:seed-case`` images,
+        ``builtin:rotten-tomatoes`` texts). ``text_column`` / ``label_column`` name the columns of
+        a text file. ``requirements`` are fields of :class:`~modelloop.spec.Requirements`
+        (metric, target, p95_latency_ms, max_model_size_mb, time_budget_s).
 
         Raises:
             SpecError: unknown task or invalid requirement, or a spec already exists.
@@ -63,14 +79,17 @@ class Project:
         if (path / SPEC_FILE).exists() and not overwrite:
             raise SpecError(f"{path / SPEC_FILE}: already exists; expected a new project folder "
                             "(or pass overwrite/--force)")
+        data = data or DEFAULT_DATA[task]
         source = data
         if not data.startswith("builtin:"):
             # A relative path means relative to where the command runs; store it absolute so the
             # project works from any directory.
             source = str(Path(data).resolve())
-        _check_source(source, path.resolve())
+        _check_source(source, path.resolve(), task)
         reqs = {k: v for k, v in requirements.items() if v is not None}
-        spec = parse_spec({"name": name or path.resolve().name, "task": task, "data": {"source": source},
+        data_spec = {"source": source, **({"text_column": text_column} if text_column else {}),
+                     **({"label_column": label_column} if label_column else {})}
+        spec = parse_spec({"name": name or path.resolve().name, "task": task, "data": data_spec,
                            "requirements": reqs}, where=f"{path / SPEC_FILE}")
         path.mkdir(parents=True, exist_ok=True)
         save_spec(spec, path)
@@ -96,12 +115,20 @@ class Project:
         """Predict with the champion, without logging (the server logs what it serves).
 
         Args:
-            inputs: image file paths, or pixel arrays (one image (C, H, W) / (H, W) / flat, or a batch
-                (N, ...)), values 0-255.
+            inputs: for image models, image file paths or pixel arrays (one image (C, H, W) / (H, W) /
+                flat, or a batch (N, ...)), values 0-255; for text models, a text or a list of texts.
         Returns:
             One ``{"label", "scores", "model_version"}`` per input.
         """
         model = self.loop.load_champion()
+        if self.loop.task.input_kind == "text":
+            from .tasks.text_classification import parse_texts
+
+            texts = parse_texts([inputs] if isinstance(inputs, str) else list(inputs), "inputs")
+            probs = model.predict_proba(texts).numpy()
+            return [{"label": model.class_names[int(p.argmax())],
+                     "scores": dict(zip(model.class_names, map(float, p), strict=True)),
+                     "model_version": model.version} for p in probs]
         fmt = model.fmt
         if isinstance(inputs, (str, Path)) or (isinstance(inputs, list) and inputs and
                                                isinstance(inputs[0], (str, Path))):

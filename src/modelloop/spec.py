@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError
 
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 SPEC_FILE = "modelloop.yaml"
-TASKS = ("image-classification",)
+TASKS = ("image-classification", "text-classification")
 METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
 FAMILIES = ("linear", "mlp", "cnn")
 
@@ -64,7 +64,8 @@ class AugmentSpec(_Strict):
 class DataSpec(_Strict):
     """Where the data comes from and how it is prepared.
 
-    ``source`` is a folder of class subfolders of images, or ``builtin:NAME``.
+    ``source`` is a folder of class subfolders of images, a CSV/TSV/JSONL/Parquet file of texts
+    (columns ``text_column`` and ``label_column``), or ``builtin:NAME``.
     ``image_size`` is ``[height, width]``; by default the most common size in the data.
     ``on_bad_file``: ``drop`` removes unreadable files and lists them in the data report;
     ``error`` stops the run at the first one.
@@ -75,6 +76,8 @@ class DataSpec(_Strict):
     split: SplitSpec = SplitSpec()
     augmentation: AugmentSpec = AugmentSpec()
     on_bad_file: Literal["drop", "error"] = "drop"
+    text_column: str = "text"
+    label_column: str = "label"
 
     @field_validator("source")
     @classmethod
@@ -106,19 +109,43 @@ class Requirements(_Strict):
     time_budget_s: float = Field(600.0, gt=0)
 
 
-class SelectionSpec(_Strict):
-    """Technology selection: which model families compete and how much search each gets."""
+IMAGE_CANDIDATES = ("linear", "mlp", "cnn", "efficientnet", "efficientnet-finetune")
+TEXT_CANDIDATES = ("tfidf-linear", "minilm-linear", "minilm-mlp", "minilm-lora")
 
-    candidates: list[Literal["linear", "mlp", "cnn"]] = list(FAMILIES)
+
+class SelectionSpec(_Strict):
+    """Technology selection: which candidates compete, how much search each gets, how one is chosen.
+
+    ``candidates``: unset lets the task choose for the data (and record why); image tasks know
+    linear, mlp, cnn, efficientnet (frozen ImageNet features + head) and efficientnet-finetune;
+    text tasks know tfidf-linear, minilm-linear, minilm-mlp and minilm-lora.
+    ``choose``: ``cheapest`` takes the candidate with the lowest p95 latency (then size) among
+    those meeting every requirement on the validation split, with ``quality_margin`` added to the
+    target to allow for a small validation split's noise; ``best`` takes the best validation
+    quality. With no candidate meeting the requirements, the best is taken and a warning recorded.
+    ``distill``: when a pretrained candidate wins on quality, also train the best small
+    candidate on its soft predictions and let the student compete under the same rule.
+    """
+
+    candidates: list[str] | None = None
     trials: int = Field(9, ge=1, le=500)
     epochs_per_trial: int = Field(8, ge=1, le=200)
     share_of_budget: float = Field(0.5, gt=0, le=0.9)
+    choose: Literal["cheapest", "best"] = "cheapest"
+    quality_margin: float = Field(0.01, ge=0, le=0.5)
+    distill: bool = True
 
     @field_validator("candidates")
     @classmethod
-    def _some(cls, v: list[str]) -> list[str]:
+    def _some(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
         if not v:
-            raise ValueError("must name at least one of linear, mlp, cnn")
+            raise ValueError("must name at least one candidate (or leave it unset to let the task choose)")
+        known = IMAGE_CANDIDATES + TEXT_CANDIDATES
+        bad = [c for c in v if c not in known]
+        if bad:
+            raise ValueError(f"unknown candidate {bad[0]!r}; expected some of {', '.join(known)}")
         return list(dict.fromkeys(v))
 
 
@@ -233,7 +260,7 @@ class Spec(_Strict):
     """A modelloop project: task, data, requirements and the knobs of each stage."""
 
     name: str = "project"
-    task: Literal["image-classification"] = "image-classification"
+    task: Literal["image-classification", "text-classification"] = "image-classification"
     data: DataSpec
     requirements: Requirements = Requirements()
     selection: SelectionSpec = SelectionSpec()
@@ -247,6 +274,15 @@ class Spec(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @model_validator(mode="after")
+    def _candidates_fit_task(self) -> Spec:
+        allowed = TEXT_CANDIDATES if self.task == "text-classification" else IMAGE_CANDIDATES
+        for c in self.selection.candidates or []:
+            if c not in allowed:
+                raise ValueError(f"selection.candidates: {c!r} is not a candidate for {self.task}; "
+                                 f"expected some of {', '.join(allowed)}")
+        return self
 
 
 def _describe(err: dict[str, Any]) -> str:

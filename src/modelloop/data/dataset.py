@@ -24,7 +24,7 @@ from ..spec import DataSpec
 from .builtin import load_builtin
 from .image import ImageFormat, load_image_folder
 
-__all__ = ["DataReport", "Dataset", "prepare_dataset", "stratified_split", "fingerprint"]
+__all__ = ["DataReport", "Dataset", "prepare_dataset", "prepare_text_dataset", "stratified_split", "fingerprint"]
 
 SPLITS = ("train", "val", "test")
 
@@ -40,34 +40,57 @@ class DataReport:
     class_counts: dict[str, int] = field(default_factory=dict)
     split_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     image_format: dict[str, int] = field(default_factory=dict)
+    text: dict[str, Any] = field(default_factory=dict)  # text sources: truncation and length statistics
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def _pack_texts(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts -> (uint8 UTF-8 bytes, int64 end offsets): a tensor form safetensors can store."""
+    encoded = [t.encode("utf-8") for t in texts]
+    ends = np.cumsum([len(b) for b in encoded], dtype=np.int64) if encoded else np.zeros(0, np.int64)
+    data = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+    return torch.from_numpy(data), torch.from_numpy(ends)
+
+
+def _unpack_texts(data: torch.Tensor, ends: torch.Tensor) -> list[str]:
+    raw = data.numpy().tobytes()
+    starts = [0, *ends.tolist()[:-1]]
+    return [raw[a:b].decode("utf-8") for a, b in zip(starts, ends.tolist(), strict=True)]
+
+
 @dataclass
 class Dataset:
-    """Frozen splits as uint8 tensors (N, C, H, W) and int64 labels."""
+    """Frozen splits and int64 labels. Images: uint8 tensors (N, C, H, W); texts: lists of str."""
 
-    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    splits: dict[str, tuple[Any, torch.Tensor]]
     class_names: list[str]
-    fmt: ImageFormat
+    fmt: ImageFormat | None
     report: DataReport
     fingerprint: str
+    kind: str = "image"
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {}
         for name, (x, y) in self.splits.items():
-            tensors[f"{name}_x"], tensors[f"{name}_y"] = x.contiguous(), y.contiguous()
+            if self.kind == "text":
+                tensors[f"{name}_x_bytes"], tensors[f"{name}_x_ends"] = _pack_texts(x)
+            else:
+                tensors[f"{name}_x"] = x.contiguous()
+            tensors[f"{name}_y"] = y.contiguous()
         path = folder / f"{self.fingerprint}.safetensors"
         meta = {
+            "kind": self.kind,
             "class_names": json.dumps(self.class_names),
-            "format": json.dumps(self.fmt.to_dict()),
+            "format": json.dumps(self.fmt.to_dict() if self.fmt else None),
             "report": json.dumps(self.report.to_dict()),
         }
-        save_file(tensors, str(path), metadata=meta)
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)
         return path
 
     @classmethod
@@ -80,18 +103,27 @@ class Dataset:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
         t = load_file(str(path))
-        splits = {s: (t[f"{s}_x"], t[f"{s}_y"]) for s in SPLITS}
+        kind = meta.get("kind", "image")
+        if kind == "text":
+            splits = {s: (_unpack_texts(t[f"{s}_x_bytes"], t[f"{s}_x_ends"]), t[f"{s}_y"]) for s in SPLITS}
+        else:
+            splits = {s: (t[f"{s}_x"], t[f"{s}_y"]) for s in SPLITS}
         report = DataReport(**json.loads(meta["report"]))
-        return cls(splits, json.loads(meta["class_names"]), ImageFormat(**json.loads(meta["format"])), report, fp)
+        fmt = json.loads(meta["format"])
+        return cls(splits, json.loads(meta["class_names"]), ImageFormat(**fmt) if fmt else None, report, fp, kind)
 
 
-def fingerprint(splits: dict[str, tuple[torch.Tensor, torch.Tensor]], class_names: list[str]) -> str:
-    """A content hash of every split's pixels and labels and of the class names."""
+def fingerprint(splits: dict[str, tuple[Any, torch.Tensor]], class_names: list[str]) -> str:
+    """A content hash of every split's inputs (pixels or texts) and labels and of the class names."""
     h = hashlib.sha256(json.dumps(class_names).encode())
     for name in sorted(splits):
         x, y = splits[name]
         h.update(name.encode())
-        h.update(x.contiguous().numpy().tobytes())
+        if isinstance(x, list):
+            for t in x:
+                h.update(t.encode("utf-8") + b"\x00")
+        else:
+            h.update(x.contiguous().numpy().tobytes())
         h.update(y.contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
@@ -203,3 +235,43 @@ def prepare_dataset(data: DataSpec, base_dir: str | Path = ".") -> Dataset:
         for s in SPLITS
     }
     return Dataset(splits, class_names, fmt, report, fingerprint(splits, class_names))
+
+
+def prepare_text_dataset(data: DataSpec, base_dir: str | Path = ".") -> Dataset:
+    """Load, validate, clean and split a text source (CSV/TSV/JSONL/Parquet or builtin:rotten-tomatoes).
+
+    Raises:
+        DataError: the source is missing or unreadable, a column is missing, a row is broken, or
+            there are fewer than 2 classes or a class with fewer than 2 texts.
+    """
+    from .text import check_classes, load_rotten_tomatoes, load_text_table
+
+    source = data.source
+    if source.startswith("builtin:"):
+        name = source.removeprefix("builtin:")
+        if name != "rotten-tomatoes":
+            raise DataError(f"field 'data.source': received {source!r}; expected a CSV/TSV/JSONL/Parquet file or "
+                            "builtin:rotten-tomatoes for text-classification")
+        table = load_rotten_tomatoes()
+    else:
+        path = Path(source)
+        if not path.is_absolute():
+            path = Path(base_dir) / path
+        table = load_text_table(path, text_column=data.text_column, label_column=data.label_column)
+    class_names = check_classes(table.labels, source)
+    index = {c: i for i, c in enumerate(class_names)}
+    y = np.array([index[lab] for lab in table.labels], dtype=np.int64)
+    texts = list(table.texts)
+    idx = stratified_split(y, {"test": data.split.test, "val": data.split.validation}, data.split.seed)
+    splits = {s: ([texts[i] for i in idx[s]], torch.from_numpy(y[idx[s]])) for s in SPLITS}
+    lengths = np.array([len(t) for t in texts]) if texts else np.zeros(1)
+    report = DataReport(
+        source=source, found=len(texts) + len(table.dropped), kept=len(texts), dropped=list(table.dropped),
+        class_counts={c: int(n) for c, n in zip(class_names, np.bincount(y, minlength=len(class_names)),
+                                                strict=True)},
+        split_counts={s: {c: int(n) for c, n in zip(class_names, np.bincount(y[idx[s]], minlength=len(class_names)),
+                                                    strict=True)} for s in SPLITS},
+        text={"truncated": int(table.truncated), "median_chars": float(np.median(lengths)),
+              "max_chars": int(lengths.max())},
+    )
+    return Dataset(splits, class_names, None, report, fingerprint(splits, class_names), kind="text")

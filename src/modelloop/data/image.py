@@ -11,13 +11,14 @@ import io
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError, InputError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageFormat", "decode_image", "load_image_folder"]
+__all__ = ["IMAGE_SUFFIXES", "ImageFormat", "decode_image", "load_image_folder", "parse_pixels"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;gray"}
@@ -147,3 +148,29 @@ def load_image_folder(
     x = np.stack([_to_array(img, fmt) for img, _, _ in opened])
     y = np.array([label for _, label, _ in opened], dtype=np.int64)
     return FolderImages(x, y, [c.name for c in class_dirs], [f for _, _, f in opened], fmt, dropped)
+
+
+def parse_pixels(value: Any, fmt: ImageFormat, field: str = "pixels") -> np.ndarray:
+    """JSON pixels -> float32 (C, H, W). Accepts a flat list of C*H*W numbers, [H][W] (gray) or [C][H][W].
+
+    Raises InputError naming the field, what was received and what was expected.
+    """
+    expected = (f"{fmt.size} numbers from 0 to 255 (flat), or nested as "
+                + (f"[{fmt.height}][{fmt.width}]" if fmt.channels == 1 else
+                   f"[{fmt.channels}][{fmt.height}][{fmt.width}]"))
+    if not isinstance(value, list):
+        raise InputError(f"field {field!r}: received {type(value).__name__}; expected a JSON array of {expected}")
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise InputError(f"field {field!r}: received a ragged or non-numeric array; expected {expected}") from None
+    if arr.size == fmt.size and arr.ndim == 1:
+        arr = arr.reshape(fmt.channels, fmt.height, fmt.width)
+    elif arr.shape == (fmt.height, fmt.width) and fmt.channels == 1:
+        arr = arr[None]
+    elif arr.shape != (fmt.channels, fmt.height, fmt.width):
+        raise InputError(f"field {field!r}: received an array of shape {list(arr.shape)}; expected {expected}")
+    if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255:
+        bad = arr[~np.isfinite(arr) | (arr < 0) | (arr > 255)][0]
+        raise InputError(f"field {field!r}: received a value of {bad!r}; expected pixel values from 0 to 255")
+    return arr

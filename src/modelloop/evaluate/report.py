@@ -67,19 +67,28 @@ def _confusion(cm: list[list[int]], names: list[str], title: str) -> str:
     return _png(fig)
 
 
-def _leaderboard_plot(rows: list[dict[str, Any]]) -> str:
-    best: dict[str, float] = {}
+def _tradeoff_plot(rows: list[dict[str, Any]], req: dict[str, Any] | None) -> str:
+    """Validation accuracy against p95 single-item latency, one point per candidate, with the
+    requirement lines (quality target, latency budget)."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
     for r in rows:
-        if r["val_accuracy"] is not None:
-            best[r["family"]] = max(best.get(r["family"], 0.0), r["val_accuracy"])
-    fig, ax = plt.subplots(figsize=(4.8, 3.0))
-    fams = sorted(best, key=best.get, reverse=True)
-    ax.barh(fams, [best[f] for f in fams], color="#3366cc")
-    lo = min(best.values()) if best else 0
-    ax.set_xlim(max(0.0, lo - 0.05), 1.0)
-    ax.set_xlabel("best validation accuracy")
-    ax.set_title("Candidate families")
-    ax.invert_yaxis()
+        colour = "#109618" if r.get("meets_requirements") else "#dc3912"
+        marker = "*" if str(r.get("decision", "")).startswith("chosen") else "o"
+        ax.scatter([r["p95_ms"]], [r["val_accuracy"] or 0.0], c=colour, marker=marker, s=140 if marker == "*" else 40,
+                   zorder=3)
+        ax.annotate(r["candidate"], (r["p95_ms"], r["val_accuracy"] or 0.0), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    req = req or {}
+    if req.get("target") is not None:
+        ax.axhline(req["target"], color="#666666", ls="--", lw=1, label=f"target {req['target']}")
+    if req.get("p95_latency_ms") is not None:
+        ax.axvline(req["p95_latency_ms"], color="#999999", ls=":", lw=1, label=f"p95 budget {req['p95_latency_ms']} ms")
+    ax.set_xscale("log")
+    ax.set_xlabel("p95 single-item latency, ms (log)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Quality vs latency (★ chosen; green meets every requirement)", fontsize=9)
+    if req.get("target") is not None or req.get("p95_latency_ms") is not None:
+        ax.legend(fontsize=7, loc="lower right")
     return _png(fig)
 
 
@@ -169,15 +178,26 @@ def write_report(path: str | Path, ctx: dict[str, Any]) -> Path:
     if ctx.get("history"):
         plots.insert(0, _learning_curves(ctx["history"]))
     if ctx.get("leaderboard"):
-        plots.append(_leaderboard_plot(ctx["leaderboard"]))
+        plots.append(_tradeoff_plot(ctx["leaderboard"], ctx.get("requirements")))
     parts.append("<div class='grid'>" + "".join(plots) + "</div>")
     if ctx.get("leaderboard"):
-        rows = [[r["trial"], html.escape(r["family"]), r["state"], _fmt(r["val_accuracy"]), r.get("parameters"),
-                 r.get("epochs"), r.get("seconds"), f"<code>{html.escape(json.dumps(r['params']))}</code>"]
+        rows = [[html.escape(r["candidate"]), "yes" if r.get("pretrained") else "", _fmt(r["val_accuracy"]),
+                 _fmt(r["p95_ms"]), _fmt(r["size_mb"]), r.get("parameters"), r.get("trials"),
+                 _fmt(r.get("featurize_s")) + " / " + _fmt(r.get("search_s")), html.escape(r.get("decision", ""))]
                 for r in ctx["leaderboard"]]
-        parts.append("<h2>Candidate leaderboard (validation split)</h2>"
-                     + _table(["trial", "family", "state", "val accuracy", "parameters", "epochs", "seconds",
-                               "hyper-parameters"], rows))
+        parts.append("<h2>Technology selection (validation split)</h2>"
+                     + _table(["candidate", "pretrained", "val accuracy", "p95 ms", "size MB", "parameters", "trials",
+                               "features / search s", "decision"], rows))
+        if ctx.get("selection_warning"):
+            parts.append(f"<p class='fail'>{html.escape(ctx['selection_warning'])}</p>")
+        if ctx.get("excluded"):
+            parts.append("<ul>" + "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>"
+                                          for k, v in ctx["excluded"].items()) + "</ul>")
+    if ctx.get("trials"):
+        rows = [[html.escape(r["candidate"]), r["trial"], r["state"], _fmt(r["val_accuracy"]), r.get("epochs"),
+                 r.get("seconds"), f"<code>{html.escape(json.dumps(r['params']))}</code>"] for r in ctx["trials"]]
+        parts.append("<h3>Search trials</h3>" + _table(["candidate", "trial", "state", "val accuracy", "epochs",
+                                                         "seconds", "hyper-parameters"], rows))
     if ctx.get("latency"):
         lat = ctx["latency"]
         parts.append(f"<h2>Serving cost</h2><p>Single-image latency p50 {lat['p50_ms']:.2f} ms, "

@@ -24,10 +24,11 @@ from sqlalchemy import event
 
 from ..errors import NotFoundError, StoreError
 
-__all__ = ["FeedbackStore", "open_store", "SCHEMA_VERSION", "FEEDBACK_KINDS", "wilson_interval"]
+__all__ = ["FeedbackStore", "open_store", "SCHEMA_VERSION", "FEEDBACK_KINDS", "TEXT_DTYPE", "wilson_interval"]
 
 SCHEMA_VERSION = 2
 FEEDBACK_KINDS = ("label", "thumbs", "rating")
+TEXT_DTYPE = "utf-8"  # input_dtype of a text input: its UTF-8 bytes
 
 _meta = sa.MetaData()
 _info = sa.Table("modelloop_meta", _meta, sa.Column("key", sa.String(64), primary_key=True),
@@ -274,38 +275,55 @@ class FeedbackStore:
         return {"labelled": n, "agreed": agree, "live_accuracy": (agree / n) if n else None, "low": low,
                 "high": high, "confidence": confidence}
 
+    def labelled_inputs(self, class_names: list[str] | None = None, exclude_clients: Iterable[str] = (),
+                        exclude_ids: Iterable[str] = ()) -> tuple[list[np.ndarray | str], list[str], list[str]]:
+        """Stored inputs (arrays as stored, or str for texts) with their effective feedback label,
+        and their prediction ids."""
+        skip = set(exclude_ids)
+        xs, labels, ids = [], [], []
+        for r in self.labelled(class_names, exclude_clients, with_input=True):
+            if r["id"] in skip:
+                continue
+            xs.append(_decode_input(r["input_shape"], r["input_dtype"], r["input_data"]))
+            labels.append(r["label"])
+            ids.append(r["id"])
+        return xs, labels, ids
+
     def labelled_examples(self, shape: tuple[int, ...], class_names: list[str] | None = None,
                           exclude_clients: Iterable[str] = (), exclude_ids: Iterable[str] = ()
                           ) -> tuple[np.ndarray, list[str], list[str]]:
-        """Inputs with their effective feedback label, for training or evaluation.
+        """Array inputs of one shape with their effective feedback label, for training or evaluation.
 
         Returns (x (N, *shape) float32, labels, prediction ids). Rows stored with another input
         shape (from a model with a different format) are skipped.
         """
-        skip = set(exclude_ids)
         xs, labels, ids = [], [], []
-        for r in self.labelled(class_names, exclude_clients, with_input=True):
-            if r["id"] in skip or tuple(json.loads(r["input_shape"])) != tuple(shape):
-                continue
-            xs.append(np.frombuffer(r["input_data"], dtype=np.dtype(r["input_dtype"])).reshape(shape))
-            labels.append(r["label"])
-            ids.append(r["id"])
+        for x, lab, pid in zip(*self.labelled_inputs(class_names, exclude_clients, exclude_ids), strict=True):
+            if isinstance(x, np.ndarray) and x.shape == tuple(shape):
+                xs.append(x)
+                labels.append(lab)
+                ids.append(pid)
         x = np.stack(xs).astype(np.float32) if xs else np.zeros((0, *shape), np.float32)
         return x, labels, ids
 
-    def recent_inputs(self, shape: tuple[int, ...], limit: int = 500, since: float | None = None
-                      ) -> tuple[np.ndarray, list[str]]:
-        """The latest served inputs (N, *shape) float32 and the labels predicted for them."""
+    def recent_raw(self, limit: int = 500, since: float | None = None) -> tuple[list[np.ndarray | str], list[str]]:
+        """The latest served inputs (as stored; str for texts), newest first, and the labels predicted."""
         q = sa.select(predictions.c.input_shape, predictions.c.input_dtype, predictions.c.input_data,
                       predictions.c.label).order_by(predictions.c.created_at.desc()).limit(limit)
         if since is not None:
             q = q.where(predictions.c.created_at >= since)
-        xs, labels = [], []
         with self.engine.connect() as c:
-            for r in c.execute(q):
-                if tuple(json.loads(r[0])) == tuple(shape):
-                    xs.append(np.frombuffer(r[2], dtype=np.dtype(r[1])).reshape(shape))
-                    labels.append(r[3])
+            rows = list(c.execute(q))
+        return [_decode_input(r[0], r[1], r[2]) for r in rows], [r[3] for r in rows]
+
+    def recent_inputs(self, shape: tuple[int, ...], limit: int = 500, since: float | None = None
+                      ) -> tuple[np.ndarray, list[str]]:
+        """The latest served array inputs (N, *shape) float32 and the labels predicted for them."""
+        xs, labels = [], []
+        for x, lab in zip(*self.recent_raw(limit, since), strict=True):
+            if isinstance(x, np.ndarray) and x.shape == tuple(shape):
+                xs.append(x)
+                labels.append(lab)
         return (np.stack(xs).astype(np.float32) if xs else np.zeros((0, *shape), np.float32)), labels
 
     def predictions_for(self, model_version: str) -> int:
@@ -325,6 +343,12 @@ class FeedbackStore:
     # Kept for callers of the first schema's API.
     def _latest_feedback_rows(self, with_input: bool) -> list[dict[str, Any]]:
         return self.labelled(with_input=with_input)
+
+
+def _decode_input(shape: str, dtype: str, data: bytes) -> np.ndarray | str:
+    if dtype == TEXT_DTYPE:
+        return bytes(data).decode("utf-8")
+    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(json.loads(shape))
 
 
 def open_store(url: str) -> FeedbackStore:

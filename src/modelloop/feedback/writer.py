@@ -18,21 +18,27 @@ from typing import Any
 
 import numpy as np
 
-from .store import FeedbackStore
+from .store import TEXT_DTYPE, FeedbackStore
 
 __all__ = ["PredictionWriter", "prediction_row"]
 
 log = logging.getLogger(__name__)
 
 
-def prediction_row(pid: str, model_version: str, x: np.ndarray, label: str, scores: dict[str, float],
+def prediction_row(pid: str, model_version: str, x: np.ndarray | str, label: str, scores: dict[str, float],
                    latency_ms: float) -> dict[str, Any]:
-    """A predictions-table row. Pixels that are whole numbers 0-255 are stored as uint8."""
-    if x.dtype != np.uint8 and np.array_equal(x, np.rint(x)) and x.min() >= 0 and x.max() <= 255:
-        x = x.astype(np.uint8)
-    data = np.ascontiguousarray(x).tobytes()
+    """A predictions-table row. Pixels that are whole numbers 0-255 are stored as uint8; a text
+    is stored as its UTF-8 bytes with dtype ``utf-8``."""
+    if isinstance(x, str):
+        data = x.encode("utf-8")
+        shape, dtype = [len(data)], TEXT_DTYPE
+    else:
+        if x.dtype != np.uint8 and np.array_equal(x, np.rint(x)) and x.min() >= 0 and x.max() <= 255:
+            x = x.astype(np.uint8)
+        data = np.ascontiguousarray(x).tobytes()
+        shape, dtype = list(x.shape), str(x.dtype)
     return {"id": pid, "created_at": time.time(), "model_version": model_version,
-            "input_shape": json.dumps(list(x.shape)), "input_dtype": str(x.dtype), "input_data": data,
+            "input_shape": json.dumps(shape), "input_dtype": dtype, "input_data": data,
             "input_hash": hashlib.sha256(data).hexdigest(), "label": label, "scores": json.dumps(scores),
             "latency_ms": latency_ms}
 

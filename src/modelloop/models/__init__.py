@@ -1,40 +1,41 @@
-"""Model families for image classification, built from a JSON-able config.
+"""Trainable model families, built from a JSON-able config.
 
-Every model takes standardized images (N, C, H, W) float32 and returns logits (N, K).
-``build_model(config)`` rebuilds exactly the architecture whose weights an artifact stores.
+Every model takes the tensor its featurizer makes (standardized images (N, C, H, W), embeddings
+(N, D), TF-IDF vectors (N, V), token ids (N, 2, L), pretrained feature maps) and returns logits
+(N, K). ``build_model(config)`` rebuilds exactly the architecture whose weights an artifact stores.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import nn
 
-__all__ = ["build_model", "batched_logits", "LinearNet", "MLPNet", "SmallCNN", "count_parameters"]
+__all__ = ["build_model", "batched_logits", "PRETRAINED_FAMILIES", "LinearNet", "MLPNet", "SmallCNN",
+           "count_parameters"]
 
 
 class LinearNet(nn.Module):
     """Multinomial logistic regression on raw pixels: the honest baseline."""
 
-    def __init__(self, in_shape: tuple[int, int, int], num_classes: int) -> None:
+    def __init__(self, in_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
-        c, h, w = in_shape
-        self.fc = nn.Linear(c * h * w, num_classes)
+        self.fc = nn.Linear(math.prod(in_shape), num_classes)
 
-    def forward(self, x):  # (N, C, H, W) -> (N, K)
+    def forward(self, x):  # (N, *in_shape) -> (N, K)
         return self.fc(x.flatten(1))
 
 
 class MLPNet(nn.Module):
     """One hidden layer with dropout."""
 
-    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, hidden: int = 256,
+    def __init__(self, in_shape: tuple[int, ...], num_classes: int, hidden: int = 256,
                  dropout: float = 0.2) -> None:
         super().__init__()
-        c, h, w = in_shape
         self.net = nn.Sequential(
-            nn.Flatten(),                       # (N, C*H*W)
-            nn.Linear(c * h * w, hidden),       # (N, hidden)
+            nn.Flatten(),                       # (N, prod(in_shape))
+            nn.Linear(math.prod(in_shape), hidden),  # (N, hidden)
             nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),     # (N, K)
@@ -80,14 +81,36 @@ class SmallCNN(nn.Module):
 _ARCH = {"linear": (LinearNet, ()), "mlp": (MLPNet, ("hidden", "dropout")), "cnn": (SmallCNN, ("width", "dropout"))}
 
 
+PRETRAINED_FAMILIES = ("efficientnet-suffix", "minilm-lora")
+
+
 def build_model(config: dict[str, Any]) -> nn.Module:
-    """config: {"family", "input_shape": [C, H, W], "num_classes", "params": {...}}.
+    """config: {"family", "input_shape": [...], "num_classes", "params": {...}} (+ the featurizer's
+    settings for families that continue a pretrained network).
 
     Only architecture parameters are passed on; optimizer parameters (lr, weight_decay) are ignored.
     """
     family = config["family"]
+    params = config.get("params", {})
+    if family == "efficientnet-suffix":
+        from .transfer import build_suffix
+
+        f = config["featurizer"]
+        return build_suffix({"family": "efficientnet-lite0", "mode": f["mode"],
+                             "finetune_blocks": f.get("finetune_blocks", 2), "image_size": f.get("image_size", 224),
+                             "weights": f.get("weights"), "num_classes": int(config["num_classes"]),
+                             "dropout": params.get("dropout", 0.2)})
+    if family == "minilm-lora":
+        from .text_encoder import MiniLMClassifier
+
+        f = config["featurizer"]
+        return MiniLMClassifier({"encoder": f.get("encoder", "all-MiniLM-L6-v2"),
+                                 "num_classes": int(config["num_classes"]),
+                                 "r": params.get("r", 8), "alpha": params.get("alpha", 16),
+                                 "dropout": params.get("dropout", 0.1), "max_length": f.get("max_length", 64)})
     if family not in _ARCH:
-        raise ValueError(f"model family {family!r}: unknown; expected one of {', '.join(_ARCH)}")
+        known = (*_ARCH, *PRETRAINED_FAMILIES)
+        raise ValueError(f"model family {family!r}: unknown; expected one of {', '.join(known)}")
     cls, arch_keys = _ARCH[family]
     kwargs = {k: v for k, v in config.get("params", {}).items() if k in arch_keys}
     return cls(tuple(config["input_shape"]), int(config["num_classes"]), **kwargs)
@@ -98,7 +121,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def batched_logits(model: nn.Module, x, batch_size: int = 1024):
-    """Logits for many inputs in eval mode, without autograd. x: (N, C, H, W) float -> (N, K)."""
+    """Logits for many inputs in eval mode, without autograd. x: (N, ...) model inputs -> (N, K)."""
     import torch
 
     model.eval()

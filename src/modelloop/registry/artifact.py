@@ -3,7 +3,9 @@
 - ``manifest.json``: task, model config, class names, metrics, dataset fingerprint, parent
   version, training run, library versions.
 - ``weights.safetensors``: the model's state dict.
-- ``preprocessing.json``: the input format and the normalization fit on the training split.
+- ``preprocessing.json``: the featurizer (kind, settings, what it learned on the training split:
+  pixel statistics, a TF-IDF vocabulary), the input format of image models, the class names.
+  Pretrained weights a featurizer runs come from their installed package, not the artifact.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from ..data.transforms import Normalizer
 from ..errors import RegistryError
 from ..models import batched_logits, build_model
 
-__all__ = ["write_artifact", "load_artifact", "LoadedModel", "library_versions"]
+__all__ = ["write_artifact", "load_artifact", "LoadedModel", "library_versions", "trainable_state", "featurizer_runner",
+           "read_featurizer"]
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +47,18 @@ def library_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What an artifact stores: a fine-tuned pretrained model stores only what training changed."""
+    state = model.trainable_state_dict() if hasattr(model, "trainable_state_dict") else model.state_dict()
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
 def write_artifact(folder: Path, manifest: dict[str, Any], model: torch.nn.Module,
                    preprocessing: dict[str, Any], extra_files: dict[str, Path] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=False)
     for name, src in (extra_files or {}).items():
         shutil.copyfile(src, folder / name)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = trainable_state(model)
     save_file(state, str(folder / WEIGHTS))
     (folder / PREPROCESSING).write_text(json.dumps(preprocessing, indent=2))
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -57,28 +66,62 @@ def write_artifact(folder: Path, manifest: dict[str, Any], model: torch.nn.Modul
 
 @dataclass
 class LoadedModel:
-    """A registered model ready to predict: raw 0-255 pixels in, class probabilities out.
+    """A registered model ready to predict: raw inputs in (pixels 0-255 (N, C, H, W), or a list of
+    texts), class probabilities out.
 
-    ``run`` is the serving backend recorded in the manifest (PyTorch, ONNX Runtime, ...);
-    ``model`` is always the PyTorch module, the reference.
+    ``run`` is the serving backend recorded in the manifest (PyTorch, ONNX Runtime, ...) over raw
+    inputs; ``model`` is always the PyTorch network, the reference, over ``featurizer`` outputs.
     """
 
     version: str
     manifest: dict[str, Any]
     model: torch.nn.Module
-    fmt: ImageFormat
-    normalizer: Normalizer
+    fmt: ImageFormat | None
+    featurizer: Any
     class_names: list[str]
     backend: str = "torch"
-    run: Callable[[np.ndarray], np.ndarray] | None = None
+    run: Callable[[Any], np.ndarray] | None = None
 
-    def predict_proba(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """x: (N, C, H, W) pixels 0-255 (any numeric dtype) -> (N, K) probabilities."""
+    @property
+    def task(self) -> str:
+        return self.manifest.get("task", "image-classification")
+
+    @property
+    def normalizer(self) -> Normalizer:
+        """The pixel statistics of an image model trained from scratch."""
+        return self.featurizer.normalizer
+
+    def features(self, x: Any) -> torch.Tensor:
+        """Raw inputs -> what the network takes."""
+        return self.featurizer.transform(x)
+
+    def predict_proba(self, x: Any) -> torch.Tensor:
+        """Raw inputs (N items) -> (N, K) probabilities, through the serving backend."""
         if self.run is not None:
-            arr = x.numpy() if isinstance(x, torch.Tensor) else x
-            return torch.from_numpy(self.run(np.ascontiguousarray(arr, dtype=np.float32)))
-        x = torch.as_tensor(x)
-        return torch.softmax(batched_logits(self.model, self.normalizer.transform(x)), dim=1)
+            if isinstance(x, (torch.Tensor, np.ndarray)):
+                arr = x.numpy() if isinstance(x, torch.Tensor) else x
+                x = np.ascontiguousarray(arr, dtype=np.float32)
+            return torch.from_numpy(self.run(x))
+        return torch.softmax(batched_logits(self.model, self.features(x)), dim=1)
+
+
+def featurizer_runner(model: torch.nn.Module, featurizer: Any) -> Callable[[Any], np.ndarray]:
+    """The torch serving function of a model whose featurizer is not exportable (texts, pretrained)."""
+
+    def run(x: Any) -> np.ndarray:
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        return torch.softmax(batched_logits(model, featurizer.transform(x)), dim=1).numpy()
+
+    return run
+
+
+def read_featurizer(pre: dict[str, Any]):
+    from ..tasks.features import PixelFeaturizer, featurizer_from_config
+
+    if "featurizer" in pre:
+        return featurizer_from_config(pre["featurizer"])
+    return PixelFeaturizer(Normalizer.from_state(pre["normalizer"]))  # artifacts from before featurizers
 
 
 def load_artifact(folder: Path, backend_override: str | None = None, threads: int = 1) -> LoadedModel:
@@ -91,19 +134,27 @@ def load_artifact(folder: Path, backend_override: str | None = None, threads: in
     pre = json.loads((folder / PREPROCESSING).read_text())
     state = load_file(str(folder / WEIGHTS))
     model = build_model(manifest["model"])
-    model.load_state_dict(state)
+    if hasattr(model, "load_trainable_state"):
+        model.load_trainable_state(state)
+    else:
+        model.load_state_dict(state)
     model.eval()
-    norm = Normalizer.from_state(pre["normalizer"])
+    featurizer = read_featurizer(pre)
+    fmt = ImageFormat(**pre["format"]) if pre.get("format") else None
+    names = list(pre["class_names"])
+    if not getattr(featurizer, "exportable", False):
+        return LoadedModel(manifest["version"], manifest, model, fmt, featurizer, names, "torch",
+                           featurizer_runner(model, featurizer))
     backend = (manifest.get("serving") or {}).get("backend", "torch")
     if backend_override is not None:
         backend = backend_override
     from ..compress import ServingModule, make_runner
 
+    norm = featurizer.normalizer
     module = ServingModule(model, norm.mean_, norm.std_)
     try:
         run = make_runner(backend, module, folder, threads=threads)
     except Exception as e:  # e.g. onnxruntime missing on this machine: the PyTorch reference still serves
         log.warning("model %s: backend %s unavailable here (%s); using torch", manifest["version"], backend, e)
         backend, run = "torch", make_runner("torch", module)
-    return LoadedModel(manifest["version"], manifest, model, ImageFormat(**pre["format"]), norm,
-                       list(pre["class_names"]), backend, run)
+    return LoadedModel(manifest["version"], manifest, model, fmt, featurizer, names, backend, run)

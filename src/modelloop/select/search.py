@@ -28,6 +28,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "linear": {"lr": 3e-3, "weight_decay": 1e-4},
     "mlp": {"hidden": 256, "dropout": 0.2, "lr": 1e-3, "weight_decay": 1e-4},
     "cnn": {"width": 32, "dropout": 0.25, "lr": 2e-3, "weight_decay": 1e-4},
+    "efficientnet-suffix": {"dropout": 0.2, "lr": 1e-3, "weight_decay": 1e-4},
+    "minilm-lora": {"r": 8, "alpha": 16, "dropout": 0.1, "lr": 5e-4, "weight_decay": 0.0},
 }
 
 
@@ -40,6 +42,9 @@ def _suggest(trial: optuna.Trial, families: list[str]) -> tuple[str, dict[str, A
     elif family == "cnn":
         p["width"] = trial.suggest_categorical("width", [16, 32])
         p["dropout"] = trial.suggest_float("cnn_dropout", 0.0, 0.5)
+    elif family in ("efficientnet-suffix", "minilm-lora"):
+        # Pretrained networks: one architecture, only the optimizer is searched.
+        p = {k: v for k, v in DEFAULTS[family].items() if k not in ("lr", "weight_decay")}
     p["lr"] = trial.suggest_float(f"{family}_lr", 3e-4, 1e-2, log=True)
     p["weight_decay"] = trial.suggest_float(f"{family}_weight_decay", 1e-6, 1e-2, log=True)
     return family, p
@@ -81,7 +86,7 @@ class CandidateSearch:
     """
 
     def __init__(self, families: list[str], trials: int, epochs_per_trial: int, timeout_s: float,
-                 batch_size: int = 64, shift: int = 0, seed: int = 0) -> None:
+                 batch_size: int = 64, shift: int = 0, seed: int = 0, study_name: str = "selection") -> None:
         self.families = list(families)
         self.trials = max(trials, len(self.families))
         self.epochs_per_trial = epochs_per_trial
@@ -89,6 +94,7 @@ class CandidateSearch:
         self.batch_size = batch_size
         self.shift = shift
         self.seed = seed
+        self.study_name = study_name
 
     def run(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
             model_base: dict[str, Any], storage_path: Path | None = None, progress=None) -> SearchResult:
@@ -96,7 +102,7 @@ class CandidateSearch:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = f"sqlite:///{storage_path}" if storage_path is not None else None
         study = optuna.create_study(
-            study_name="selection", storage=storage, load_if_exists=True, direction="maximize",
+            study_name=self.study_name, storage=storage, load_if_exists=True, direction="maximize",
             sampler=optuna.samplers.TPESampler(seed=self.seed),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=len(self.families), n_warmup_steps=2),
         )

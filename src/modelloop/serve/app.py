@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
-from ..data.image import ImageFormat, decode_image
+from ..data.image import decode_image, parse_pixels
 from ..errors import InputError, ModelloopError
 from ..feedback import PredictionWriter, prediction_row
 from ..loop import Loop
@@ -49,32 +49,6 @@ _PREDICT_BODY = {"requestBody": {"required": True, "content": {
         {"type": "array"}]}},
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
-
-
-def parse_pixels(value: Any, fmt: ImageFormat, field: str = "pixels") -> np.ndarray:
-    """JSON pixels -> float32 (C, H, W). Accepts a flat list of C*H*W numbers, [H][W] (gray) or [C][H][W].
-
-    Raises InputError naming the field, what was received and what was expected.
-    """
-    expected = (f"{fmt.size} numbers from 0 to 255 (flat), or nested as "
-                + (f"[{fmt.height}][{fmt.width}]" if fmt.channels == 1 else
-                   f"[{fmt.channels}][{fmt.height}][{fmt.width}]"))
-    if not isinstance(value, list):
-        raise InputError(f"field {field!r}: received {type(value).__name__}; expected a JSON array of {expected}")
-    try:
-        arr = np.asarray(value, dtype=np.float32)
-    except (ValueError, TypeError):
-        raise InputError(f"field {field!r}: received a ragged or non-numeric array; expected {expected}") from None
-    if arr.size == fmt.size and arr.ndim == 1:
-        arr = arr.reshape(fmt.channels, fmt.height, fmt.width)
-    elif arr.shape == (fmt.height, fmt.width) and fmt.channels == 1:
-        arr = arr[None]
-    elif arr.shape != (fmt.channels, fmt.height, fmt.width):
-        raise InputError(f"field {field!r}: received an array of shape {list(arr.shape)}; expected {expected}")
-    if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255:
-        bad = arr[~np.isfinite(arr) | (arr < 0) | (arr > 255)][0]
-        raise InputError(f"field {field!r}: received a value of {bad!r}; expected pixel values from 0 to 255")
-    return arr
 
 
 class ModelHolder:
@@ -206,27 +180,19 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
         return holder.loaded or holder.get()
 
     # -- predictions -------------------------------------------------------------------------
-    async def _inputs(request: Request, fmt: ImageFormat) -> tuple[np.ndarray, bool]:
-        """(x (n, C, H, W) float32, whether the caller sent a list)."""
+    async def _inputs(request: Request, model: LoadedModel) -> tuple[Any, bool]:
+        """(raw inputs: pixels (n, C, H, W) float32 or a list of texts, whether the caller sent a list)."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
             try:
                 body = orjson.loads(await request.body())
             except orjson.JSONDecodeError as e:
-                raise InputError(f"request body: not valid JSON ({e}); expected {{\"pixels\": [...]}}") from None
-            if isinstance(body, dict):
-                if "instances" in body:
-                    items = body["instances"]
-                    if not isinstance(items, list) or not items or len(items) > MAX_ITEMS:
-                        raise InputError(f"field 'instances': received {type(items).__name__} of "
-                                         f"{len(items) if isinstance(items, list) else 'no'} items; expected a "
-                                         f"list of 1 to {MAX_ITEMS} images")
-                    return np.stack([parse_pixels(v, fmt, f"instances[{i}]") for i, v in enumerate(items)]), True
-                if "pixels" not in body:
-                    raise InputError(f"request body: received fields {sorted(body)}; expected a field 'pixels' "
-                                     "(one image) or 'instances' (a list)")
-                body = body["pixels"]
-            return parse_pixels(body, fmt)[None], False
+                example = '{"text": "..."}' if loop.task.input_kind == "text" else '{"pixels": [...]}'
+                raise InputError(f"request body: not valid JSON or not UTF-8 ({e}); expected {example}") from None
+            return loop.task.parse_json(body, model)
+        if ctype == "multipart/form-data" and loop.task.input_kind != "image":
+            raise InputError(f"content type {ctype!r}: file uploads are for image models; this {loop.spec.task} "
+                             "model expects application/json like {\"text\": \"...\"}")
         if ctype == "multipart/form-data":
             form = await request.form()
             uploads = [u for u in form.getlist("file") if not isinstance(u, str)]
@@ -235,7 +201,7 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
                                  "expected one or more image files in field 'file'")
             if len(uploads) > MAX_ITEMS:
                 raise InputError(f"form field 'file': received {len(uploads)} files; expected at most {MAX_ITEMS}")
-            xs = [decode_image(await u.read(), fmt, u.filename or "file").astype(np.float32) for u in uploads]
+            xs = [decode_image(await u.read(), model.fmt, u.filename or "file").astype(np.float32) for u in uploads]
             return np.stack(xs), len(uploads) > 1
         raise HTTPException(status_code=415, detail=f"content type {ctype or '(none)'!r}: unsupported; expected "
                                                     "application/json or multipart/form-data")
@@ -250,7 +216,7 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
         try:
             if not cfg.open_predict:
                 keys.require(request, "client")
-            x, as_list = await _inputs(request, _model_for_parsing().fmt)
+            x, as_list = await _inputs(request, _model_for_parsing())
             batcher.left()
             queued = True
             res = await batcher.submit(x)
@@ -323,7 +289,7 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
         """What a client needs to build inputs: project, classes and the input format."""
         m = _model_for_parsing()
         return {"project": loop.spec.name, "task": loop.spec.task, "class_names": m.class_names,
-                "format": m.fmt.to_dict(), "model_version": m.version, "predict_open": cfg.open_predict}
+                **loop.task.describe_input(m), "model_version": m.version, "predict_open": cfg.open_predict}
 
     @app.get("/metrics")
     def prometheus() -> Response:

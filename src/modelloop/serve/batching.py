@@ -99,7 +99,12 @@ class MicroBatcher:
                     break
                 items.append(item)
                 size += len(item[0])
-            xs = items[0][0] if len(items) == 1 else np.concatenate([x for x, _ in items])
+            if len(items) == 1:
+                xs = items[0][0]
+            elif isinstance(items[0][0], list):  # texts
+                xs = [t for x, _ in items for t in x]
+            else:
+                xs = np.concatenate([x for x, _ in items])
             t = time.perf_counter()
             try:
                 probs, model = await loop.run_in_executor(self._executor, self.forward, xs)

@@ -77,9 +77,11 @@ class ShadowScorer:
             if model is None:
                 continue
             ids = [i for batch, _ in items for i in batch]
-            x = np.concatenate([xs for _, xs in items])
             try:
-                probs = model.run(np.ascontiguousarray(x, dtype=np.float32))
+                if isinstance(items[0][1], list):  # texts
+                    probs = model.run([t for _, xs in items for t in xs])
+                else:
+                    probs = model.run(np.ascontiguousarray(np.concatenate([xs for _, xs in items]), dtype=np.float32))
                 now = time.time()
                 rows = [{"prediction_id": pid, "model_version": model.version,
                          "label": model.class_names[int(p.argmax())],

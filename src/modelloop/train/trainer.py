@@ -4,12 +4,16 @@ Data stays in memory as tensors; batches are index slices and augmentation is on
 op per batch (no per-sample Python). Early stopping keeps the best epoch by validation accuracy
 (ties broken by validation loss). With a checkpoint path, state is written after every epoch so
 an interrupted run continues where it stopped.
+
+How the run uses the hardware (device, bf16/fp16 autocast, thread count, channels_last) is decided
+once at the start of ``fit`` by :mod:`modelloop.train.fast`, measured where the config leaves it
+open, logged, and recorded in the :class:`TrainResult`.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,14 +25,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.transforms import random_shift
+from .fast import Plan, autocast, choose_plan, has_conv, is_image_batch, resolve_device, thread_scope
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer"]
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "describe", "soft_cross_entropy"]
 
 log = logging.getLogger(__name__)
+
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
 class TrainConfig:
+    """Optimization settings and hardware choices for one fit.
+
+    Hardware fields (each forces its choice; the default decides it, measuring where it matters):
+        device: "auto" (CUDA when available, else CPU), "cpu" or "cuda".
+        precision: "auto" (bf16/fp16 autocast only when a timed probe shows it faster), "fp32",
+            "bf16" (autocast, CPU or CUDA) or "fp16" (autocast with gradient scaling; CUDA only).
+        threads: CPU intra-op threads while training; None measures 1 vs all available cores.
+            The previous thread count is restored when ``fit`` returns.
+        channels_last: NHWC memory format; None turns it on for 4-D float inputs into models with
+            convolutions.
+
+    Raises:
+        ValueError: a field is out of range (the message names the field, value and what is allowed).
+    """
+
     max_epochs: int = 40
     patience: int = 6
     batch_size: int = 64
@@ -38,16 +61,70 @@ class TrainConfig:
     seed: int = 0
     time_limit_s: float | None = None
     checkpoint_path: str | Path | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+    channels_last: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in _PRECISIONS:
+            raise ValueError(f"TrainConfig.precision: received {self.precision!r}; expected one of {_PRECISIONS}")
+        if self.device not in _DEVICES:
+            raise ValueError(f"TrainConfig.device: received {self.device!r}; expected one of {_DEVICES}")
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ValueError("TrainConfig.precision: received 'fp16' with device 'cpu'; fp16 autocast needs CUDA "
+                             "(use 'bf16' or 'fp32' on CPU)")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"TrainConfig.threads: received {self.threads!r}; expected None or an integer >= 1")
+        if self.batch_size < 1:
+            raise ValueError(f"TrainConfig.batch_size: received {self.batch_size!r}; expected an integer >= 1")
 
 
 @dataclass
 class TrainResult:
+    """What ``Trainer.fit`` returns.
+
+    ``best_state`` holds CPU, contiguous tensors whatever device and layout trained them.
+    ``device``, ``precision``, ``threads`` and ``channels_last`` record how the run used the
+    hardware; ``plan_source`` says how they were decided ("config", "probe", "cache",
+    "checkpoint", "default") and ``probe`` the median seconds per step of each timed candidate.
+    ``examples_per_s`` is training throughput (examples / seconds spent in training steps).
+    """
+
     best_state: dict[str, torch.Tensor]
     best_epoch: int
     best_val_accuracy: float
     history: list[dict[str, float]] = field(default_factory=list)
     stopped: str = "max_epochs"  # max_epochs | early_stopping | time_limit
     seconds: float = 0.0
+    device: str = "cpu"
+    precision: str = "fp32"
+    threads: int | None = None
+    channels_last: bool = False
+    plan_source: str = "config"
+    probe: dict[str, float] = field(default_factory=dict)
+    examples_per_s: float = 0.0
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy against class probabilities: ``-(target * log_softmax(logits)).sum(1).mean()``.
+
+    logits (N, K), target (N, K) float rows summing to 1. Equals ``F.cross_entropy`` for one-hot rows.
+    """
+    return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Hard labels (N,) int64 -> cross-entropy; soft targets (N, K) float -> soft cross-entropy."""
+    if y.is_floating_point():
+        return soft_cross_entropy(logits, y)
+    return F.cross_entropy(logits.float(), y)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the weights on CPU in the default (contiguous) layout, safe to serialize."""
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+            for k, v in model.state_dict().items()}
 
 
 class Trainer:
@@ -56,16 +133,59 @@ class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
 
-    def _evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    def _to_device(self, t: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+        if device.type == "cuda":
+            # Pinned host memory lets the copy run asynchronously with the previous step's kernels.
+            t = t.pin_memory().to(device, non_blocking=True)
+        if channels_last and is_image_batch(t):
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    def _evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device | None = None,
+                  channels_last: bool = False) -> tuple[float, float]:
+        """(mean loss, accuracy) in fp32 — the precision the weights are kept and served in.
+
+        y: (N,) int64 class indices, or (N, K) float class probabilities (accuracy against the argmax).
+        """
+        device = device or torch.device("cpu")
         model.eval()
         with torch.inference_mode():
             losses, correct = 0.0, 0
             for i in range(0, len(x), 1024):
-                logits = model(x[i : i + 1024])
-                losses += F.cross_entropy(logits, y[i : i + 1024], reduction="sum").item()
-                correct += (logits.argmax(1) == y[i : i + 1024]).sum().item()
+                xb = self._to_device(x[i : i + 1024], device, channels_last)
+                yb = y[i : i + 1024].to(device)
+                logits = model(xb).float()
+                if yb.is_floating_point():
+                    losses += soft_cross_entropy(logits, yb).item() * len(yb)
+                    yb = yb.argmax(1)
+                else:
+                    losses += F.cross_entropy(logits, yb, reduction="sum").item()
+                correct += (logits.argmax(1) == yb).sum().item()
         n = max(len(x), 1)
         return losses / n, correct / n
+
+    def _make_step(self, x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+        """A factory for the probe: one full training step on the fixed batch (x, y), given model/opt/precision."""
+
+        def make(model: nn.Module, opt: torch.optim.Optimizer, precision: str) -> Callable[[], None]:
+            scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+            def step() -> None:
+                xb = self._to_device(x, device, channels_last)
+                yb = y.to(device, non_blocking=True)
+                with autocast(device, precision):
+                    loss = _loss(model(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+
+            return step
+
+        return make
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
 
     def fit(
         self,
@@ -78,24 +198,47 @@ class Trainer:
         """Train ``model`` in place and return the best epoch's weights.
 
         Args:
-            train, val: (x float32 (N, C, H, W) already normalized, y int64 (N,)).
+            train: (x, y). x is usually float32 (N, C, H, W) already normalized, but may be any
+                tensor the model accepts (e.g. int64 token ids (N, 2, L)); only a 4-D float x gets
+                the random shift (``config.shift``) and the channels_last layout. y is int64 (N,)
+                class indices, or float (N, K) class probabilities (soft targets, e.g. a teacher's
+                for distillation), trained with :func:`soft_cross_entropy`.
+            val: (x, y int64 (N,)) scored in fp32 after every epoch; it picks the best epoch.
             on_epoch: called after each epoch with (epoch, metrics); may raise to stop (e.g. pruning).
-            resume: continue from ``config.checkpoint_path`` if it exists.
+            resume: continue from ``config.checkpoint_path`` if it exists (with the hardware
+                choices the interrupted run made, unless the config forces others).
+
+        Returns:
+            TrainResult; ``model`` ends on the device it came from, in the default memory format,
+            holding the best epoch's weights.
+
+        Raises:
+            ModelloopError: ``device="cuda"`` without a CUDA device.
         """
         cfg = self.config
         x, y = train
         xv, yv = val
+        params = list(model.parameters())
+        home = params[0].device if params else torch.device("cpu")
+        device = resolve_device(cfg.device)
+        channels_last = (cfg.channels_last if cfg.channels_last is not None
+                         else is_image_batch(x) and has_conv(model))
+        model.to(device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+
         gen = torch.Generator().manual_seed(cfg.seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = self._optimizer(model)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.max_epochs)
         ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
 
+        t0 = time.perf_counter()
         start_epoch, history = 0, []
-        best = {"acc": -1.0, "loss": float("inf"), "epoch": -1, "state": copy.deepcopy(model.state_dict())}
-        bad_epochs, elapsed_before = 0, 0.0
+        best = {"acc": -1.0, "loss": float("inf"), "epoch": -1, "state": _cpu_state(model)}
+        bad_epochs, elapsed_before, saved_plan = 0, 0.0, None
         if resume and ckpt is not None and ckpt.is_file():
             # weights_only: a checkpoint can never run code when loaded.
-            state = torch.load(ckpt, weights_only=True)
+            state = torch.load(ckpt, weights_only=True, map_location="cpu")
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
@@ -105,63 +248,108 @@ class Trainer:
             best = {"acc": float(state["best_acc"]), "loss": float(state["best_loss"]),
                     "epoch": int(state["best_epoch"]), "state": state["best_state"]}
             bad_epochs, elapsed_before = int(state["bad_epochs"]), float(state["seconds"])
+            saved_plan = state.get("plan")
             log.info("resumed training at epoch %d from %s", start_epoch + 1, ckpt)
+        t0 -= elapsed_before
 
-        t0 = time.perf_counter() - elapsed_before
-        stopped = "max_epochs"
         n = len(x)
-        for epoch in range(start_epoch, cfg.max_epochs):
-            model.train()
-            perm = torch.randperm(n, generator=gen)
-            total, seen = 0.0, 0
-            for i in range(0, n, cfg.batch_size):
-                idx = perm[i : i + cfg.batch_size]
-                if len(idx) < 2 and n >= 2:
-                    continue  # BatchNorm cannot train on a batch of one
-                xb = random_shift(x[idx], cfg.shift, gen)
-                loss = F.cross_entropy(model(xb), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(idx)
-                seen += len(idx)
-            sched.step()
-            val_loss, val_acc = self._evaluate(model, xv, yv)
-            row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_loss,
-                   "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"]}
-            history.append(row)
-            if val_acc > best["acc"] or (val_acc == best["acc"] and val_loss < best["loss"]):
-                best = {"acc": val_acc, "loss": val_loss, "epoch": epoch + 1,
-                        "state": copy.deepcopy(model.state_dict())}
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-            seconds = time.perf_counter() - t0
-            log.debug("epoch %d: %s", epoch + 1, row)
-            if ckpt is not None:
-                ckpt.parent.mkdir(parents=True, exist_ok=True)
-                tmp = ckpt.with_suffix(".tmp")
-                torch.save({
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
-                    "history": history, "best_acc": best["acc"], "best_loss": best["loss"],
-                    "best_epoch": best["epoch"], "best_state": best["state"], "bad_epochs": bad_epochs,
-                    "seconds": seconds,
-                }, tmp)
-                tmp.replace(ckpt)
-            if on_epoch is not None:
-                on_epoch(epoch, row)
-            if bad_epochs >= cfg.patience:
-                stopped = "early_stopping"
-                break
-            if cfg.time_limit_s is not None and seconds >= cfg.time_limit_s:
-                stopped = "time_limit"
-                break
+        bs = min(cfg.batch_size, max(n, 1))
+        if saved_plan is not None and saved_plan.get("device") == str(device):
+            # Same hardware choices as the interrupted run, so resuming does not change its numerics.
+            plan = Plan(device=str(device), channels_last=channels_last, source="checkpoint",
+                        precision=cfg.precision if cfg.precision != "auto" else saved_plan["precision"],
+                        threads=cfg.threads if cfg.threads is not None else saved_plan["threads"])
+        else:
+            total_steps = (cfg.max_epochs - start_epoch) * math.ceil(n / bs)
+            # The shift's cost is negligible next to a step, so the probe times unshifted batches.
+            plan = choose_plan(model, (x[:bs], y[:bs]), self._make_step(x[:bs], y[:bs], device, channels_last),
+                               self._optimizer, device=device, channels_last=channels_last,
+                               precision=cfg.precision, threads=cfg.threads, total_steps=total_steps)
+        if plan.precision == "fp16" and device.type != "cuda":
+            raise ValueError("TrainConfig.precision: received 'fp16' on CPU; fp16 autocast needs CUDA")
+        log.info("training on %s, %s, %s threads, channels_last=%s (%s%s)", plan.device, plan.precision,
+                 plan.threads if plan.threads is not None else "default", plan.channels_last, plan.source,
+                 f": {plan.probe}" if plan.probe else "")
+        scaler = torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16")
+
+        stopped = "max_epochs"
+        step_seconds, step_examples = 0.0, 0
+        try:
+            with thread_scope(plan.threads):
+                for epoch in range(start_epoch, cfg.max_epochs):
+                    model.train()
+                    perm = torch.randperm(n, generator=gen)
+                    total = torch.zeros((), device=device)
+                    seen = 0
+                    t_epoch = time.perf_counter()
+                    for i in range(0, n, cfg.batch_size):
+                        idx = perm[i : i + cfg.batch_size]
+                        if len(idx) < 2 and n >= 2:
+                            continue  # BatchNorm cannot train on a batch of one
+                        xb = x[idx]
+                        if cfg.shift > 0 and is_image_batch(xb):
+                            xb = random_shift(xb, cfg.shift, gen)
+                        xb = self._to_device(xb, device, channels_last)
+                        yb = y[idx].to(device, non_blocking=True)
+                        with autocast(device, plan.precision):
+                            loss = _loss(model(xb), yb)
+                        opt.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                        scaler.step(opt)
+                        scaler.update()
+                        # Summed on the device: no host sync per step.
+                        total += loss.detach() * len(idx)
+                        seen += len(idx)
+                    train_loss = total.item() / max(seen, 1)  # the one sync per epoch
+                    step_seconds += time.perf_counter() - t_epoch
+                    step_examples += seen
+                    sched.step()
+                    val_loss, val_acc = self._evaluate(model, xv, yv, device, channels_last)
+                    row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                           "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"]}
+                    history.append(row)
+                    if val_acc > best["acc"] or (val_acc == best["acc"] and val_loss < best["loss"]):
+                        best = {"acc": val_acc, "loss": val_loss, "epoch": epoch + 1, "state": _cpu_state(model)}
+                        bad_epochs = 0
+                    else:
+                        bad_epochs += 1
+                    seconds = time.perf_counter() - t0
+                    log.debug("epoch %d: %s", epoch + 1, row)
+                    if ckpt is not None:
+                        ckpt.parent.mkdir(parents=True, exist_ok=True)
+                        tmp = ckpt.with_suffix(".tmp")
+                        torch.save({
+                            "model": _cpu_state(model), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                            "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history,
+                            "best_acc": best["acc"], "best_loss": best["loss"], "best_epoch": best["epoch"],
+                            "best_state": best["state"], "bad_epochs": bad_epochs, "seconds": seconds,
+                            "plan": {"device": plan.device, "precision": plan.precision, "threads": plan.threads},
+                        }, tmp)
+                        tmp.replace(ckpt)
+                    if on_epoch is not None:
+                        on_epoch(epoch, row)
+                    if bad_epochs >= cfg.patience:
+                        stopped = "early_stopping"
+                        break
+                    if cfg.time_limit_s is not None and seconds >= cfg.time_limit_s:
+                        stopped = "time_limit"
+                        break
+        finally:
+            # Whatever happened (including on_epoch raising), hand the model back as it came.
+            model.to(memory_format=torch.contiguous_format)
+            model.to(home)
         model.load_state_dict(best["state"])
-        return TrainResult(best["state"], best["epoch"], best["acc"], history, stopped,
-                           time.perf_counter() - t0)
+        return TrainResult(best["state"], best["epoch"], best["acc"], history, stopped, time.perf_counter() - t0,
+                           device=plan.device, precision=plan.precision, threads=plan.threads,
+                           channels_last=plan.channels_last, plan_source=plan.source, probe=dict(plan.probe),
+                           examples_per_s=step_examples / step_seconds if step_seconds > 0 else 0.0)
 
 
 def describe(result: TrainResult) -> dict[str, Any]:
+    """A JSON-able summary of a fit for manifests and reports, including how it used the hardware."""
     return {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
-            "epochs_run": len(result.history), "stopped": result.stopped, "seconds": round(result.seconds, 2)}
+            "epochs_run": len(result.history), "stopped": result.stopped, "seconds": round(result.seconds, 2),
+            "device": result.device, "precision": result.precision, "threads": result.threads,
+            "channels_last": result.channels_last, "plan": result.plan_source,
+            "examples_per_s": round(result.examples_per_s, 1)}

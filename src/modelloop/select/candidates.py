@@ -1,0 +1,155 @@
+"""Technology selection under requirements.
+
+Every candidate (a featurizer + a trainable network family, see ``tasks``) gets a short budgeted
+search on the validation split; its best trial is then measured for what shipping it costs on this
+machine: p95 single-item latency of the whole serving path (featurizer + network, raw input in)
+and size (trained weights + the frozen weights and learned state the featurizer needs).
+
+:func:`choose` takes the cheapest candidate (lowest p95 latency, then size) that meets every
+requirement, or the best one, with a warning, when none does. The leaderboard keeps one row per
+candidate with the reason it was or was not chosen.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..models import build_model, count_parameters
+from ..spec import Spec
+from ..tasks import Candidate, featurizer_from_config
+from .search import CandidateSearch
+
+__all__ = ["prepare_features", "search_candidates", "choose", "serving_latency", "model_bytes"]
+
+log = logging.getLogger(__name__)
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    from ..registry.artifact import trainable_state
+
+    return sum(t.numel() * t.element_size() for t in trainable_state(model).values())
+
+
+def serving_latency(featurizer, model: torch.nn.Module, item: Any, runs: int = 30, warmup: int = 5) -> dict[str, float]:
+    """p50/p95 ms of one raw input through featurizer and network (what a single request costs)."""
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            t = time.perf_counter()
+            model(featurizer.transform(item))
+            if i >= warmup:
+                times.append((time.perf_counter() - t) * 1000)
+    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95))}
+
+
+def _one(x: Any) -> Any:
+    return x[:1]
+
+
+def prepare_features(candidate: Candidate, train_x: Any, val_x: Any, cache_dir: Path | None):
+    """Fit the candidate's featurizer on the training inputs; features of train and validation."""
+    feat = featurizer_from_config(candidate.featurizer)
+    feat.set_cache(cache_dir)
+    feat.fit(train_x)
+    return feat, feat.transform(train_x), feat.transform(val_x) if len(val_x) else None
+
+
+def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tensor], val: tuple[Any, torch.Tensor],
+                      num_classes: int, spec: Spec, timeout_s: float, run_dir: Path, cache_dir: Path | None,
+                      progress=None) -> dict[str, Any]:
+    """Search each candidate; measure latency and size of its best trial; choose one.
+
+    Returns the selection record: ``leaderboard`` (one row per candidate), ``trials`` (every
+    trial), ``chosen`` (the candidate name), ``best_family``, ``best_params``, ``warning``.
+    """
+    sel = spec.selection
+    (xtr, ytr), (xva, yva) = train, val
+    rows, trials = [], []
+    t0 = time.perf_counter()
+    plain = [c for c in candidates if c.family not in ("efficientnet-suffix", "minilm-lora")]
+    per = max(1, sel.trials // max(1, len(plain)))
+    for i, cand in enumerate(candidates):
+        left = timeout_s - (time.perf_counter() - t0)
+        share = max(1.0, left / (len(candidates) - i))
+        if progress:
+            progress(f"[selection] {cand.name}: {cand.about}")
+        t = time.perf_counter()
+        feat, ftr, fva = prepare_features(cand, xtr, xva, cache_dir)
+        feat_s = time.perf_counter() - t
+        vtr = (ftr, ytr)
+        vva = (fva, yva) if fva is not None else vtr
+        base = {"input_shape": list(ftr.shape[1:]), "num_classes": num_classes, "featurizer": dict(cand.featurizer),
+                "candidate": cand.name}
+        n_trials = 1 if cand.family in ("efficientnet-suffix", "minilm-lora") else per
+        shift = spec.data.augmentation.shift if cand.featurizer["kind"] == "pixels" else 0
+        search = CandidateSearch([cand.family], n_trials, sel.epochs_per_trial, timeout_s=share,
+                                 batch_size=spec.training.batch_size, shift=shift, seed=spec.seed,
+                                 study_name=f"selection-{cand.name}")
+        res = search.run(vtr, vva, base, storage_path=run_dir / "selection.db")
+        config = {**base, "family": cand.family, "params": res.best_params}
+        model = build_model(config)
+        lat = serving_latency(feat, model, _one(xva if len(yva) else xtr))
+        size_mb = (model_bytes(model) + feat.frozen_bytes()) / 1e6
+        rows.append({"candidate": cand.name, "family": cand.family, "featurizer": cand.featurizer["kind"],
+                     "pretrained": cand.pretrained, "val_accuracy": res.best_val_accuracy,
+                     "params": res.best_params, "parameters": count_parameters(model),
+                     "p50_ms": lat["p50_ms"], "p95_ms": lat["p95_ms"], "size_mb": size_mb,
+                     "featurize_s": round(feat_s, 2), "search_s": res.seconds, "trials": len(res.leaderboard)})
+        trials += [{**r, "candidate": cand.name} for r in res.leaderboard]
+        if progress:
+            progress(f"[selection] {cand.name}: val accuracy {res.best_val_accuracy:.4f}, p95 {lat['p95_ms']:.2f} ms, "
+                     f"{size_mb:.2f} MB")
+    chosen, warning = choose(rows, spec)
+    return {"leaderboard": rows, "trials": trials, "chosen": chosen["candidate"], "best_family": chosen["family"],
+            "best_params": chosen["params"], "best_val_accuracy": chosen["val_accuracy"], "warning": warning,
+            "rule": sel.choose, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def choose(rows: list[dict[str, Any]], spec: Spec) -> tuple[dict[str, Any], str | None]:
+    """Mark each row with whether it meets the requirements and why; return the chosen row and a warning.
+
+    Quality is validation accuracy against ``requirements.target + selection.quality_margin``
+    (for the accuracy metric; other metrics are checked on the test split by the gate).
+    """
+    req, sel = spec.requirements, spec.selection
+    need = req.target + sel.quality_margin
+    for r in rows:
+        misses = []
+        if r["val_accuracy"] is None or r["val_accuracy"] < need:
+            misses.append(f"val accuracy {r['val_accuracy'] or 0:.4f} < {need:.4f}")
+        if req.p95_latency_ms is not None and r["p95_ms"] > req.p95_latency_ms:
+            misses.append(f"p95 {r['p95_ms']:.2f} ms > {req.p95_latency_ms} ms")
+        if req.max_model_size_mb is not None and r["size_mb"] > req.max_model_size_mb:
+            misses.append(f"size {r['size_mb']:.2f} MB > {req.max_model_size_mb} MB")
+        r["meets_requirements"] = not misses
+        r["misses"] = misses
+    best = max(rows, key=lambda r: (r["val_accuracy"] or 0.0, -r["p95_ms"]))
+    ok = [r for r in rows if r["meets_requirements"]]
+    warning = None
+    if sel.choose == "best":
+        chosen = best
+        why = "best validation accuracy (selection.choose: best)"
+    elif ok:
+        chosen = min(ok, key=lambda r: (r["p95_ms"], r["size_mb"]))
+        why = "cheapest (lowest p95 latency) of those meeting every requirement"
+    else:
+        chosen = best
+        why = "best validation accuracy: no candidate meets every requirement"
+        warning = ("no candidate meets every requirement (" + "; ".join(
+            f"{r['candidate']}: {', '.join(r['misses'])}" for r in rows) + "); took the most accurate")
+    for r in rows:
+        if r is chosen:
+            r["decision"] = f"chosen: {why}"
+        elif not r["meets_requirements"]:
+            r["decision"] = "misses " + ", ".join(r["misses"])
+        else:
+            r["decision"] = ("meets the requirements but is slower or larger" if sel.choose == "cheapest"
+                             else "lower validation accuracy")
+    return chosen, warning

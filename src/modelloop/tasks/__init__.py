@@ -1,0 +1,6 @@
+"""Task plugins: what differs between domains (data, candidates, inputs); see ``base.Task``."""
+
+from .base import TASK_NAMES, Candidate, Task, get_task
+from .features import Featurizer, featurizer_from_config
+
+__all__ = ["TASK_NAMES", "Candidate", "Task", "get_task", "Featurizer", "featurizer_from_config"]

@@ -1,0 +1,79 @@
+"""The task contract: what differs between image and text classification, and nothing else.
+
+A :class:`Task` says *what*: how its data is loaded and split, which candidate models compete
+(each a featurizer + a trainable network), how one raw input is stored with its prediction (so
+feedback becomes a training example) and read back, and how a request body becomes raw inputs.
+The loop, the trainer, the gate, the registry and the server say *how*, the same for every task.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..spec import DataSpec, Spec
+
+__all__ = ["Candidate", "Task", "get_task", "TASK_NAMES"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One technology choice: a featurizer and the trainable network family on top of it.
+
+    ``featurizer`` is a fresh featurizer config (``{"kind": ..., settings}``); ``model`` holds
+    extra architecture settings the family needs besides input shape and class count.
+    """
+
+    name: str
+    family: str
+    featurizer: dict[str, Any]
+    model: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False
+    about: str = ""
+
+
+class Task(ABC):
+    """Everything task-specific the loop needs; about six methods."""
+
+    name: str
+    input_kind: str  # "image" | "text"
+    candidates: dict[str, Candidate]
+    default_candidates: tuple[str, ...]
+
+    @abstractmethod
+    def prepare(self, data: DataSpec, base_dir: Path):
+        """Load, validate, clean and split the source -> ``Dataset``."""
+
+    @abstractmethod
+    def choose_candidates(self, spec: Spec, ds) -> tuple[list[Candidate], dict[str, str]]:
+        """The candidates to compete (the spec's list, or this task's choice for the data),
+        and why each of the task's other candidates was left out."""
+
+    @abstractmethod
+    def collate(self, items: list[Any], like) -> tuple[Any, list[bool]]:
+        """Stored inputs (arrays or str, as the feedback store returns them) -> (a raw batch of the
+        usable ones, which were usable). ``like`` is the dataset or model they must fit."""
+
+    @abstractmethod
+    def parse_json(self, body: Any, model) -> tuple[Any, bool]:
+        """A JSON request body -> (raw batch, whether the caller sent a list). Raises InputError."""
+
+    def describe_input(self, model) -> dict[str, Any]:
+        return {}
+
+
+TASK_NAMES = ("image-classification", "text-classification")
+
+
+def get_task(name: str) -> Task:
+    if name == "image-classification":
+        from .image_classification import ImageClassification
+
+        return ImageClassification()
+    if name == "text-classification":
+        from .text_classification import TextClassification
+
+        return TextClassification()
+    raise ValueError(f"task {name!r}: unknown; expected one of {', '.join(TASK_NAMES)}")

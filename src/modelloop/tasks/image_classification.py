@@ -1,0 +1,107 @@
+"""Image classification: folders of images per class (or built-in digits) -> class labels.
+
+Candidates: from-scratch networks on standardized pixels (linear, MLP, small CNN) and transfer
+from EfficientNet-Lite0's ImageNet weights (frozen features + a linear head, or fine-tuning of
+its last blocks). Transfer is considered by default where it pays: colour photos, or few
+examples per class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import prepare_dataset
+from ..data.image import parse_pixels
+from ..errors import InputError
+from ..spec import DataSpec, Spec
+from .base import Candidate, Task
+
+__all__ = ["ImageClassification", "FEW_PER_CLASS"]
+
+#: below this many training images in the smallest class, transfer learning is considered by default
+FEW_PER_CLASS = 100
+
+_EFF = {"kind": "efficientnet", "image_size": 224}
+
+
+class ImageClassification(Task):
+    name = "image-classification"
+    input_kind = "image"
+    candidates = {
+        "linear": Candidate("linear", "linear", {"kind": "pixels"}, about="logistic regression on pixels"),
+        "mlp": Candidate("mlp", "mlp", {"kind": "pixels"}, about="one hidden layer on pixels"),
+        "cnn": Candidate("cnn", "cnn", {"kind": "pixels"}, about="small convolutional network from scratch"),
+        "efficientnet": Candidate("efficientnet", "linear", {**_EFF, "mode": "frozen"}, pretrained=True,
+                                  about="frozen EfficientNet-Lite0 ImageNet features + linear head"),
+        "efficientnet-finetune": Candidate(
+            "efficientnet-finetune", "efficientnet-suffix", {**_EFF, "mode": "finetune", "finetune_blocks": 2},
+            pretrained=True, about="EfficientNet-Lite0 with its last blocks fine-tuned"),
+    }
+    default_candidates = ("linear", "mlp", "cnn")
+
+    def prepare(self, data: DataSpec, base_dir: Path):
+        return prepare_dataset(data, base_dir)
+
+    def choose_candidates(self, spec: Spec, ds) -> tuple[list[Candidate], dict[str, str]]:
+        if spec.selection.candidates:
+            chosen = list(spec.selection.candidates)
+            return [self.candidates[c] for c in chosen], {c: "not listed in selection.candidates"
+                                                          for c in self.candidates if c not in chosen}
+        counts = ds.report.split_counts.get("train", {})
+        fewest = min(counts.values()) if counts else 0
+        colour = ds.fmt is not None and ds.fmt.channels == 3
+        chosen = list(self.default_candidates)
+        why: dict[str, str] = {}
+        if colour or fewest < FEW_PER_CLASS:
+            chosen.append("efficientnet")
+            reason = "colour images" if colour else f"the smallest class has {fewest} training images"
+            why["efficientnet"] = f"considered: {reason} (transfer pays with colour photos or few examples)"
+            why["efficientnet-finetune"] = "not considered by default (slower); list it in selection.candidates"
+        else:
+            for c in ("efficientnet", "efficientnet-finetune"):
+                why[c] = (f"not considered: gray images with at least {fewest} training images per class, where "
+                          "small models from scratch do as well at a fraction of the cost; list it in "
+                          "selection.candidates to try it")
+        return [self.candidates[c] for c in chosen], why
+
+    def collate(self, items: list[Any], like) -> tuple[Any, list[bool]]:
+        import torch
+
+        if isinstance(like, tuple):
+            shape = like
+        else:
+            f = like.fmt
+            shape = (f.channels, f.height, f.width)
+        keep = [isinstance(a, np.ndarray) and a.shape == shape for a in items]
+        arrays = [a for a, k in zip(items, keep, strict=True) if k]
+        x = np.stack(arrays).astype(np.float32) if arrays else np.zeros((0, *shape), np.float32)
+        return torch.from_numpy(x), keep
+
+    def parse_json(self, body: Any, model) -> tuple[Any, bool]:
+        fmt = model.fmt
+        if isinstance(body, dict):
+            if "instances" in body:
+                items = body["instances"]
+                _check_items(items, "images")
+                return np.stack([parse_pixels(v, fmt, f"instances[{i}]") for i, v in enumerate(items)]), True
+            if "pixels" not in body:
+                raise InputError(f"request body: received fields {sorted(body)}; expected a field 'pixels' "
+                                 "(one image) or 'instances' (a list)")
+            body = body["pixels"]
+        return parse_pixels(body, fmt)[None], False
+
+    def describe_input(self, model) -> dict[str, Any]:
+        return {"format": model.fmt.to_dict()}
+
+
+MAX_ITEMS = 1024
+
+
+def _check_items(items: Any, what: str) -> None:
+    if not isinstance(items, list) or not items or len(items) > MAX_ITEMS:
+        raise InputError(f"field 'instances': received {type(items).__name__} of "
+                         f"{len(items) if isinstance(items, list) else 'no'} items; expected a "
+                         f"list of 1 to {MAX_ITEMS} {what}")

@@ -1,0 +1,93 @@
+"""Text classification (sentiment, topics, intents): texts with labels -> class labels.
+
+Candidates: TF-IDF + a linear model (the honest baseline), frozen all-MiniLM-L6-v2 sentence
+embeddings + a linear or MLP head (embeddings cached by text hash, so search and retraining never
+recompute them), and LoRA fine-tuning of MiniLM with a head (opt-in: minutes per epoch on a CPU).
+
+Inputs are normalized like the training data (``data.text.normalize_text``) and truncated at
+``MAX_TEXT_CHARS`` characters; the encoders truncate again at their token limit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..data.dataset import prepare_text_dataset
+from ..errors import InputError
+from ..spec import DataSpec, Spec
+from .base import Candidate, Task
+from .image_classification import _check_items
+
+__all__ = ["TextClassification", "parse_texts"]
+
+_MINILM = {"kind": "minilm", "encoder": "all-MiniLM-L6-v2", "max_length": 256}
+
+
+def parse_texts(values: list[Any], field: str) -> list[str]:
+    """Request texts -> normalized, truncated texts. Raises InputError for non-strings and empty texts."""
+    from ..data.text import MAX_TEXT_CHARS, normalize_text
+
+    out = []
+    for i, v in enumerate(values):
+        name = field if len(values) == 1 and field == "text" else f"{field}[{i}]"
+        if not isinstance(v, str):
+            raise InputError(f"field {name!r}: received {type(v).__name__}; expected a string of text")
+        t = normalize_text(v)
+        if not t:
+            raise InputError(f"field {name!r}: received an empty text; expected at least one non-space character")
+        out.append(t[:MAX_TEXT_CHARS])
+    return out
+
+
+class TextClassification(Task):
+    name = "text-classification"
+    input_kind = "text"
+    candidates = {
+        "tfidf-linear": Candidate("tfidf-linear", "linear", {"kind": "tfidf", "max_features": 5000},
+                                  about="TF-IDF of words and word pairs + logistic regression"),
+        "minilm-linear": Candidate("minilm-linear", "linear", dict(_MINILM), pretrained=True,
+                                   about="frozen MiniLM sentence embeddings + linear head"),
+        "minilm-mlp": Candidate("minilm-mlp", "mlp", dict(_MINILM), pretrained=True,
+                                about="frozen MiniLM sentence embeddings + MLP head"),
+        "minilm-lora": Candidate("minilm-lora", "minilm-lora",
+                                 {"kind": "tokens", "encoder": "all-MiniLM-L6-v2", "max_length": 64},
+                                 model={"encoder": "all-MiniLM-L6-v2", "max_length": 64}, pretrained=True,
+                                 about="MiniLM fine-tuned with LoRA + head"),
+    }
+    default_candidates = ("tfidf-linear", "minilm-linear", "minilm-mlp")
+
+    def prepare(self, data: DataSpec, base_dir: Path):
+        return prepare_text_dataset(data, base_dir)
+
+    def choose_candidates(self, spec: Spec, ds) -> tuple[list[Candidate], dict[str, str]]:
+        if spec.selection.candidates:
+            chosen = list(spec.selection.candidates)
+            return [self.candidates[c] for c in chosen], {c: "not listed in selection.candidates"
+                                                          for c in self.candidates if c not in chosen}
+        why = {"minilm-lora": "not considered by default: fine-tuning a transformer costs minutes per epoch on a "
+                              "CPU; list it in selection.candidates to try it"}
+        return [self.candidates[c] for c in self.default_candidates], why
+
+    def collate(self, items: list[Any], like) -> tuple[Any, list[bool]]:
+        keep = [isinstance(t, str) for t in items]
+        return [t for t in items if isinstance(t, str)], keep
+
+    def parse_json(self, body: Any, model) -> tuple[Any, bool]:
+        if isinstance(body, str):
+            return parse_texts([body], "text"), False
+        if isinstance(body, dict):
+            if "instances" in body or "texts" in body:
+                key = "instances" if "instances" in body else "texts"
+                items = body[key]
+                _check_items(items, "texts")
+                return parse_texts(items, key), True
+            if "text" in body:
+                return parse_texts([body["text"]], "text"), False
+            raise InputError(f"request body: received fields {sorted(body)}; expected a field 'text' "
+                             "(one text) or 'instances' (a list of texts)")
+        raise InputError(f"request body: received {type(body).__name__}; expected {{\"text\": \"...\"}} or "
+                         "{\"instances\": [\"...\", ...]}")
+
+    def describe_input(self, model) -> dict[str, Any]:
+        return {"input": "text"}

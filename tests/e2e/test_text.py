@@ -1,0 +1,109 @@
+"""Text classification through the whole loop: init -> run -> serve -> feedback -> retrain -> gate.
+
+Real data (Rotten Tomatoes review snippets), the real MiniLM weights, a real server on loopback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from modelloop.data.text import load_rotten_tomatoes
+from tests.conftest import cli, cli_json
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def reviews():
+    t = load_rotten_tomatoes()
+    return t.texts, t.labels
+
+
+def _write_csv(path, texts, labels):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["review", "verdict"])
+        w.writerows(zip(texts, labels, strict=True))
+
+
+def test_text_project_runs_serves_and_learns_from_feedback(tmp_path, serve, reviews):
+    texts, labels = reviews
+    data = tmp_path / "reviews.csv"
+    _write_csv(data, texts[:600], labels[:600])
+    proj = tmp_path / "proj"
+    out = cli_json("init", str(proj), "--task", "text-classification", "--data", str(data),
+                   "--text-column", "review", "--label-column", "verdict", "--target", "0.6",
+                   "--time-budget-s", "300")
+    spec = yaml.safe_load((proj / "modelloop.yaml").read_text())
+    assert out["spec_content"]["task"] == "text-classification"
+    spec["selection"]["candidates"] = ["tfidf-linear", "minilm-linear"]
+    spec["selection"]["trials"] = 2
+    spec["training"]["max_epochs"] = 15
+    (proj / "modelloop.yaml").write_text(yaml.safe_dump(spec))
+
+    res = cli_json("run", str(proj), timeout=900)
+    assert res["champion"] and res["passed"]
+    assert res["metrics"]["accuracy"] >= 0.6
+    m = json.loads((proj / "registry" / "versions" / res["version"] / "manifest.json").read_text())
+    board = {r["candidate"]: r for r in m["selection"]["leaderboard"]}
+    assert set(board) == {"tfidf-linear", "minilm-linear"}
+    assert all(r["p95_ms"] > 0 and r["size_mb"] > 0 for r in board.values())
+    # MiniLM's frozen weights count in its size: far larger than a TF-IDF vocabulary and a linear layer.
+    assert board["minilm-linear"]["size_mb"] > 10 * board["tfidf-linear"]["size_mb"]
+    assert sum(r["decision"].startswith("chosen") for r in board.values()) == 1
+
+    server = serve(proj)
+    one = server.client.post("/predict", json={"text": "A warm, funny and moving film."})
+    assert one.status_code == 200, one.text
+    assert set(one.json()["scores"]) == {"fresh", "rotten"}
+    batch = server.client.post("/predict", json={"instances": texts[600:760]})
+    assert batch.status_code == 200
+    preds = batch.json()["predictions"]
+    assert len(preds) == 160
+    for bad, field in (({"text": "   "}, "text"), ({"text": 3}, "text"), ({"pixels": [1, 2]}, "pixels"),
+                       ({"instances": ["ok", ""]}, "instances[1]")):
+        r = server.client.post("/predict", json=bad)
+        assert r.status_code == 422, (bad, r.text)
+        assert field in r.json()["detail"]
+    # Invalid UTF-8 in the body is a clear 422, not a server error.
+    r = server.client.post("/predict", content=b'{"text": "caf\xe9"}', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "UTF-8" in r.json()["detail"]
+
+    auth = server.auth("client")
+    for p, label in zip(preds, labels[600:760], strict=True):
+        r = server.client.post("/feedback", json={"prediction_id": p["prediction_id"], "label": label}, headers=auth)
+        assert r.status_code == 201, r.text
+    server.stop()
+
+    proc = cli("retrain", str(proj), "--json", timeout=900)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]  # 1: the gate rejected the challenger
+    rt = json.loads(proc.stdout)
+    assert rt["feedback_examples"] > 50 and rt["feedback_holdout"] > 20
+    assert rt["decision"] in ("promoted", "rejected")
+    lineage = cli_json("lineage", str(proj), "--version", rt["version"])
+    assert len(lineage["feedback_ids"]) == rt["feedback_examples"]
+
+    pred = cli_json("predict", str(proj), "--text", "Dull and far too long.")
+    assert pred["predictions"][0]["label"] in ("fresh", "rotten")
+
+
+def test_text_bad_inputs_are_clear(tmp_path):
+    proj = tmp_path / "p"
+    missing = tmp_path / "none.csv"
+    r = cli("init", str(proj), "--task", "text-classification", "--data", str(missing))
+    assert r.returncode == 2 and "none.csv" in r.stderr
+    one_class = tmp_path / "one.csv"
+    _write_csv(one_class, ["good", "great", "fine"], ["pos", "pos", "pos"])
+    cli_json("init", str(proj), "--task", "text-classification", "--data", str(one_class), "--label-column",
+             "verdict", "--text-column", "review")
+    r = cli("run", str(proj))
+    assert r.returncode == 2 and "1 class" in r.stderr and "at least 2" in r.stderr
+    no_label = tmp_path / "nolabel.csv"
+    no_label.write_text("review,stars\nnice,5\nbad,1\n")
+    cli_json("init", str(tmp_path / "q"), "--task", "text-classification", "--data", str(no_label))
+    r = cli("run", str(tmp_path / "q"))
+    assert r.returncode == 2 and "label" in r.stderr and "nolabel.csv" in r.stderr
