@@ -447,7 +447,7 @@ def encode_cached(encoder: TextEncoder, texts: list[str], cache: EmbeddingCache)
     for pos, key in enumerate(keys):
         if pos not in found and key not in missing:
             missing[key] = pos
-    cache.hits += len(texts) - sum(1 for pos in range(len(texts)) if pos not in found)
+    cache.hits += len(found)
     cache.misses += len(missing)
     if missing:
         fresh = encoder.encode([texts[pos] for pos in missing.values()])

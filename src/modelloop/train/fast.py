@@ -5,14 +5,17 @@ anything left on ``auto``/``None`` is decided here:
 
 - device: CUDA when available, else CPU.
 - channels_last: on for 4-D float inputs into a model with 2-D convolutions (oneDNN and cuDNN
-  run NHWC convolutions faster), off otherwise. Not probed: it never changes results beyond
-  float rounding, and it is a layout decision, not a speed gamble.
-- precision and threads: measured. A few real training steps are timed for each candidate
-  (fp32 vs bf16 autocast where the CPU has native bf16; 1 thread vs all available cores) on a
-  *copy* of the model with its own optimizer, interleaved round by round so that a burst of load
-  from other processes hits every candidate alike, and the fastest median wins. bf16 must beat
-  fp32 by :data:`BF16_MARGIN` to be chosen, since it changes numerics. The global RNG state is
-  restored afterwards, so a probed run trains exactly like one with the same choices forced.
+  run NHWC convolutions faster), off otherwise. Not probed: a layout, not a numerics gamble. (One
+  caveat, measured against float64: torch's CPU BatchNorm accumulates channels_last batch
+  statistics less exactly in training mode, ~1e-4 relative instead of ~1e-7; accuracy is unchanged.)
+- precision and threads: measured. Real training steps on one batch are timed on a *copy* of
+  the model with its own optimizer: first the thread counts (1 vs all available cores) at fp32,
+  then the precisions (fp32 vs bf16 autocast where the CPU has native bf16; fp32 vs bf16/fp16 on
+  CUDA) at the winning thread count. Candidates run interleaved, round by round, so a burst of load
+  from other processes hits each alike; the lowest median wins, and a candidate far slower in its
+  first step is dropped at once (on a contended machine a step on two threads can take seconds).
+  A lower precision must beat fp32 by :data:`PRECISION_MARGIN`, since it changes numerics. The RNG
+  state is restored afterwards, so a probed run trains exactly like one with the same choices forced.
 
 Decisions are cached per (model class, parameter shapes, example shape and dtype, batch size,
 target kind, device, candidates) for :data:`CACHE_TTL_S` seconds, so a hyper-parameter search
@@ -39,11 +42,12 @@ __all__ = ["Plan", "available_cores", "autocast", "choose_plan", "clear_plan_cac
 
 log = logging.getLogger(__name__)
 
-BF16_MARGIN = 0.10  # bf16 is chosen only when its median step is at least 10% shorter than fp32's
+PRECISION_MARGIN = 0.10  # bf16/fp16 is chosen only when its median step is at least 10% shorter than fp32's
 CACHE_TTL_S = 600.0  # load on a shared machine drifts; re-measure after this long
 MIN_STEPS_TO_PROBE = 60  # below this many training steps in the whole run, probing costs more than it saves
 _PROBE_ROUNDS = 3  # timed steps per candidate (after one untimed warm-up step)
 _DROP_FACTOR = 2.0  # a candidate this much slower than the best after round one is not timed further
+_WARMUP_DROP_FACTOR = 4.0  # ... or this much slower already in its warm-up step (which includes set-up)
 
 _PLAN_CACHE: dict[tuple, tuple[float, Plan]] = {}
 
@@ -54,9 +58,10 @@ class Plan:
 
     ``precision`` is "fp32", "bf16" or "fp16" (autocast dtype; weights and optimizer stay fp32).
     ``threads`` is the intra-op thread count used while training (None: left as it was, e.g. CUDA).
-    ``probe`` maps each timed candidate ("fp32/1t", "bf16/2t", ...) to its median seconds per step;
-    empty when nothing was measured. ``source`` says how the plan came about: "config", "probe",
-    "cache", "checkpoint" or "default" (too little work to be worth measuring).
+    ``probe`` maps each timed candidate ("fp32/1t", "bf16/2t", ...) to its median seconds per step
+    (a candidate dropped after its first step shows that step's time); empty when nothing was measured.
+    ``source`` says how the plan came about: "config", "probe", "cache", "checkpoint" or "default"
+    (too little work to be worth measuring).
     """
 
     device: str = "cpu"
@@ -192,19 +197,31 @@ def choose_plan(
         plan.source = "cache"
         return plan
 
-    timings = _measure(model, make_step, make_optimizer, device, precisions, thread_opts)
-    best: dict[str, Any] = {}
-    for (prec, th), secs in timings.items():
-        med = statistics.median(secs)
-        if prec == "bf16" and precision == "auto":
-            fp32 = [statistics.median(v) for (p, t), v in timings.items() if p == "fp32" and t == th]
-            if fp32 and med > (1.0 - BF16_MARGIN) * fp32[0]:
-                continue  # not clearly faster: keep fp32 numerics at this thread count
-        if not best or med < best["median"]:
-            best = {"precision": prec, "threads": th, "median": med}
-    plan = Plan(device=str(device), precision=best["precision"], threads=best["threads"], channels_last=channels_last,
-                probe={_label(p, t): round(statistics.median(v), 5) for (p, t), v in timings.items()},
-                source="probe")
+    probe = _Probe(model, make_step, make_optimizer, device)
+    try:
+        # Stage 1, threads at the first precision (fp32 when open); stage 2, precisions at the
+        # winning thread count. Thread count and precision barely interact, and this skips timing
+        # the slow corner (e.g. bf16 on two contended threads) that a full grid would pay for.
+        first = precisions[0]
+        threads_won = thread_opts[0]
+        if len(thread_opts) > 1:
+            timed = probe.time([(first, t) for t in thread_opts])
+            threads_won = min(timed, key=lambda k: statistics.median(timed[k]))[1]
+        timings = {k: statistics.median(v) for k, v in probe.timings.items()}
+        if len(precisions) > 1:
+            timed = probe.time([(p, threads_won) for p in precisions])
+            timings.update({k: statistics.median(v) for k, v in timed.items()})
+    finally:
+        probe.close()
+    won = (first, threads_won)
+    for p in precisions[1:]:
+        k = (p, threads_won)
+        margin = PRECISION_MARGIN if first == "fp32" and precision == "auto" else 0.0
+        # Lower precision changes numerics, so it has to be clearly faster, not just within the noise.
+        if k in timings and timings[k] < (1.0 - margin) * timings[won]:
+            won = k
+    plan = Plan(device=str(device), precision=won[0], threads=won[1], channels_last=channels_last,
+                probe={_label(p, t): round(v, 5) for (p, t), v in timings.items()}, source="probe")
     _PLAN_CACHE[key] = (time.monotonic(), copy.deepcopy(plan))
     return plan
 
@@ -218,37 +235,55 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _measure(model, make_step, make_optimizer, device, precisions, thread_opts) -> dict[tuple, list[float]]:
-    """Median-friendly timings: one warm-up then interleaved timed rounds, slow candidates dropped early."""
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
-    steps: dict[tuple, Callable[[], None]] = {}
-    try:
-        for prec in precisions:
-            clone = copy.deepcopy(model)
+class _Probe:
+    """Times training steps of model copies; restores the RNG state (CPU and CUDA) on ``close``."""
+
+    def __init__(self, model, make_step, make_optimizer, device: torch.device) -> None:
+        self.model, self.make_step, self.make_optimizer, self.device = model, make_step, make_optimizer, device
+        self.cpu_rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+        self.steps: dict[str, Callable[[], None]] = {}  # one model copy per precision
+        self.warm: set[tuple] = set()
+        self.timings: dict[tuple, list[float]] = {}
+
+    def _step(self, precision: str) -> Callable[[], None]:
+        if precision not in self.steps:
+            clone = copy.deepcopy(self.model)
             clone.train()
-            # One clone per precision: the thread count does not change what a step computes.
-            step = make_step(clone, make_optimizer(clone), prec)
-            for th in thread_opts:
-                steps[(prec, th)] = step
-        timings: dict[tuple, list[float]] = {k: [] for k in steps}
-        for (_, th), step in steps.items():  # warm-up: first calls build kernels and allocate
-            with thread_scope(th):
-                step()
-        _sync(device)
-        live = list(steps)
+            self.steps[precision] = self.make_step(clone, self.make_optimizer(clone), precision)
+        return self.steps[precision]
+
+    def _run(self, key: tuple) -> float:
+        with thread_scope(key[1]):
+            t = time.perf_counter()
+            self._step(key[0])()
+            _sync(self.device)
+            return time.perf_counter() - t
+
+    def time(self, keys: list[tuple]) -> dict[tuple, list[float]]:
+        """Warm each new candidate up once, then time interleaved rounds; returns this call's timings.
+
+        A candidate whose warm-up or first timed step is far slower than the fastest one's is not
+        timed further: on a contended machine one step of a bad choice can cost seconds.
+        """
+        warmups = {k: self._run(k) for k in keys if k not in self.warm}
+        self.warm.update(keys)
+        live = list(keys)
+        if len(warmups) == len(keys) and len(keys) > 1:
+            fastest = min(warmups.values())
+            live = [k for k in keys if warmups[k] <= _WARMUP_DROP_FACTOR * fastest]
+        out: dict[tuple, list[float]] = {k: [] for k in keys}
         for rnd in range(_PROBE_ROUNDS):
             for k in live:
-                with thread_scope(k[1]):
-                    t = time.perf_counter()
-                    steps[k]()
-                    _sync(device)
-                    timings[k].append(time.perf_counter() - t)
+                out[k].append(self._run(k))
             if rnd == 0 and len(live) > 1:
-                fastest = min(timings[k][0] for k in live)
-                live = [k for k in live if timings[k][0] <= _DROP_FACTOR * fastest]
-        return {k: v for k, v in timings.items() if v}
-    finally:
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
+                fastest = min(out[k][0] for k in live)
+                live = [k for k in live if out[k][0] <= _DROP_FACTOR * fastest]
+        out = {k: v if v else [warmups[k]] for k, v in out.items()}
+        self.timings.update(out)
+        return out
+
+    def close(self) -> None:
+        torch.set_rng_state(self.cpu_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)

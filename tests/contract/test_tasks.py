@@ -1,0 +1,120 @@
+"""One contract suite, run for every task and candidate kind on tiny real data.
+
+For each (task, candidate): the featurizer fits on the training inputs and the network trains;
+a registered artifact reloads and predicts exactly what the trained model predicted; an input
+stored with a prediction comes back as the same training example; a request body parses into
+inputs the model takes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from modelloop.data.builtin import load_builtin
+from modelloop.data.text import load_rotten_tomatoes
+from modelloop.feedback import FeedbackStore, prediction_row
+from modelloop.models import build_model
+from modelloop.registry import LocalRegistry
+from modelloop.select.candidates import prepare_features
+from modelloop.tasks import get_task
+from modelloop.train import TrainConfig, Trainer
+
+CASES = [
+    ("image-classification", "linear"),
+    ("image-classification", "cnn"),
+    ("image-classification", "efficientnet"),
+    ("text-classification", "tfidf-linear"),
+    ("text-classification", "minilm-mlp"),
+]
+
+
+class _Like:  # what collate needs of a dataset or model: the image format
+    def __init__(self, fmt):
+        self.fmt = fmt
+
+
+@pytest.fixture(scope="module")
+def data():
+    b = load_builtin("seed-case")
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(b.y))[:96]
+    images = (torch.from_numpy(b.x[idx]), torch.from_numpy(b.y[idx]), b.class_names, b.fmt)
+    t = load_rotten_tomatoes()
+    names = sorted(set(t.labels))
+    texts = (t.texts[:96], torch.tensor([names.index(v) for v in t.labels[:96]]), names, None)
+    return {"image-classification": images, "text-classification": texts}
+
+
+@pytest.mark.parametrize(("task_name", "candidate"), CASES)
+def test_task_contract(task_name, candidate, data, tmp_path):
+    task = get_task(task_name)
+    x, y, names, fmt = data[task_name]
+    cand = task.candidates[candidate]
+    cand = type(cand)(**{**cand.__dict__, "featurizer": {**cand.featurizer, **(
+        {"image_size": 64} if cand.featurizer["kind"] == "efficientnet" else {})}})
+    xtr, ytr = (x[:64], y[:64])
+    xte = x[64:]
+
+    # fit: featurizer on the training inputs only, then the network
+    feat, ftr, fva = prepare_features(cand, xtr, xte, tmp_path / "cache")
+    config = {"family": cand.family, "input_shape": list(ftr.shape[1:]), "num_classes": len(names),
+              "params": {"lr": 3e-3, "weight_decay": 1e-4}, "featurizer": dict(cand.featurizer),
+              "candidate": cand.name}
+    torch.manual_seed(0)
+    model = build_model(config)
+    Trainer(TrainConfig(max_epochs=3, batch_size=32)).fit(model, (ftr, ytr), (fva, y[64:]))
+    model.eval()
+    with torch.inference_mode():
+        expected = torch.softmax(model(feat.transform(xte)), 1)
+    assert expected.shape == (len(xte), len(names))
+
+    # save/load round trip: the artifact predicts what the trained model predicted
+    reg = LocalRegistry(tmp_path / "registry")
+    pre = {"featurizer": feat.config(), "class_names": names, "input": task.input_kind}
+    if fmt is not None:
+        pre["format"] = fmt.to_dict()
+    version = reg.register({"task": task_name, "model": config, "class_names": names}, model, pre)
+    loaded = reg.load(version, backend="torch")
+    got = loaded.predict_proba(xte)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+    # feedback-to-example: an input stored with its prediction comes back as the same example
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}")
+    item = xte[0] if isinstance(xte, list) else xte[0].numpy()
+    row = prediction_row("p1", version, item, names[0], {n: 0.5 for n in names}, 1.0)
+    store.log_many([row])
+    store.add_feedback("p1", names[1])
+    items, labels, ids = store.labelled_inputs(names)
+    back, usable = task.collate(items, _Like(fmt))
+    assert usable == [True] and labels == [names[1]] and ids == ["p1"]
+    assert torch.allclose(loaded.predict_proba(back), got[:1], atol=1e-5)
+    store.close()
+
+    # serving: a request body parses into inputs the model takes
+    body = {"text": xte[0]} if task.input_kind == "text" else {"pixels": xte[0].reshape(-1).tolist()}
+    parsed, as_list = task.parse_json(body, loaded)
+    assert not as_list
+    assert torch.allclose(loaded.predict_proba(parsed), got[:1], atol=1e-5)
+
+
+def test_image_task_considers_transfer_where_it_pays(tmp_path):
+    """Few examples per class (or colour photos): EfficientNet joins the candidates, with the reason."""
+    from modelloop.data.dataset import DataReport, Dataset
+    from modelloop.data.image import ImageFormat
+    from modelloop.spec import parse_spec
+
+    task = get_task("image-classification")
+    spec = parse_spec({"data": {"source": "builtin:seed-case"}})
+
+    def ds(per_class: int, channels: int = 1):
+        rep = DataReport(source="x", split_counts={"train": {"a": per_class, "b": per_class}})
+        return Dataset({}, ["a", "b"], ImageFormat(channels, 28, 28), rep, "f")
+
+    few, why = task.choose_candidates(spec, ds(10))
+    assert "efficientnet" in [c.name for c in few] and "10 training images" in why["efficientnet"]
+    many, why = task.choose_candidates(spec, ds(500))
+    assert "efficientnet" not in [c.name for c in many] and "not considered" in why["efficientnet"]
+    colour, why = task.choose_candidates(spec, ds(500, channels=3))
+    assert "efficientnet" in [c.name for c in colour] and "colour" in why["efficientnet"]
