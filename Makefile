@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelloop-installed
 
-.PHONY: setup system-deps bench-deps demo test lint bench-serve clean
+.PHONY: setup system-deps bench-deps demo test lint bench bench-serve clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,15 @@ test: setup system-deps
 
 lint: setup
 	$(BIN)/ruff check src tests bench
+
+# Every side-by-side benchmark (tens of minutes on 2 cores); figures go to bench/RESULTS.md.
+bench: setup bench-deps
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/embed.py
+	$(BIN)/python bench/text.py
+	$(BIN)/python bench/fewshot.py
+	$(BIN)/python bench/distill.py
+	$(BIN)/python bench/serve.py
 
 bench-serve: setup bench-deps
 	$(BIN)/python bench/serve.py

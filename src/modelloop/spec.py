@@ -123,8 +123,6 @@ class SelectionSpec(_Strict):
     those meeting every requirement on the validation split, with ``quality_margin`` added to the
     target to allow for a small validation split's noise; ``best`` takes the best validation
     quality. With no candidate meeting the requirements, the best is taken and a warning recorded.
-    ``distill``: when a pretrained candidate wins on quality, also train the best small
-    candidate on its soft predictions and let the student compete under the same rule.
     """
 
     candidates: list[str] | None = None
@@ -133,7 +131,6 @@ class SelectionSpec(_Strict):
     share_of_budget: float = Field(0.5, gt=0, le=0.9)
     choose: Literal["cheapest", "best"] = "cheapest"
     quality_margin: float = Field(0.01, ge=0, le=0.5)
-    distill: bool = True
 
     @field_validator("candidates")
     @classmethod
