@@ -46,10 +46,19 @@ class Task(ABC):
     def prepare(self, data: DataSpec, base_dir: Path):
         """Load, validate, clean and split the source -> ``Dataset``."""
 
-    @abstractmethod
     def choose_candidates(self, spec: Spec, ds) -> tuple[list[Candidate], dict[str, str]]:
         """The candidates to compete (the spec's list, or this task's choice for the data),
         and why each of the task's other candidates was left out."""
+        if spec.selection.candidates:
+            chosen = list(spec.selection.candidates)
+            return [self.candidates[c] for c in chosen], {c: "not listed in selection.candidates"
+                                                          for c in self.candidates if c not in chosen}
+        names, why = self.candidates_for(ds)
+        return [self.candidates[c] for c in names], why
+
+    @abstractmethod
+    def candidates_for(self, ds) -> tuple[list[str], dict[str, str]]:
+        """This task's default candidate names for the dataset, and why the others are left out."""
 
     @abstractmethod
     def collate(self, items: list[Any], like) -> tuple[Any, list[bool]]:

@@ -16,7 +16,7 @@ import numpy as np
 from ..data import prepare_dataset
 from ..data.image import parse_pixels
 from ..errors import InputError
-from ..spec import DataSpec, Spec
+from ..spec import DataSpec
 from .base import Candidate, Task
 
 __all__ = ["ImageClassification", "FEW_PER_CLASS"]
@@ -45,11 +45,7 @@ class ImageClassification(Task):
     def prepare(self, data: DataSpec, base_dir: Path):
         return prepare_dataset(data, base_dir)
 
-    def choose_candidates(self, spec: Spec, ds) -> tuple[list[Candidate], dict[str, str]]:
-        if spec.selection.candidates:
-            chosen = list(spec.selection.candidates)
-            return [self.candidates[c] for c in chosen], {c: "not listed in selection.candidates"
-                                                          for c in self.candidates if c not in chosen}
+    def candidates_for(self, ds) -> tuple[list[str], dict[str, str]]:
         counts = ds.report.split_counts.get("train", {})
         fewest = min(counts.values()) if counts else 0
         colour = ds.fmt is not None and ds.fmt.channels == 3
@@ -65,7 +61,7 @@ class ImageClassification(Task):
                 why[c] = (f"not considered: gray images with at least {fewest} training images per class, where "
                           "small models from scratch do as well at a fraction of the cost; list it in "
                           "selection.candidates to try it")
-        return [self.candidates[c] for c in chosen], why
+        return chosen, why
 
     def collate(self, items: list[Any], like) -> tuple[Any, list[bool]]:
         import torch

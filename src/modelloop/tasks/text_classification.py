@@ -15,7 +15,7 @@ from typing import Any
 
 from ..data.dataset import prepare_text_dataset
 from ..errors import InputError
-from ..spec import DataSpec, Spec
+from ..spec import DataSpec
 from .base import Candidate, Task
 from .image_classification import _check_items
 
@@ -60,14 +60,10 @@ class TextClassification(Task):
     def prepare(self, data: DataSpec, base_dir: Path):
         return prepare_text_dataset(data, base_dir)
 
-    def choose_candidates(self, spec: Spec, ds) -> tuple[list[Candidate], dict[str, str]]:
-        if spec.selection.candidates:
-            chosen = list(spec.selection.candidates)
-            return [self.candidates[c] for c in chosen], {c: "not listed in selection.candidates"
-                                                          for c in self.candidates if c not in chosen}
+    def candidates_for(self, ds) -> tuple[list[str], dict[str, str]]:
         why = {"minilm-lora": "not considered by default: fine-tuning a transformer costs minutes per epoch on a "
                               "CPU; list it in selection.candidates to try it"}
-        return [self.candidates[c] for c in self.default_candidates], why
+        return list(self.default_candidates), why
 
     def collate(self, items: list[Any], like) -> tuple[Any, list[bool]]:
         keep = [isinstance(t, str) for t in items]
