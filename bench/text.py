@@ -9,6 +9,7 @@ validation part and is scored once on the held-out test part. Candidates:
 (d) LoRA fine-tuning of MiniLM (query/value adapters) + linear head (torch), within a time budget.
 (e) TF-IDF features concatenated with MiniLM embeddings + logistic regression.
 (f) probability average of (d) and (a), weight picked on validation.
+(g) probability average of (d) and (e), weight picked on validation.
 
 Embeddings are computed once through the on-disk EmbeddingCache (bench/.work/embeddings), so a
 second run skips that cost; the table reports the time it took in this run.
@@ -267,6 +268,15 @@ def main() -> None:
         w = weights[int(np.argmax(val_acc))]
         acc_f = (((w * p_d_test + (1 - w) * p_a_test) > 0.5) == y_test).mean()
         row("(f) average of (d) LoRA and (a) TF-IDF probabilities", acc_f, 0.0,
+            f"weight {w:.1f} on LoRA (val {max(val_acc):.4f}); no extra training")
+
+        # (g) average of (d) and (e), weight chosen on validation
+        p_e_val = lr_e.predict_proba(concat(f_val, e_val))[:, 1]
+        p_e_test = lr_e.predict_proba(concat(f_test, e_test))[:, 1]
+        val_acc = [(((w * p_d_val + (1 - w) * p_e_val) > 0.5) == y_val).mean() for w in weights]
+        w = weights[int(np.argmax(val_acc))]
+        acc_g = (((w * p_d_test + (1 - w) * p_e_test) > 0.5) == y_test).mean()
+        row("(g) average of (d) LoRA and (e) TF-IDF+MiniLM probabilities", acc_g, 0.0,
             f"weight {w:.1f} on LoRA (val {max(val_acc):.4f}); no extra training")
 
     print(f"Rotten Tomatoes fresh vs rotten: {len(texts)} texts, stratified 80/10/10 split (seed 0): "

@@ -68,11 +68,14 @@ def _command(fn):
 @_command
 def init(
     directory: DirArg,
-    task: Annotated[str, typer.Option(help="The task: image-classification or text-classification.")] = (
+    task: Annotated[str, typer.Option(help="The task: image-classification, text-classification or "
+                                           "audio-classification.")] = (
         "image-classification"),
     data: Annotated[str | None, typer.Option(help="Images: a folder of class subfolders, or builtin:seed-case / "
                                              "builtin:mnist784. Texts: a CSV/TSV/JSONL/Parquet file, or "
-                                             "builtin:rotten-tomatoes. Default: the task's built-in example.")] = None,
+                                             "builtin:rotten-tomatoes. Audio: a folder of class subfolders of "
+                                             "WAV/FLAC/OGG clips (see 'modelloop data keywords'). Default: the "
+                                             "task's built-in example.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Text files: the column holding the text.")] = None,
     label_column: Annotated[str | None, typer.Option(help="Text files: the column holding the label.")] = None,
     metric: Annotated[str | None, typer.Option(help="Requirement metric (accuracy, f1_macro, ...).")] = None,
@@ -189,11 +192,12 @@ def rollback(directory: DirArg, as_json: JsonOpt = False) -> None:
 @app.command()
 @_command
 def predict(directory: DirArg,
-            files: Annotated[list[Path] | None, typer.Argument(help="Image files (image models).")] = None,
+            files: Annotated[list[Path] | None, typer.Argument(help="Image files (image models) or audio "
+                                                                 "clips (audio models).")] = None,
             text: Annotated[list[str] | None, typer.Option("--text", help="A text to classify (text models); "
                                                            "repeat for several.")] = None,
             as_json: JsonOpt = False) -> None:
-    """Predict image files or texts with the champion (offline; the server logs its own predictions)."""
+    """Predict image files, audio clips or texts with the champion (offline; the server logs its own predictions)."""
     from .errors import InputError
     from .project import Project
 
@@ -204,11 +208,14 @@ def predict(directory: DirArg,
         items, res = list(text), project.predict(list(text))
         key = "text"
     else:
+        audio = project.loop.task.input_kind == "audio"
+        what = "audio clips for an audio model" if audio else "image files for an image model"
         if not files:
-            raise InputError("argument 'FILES': missing; expected one or more image files for an image model")
+            raise InputError(f"argument 'FILES': missing; expected one or more {what}")
         for f in files:
             if not f.is_file():
-                raise InputError(f"image file {str(f)!r}: no such file; expected a PNG, JPEG or BMP image")
+                raise InputError(f"{'audio' if audio else 'image'} file {str(f)!r}: no such file; expected "
+                                 + ("a WAV, FLAC or OGG clip" if audio else "a PNG, JPEG or BMP image"))
         items, res = [str(f) for f in files], project.predict([str(f) for f in files])
         key = "file"
     if as_json:
@@ -389,6 +396,32 @@ def lineage(directory: DirArg,
               f"(base {res['base_dataset']} from {res['data_source']}, {len(res['feedback_ids'])} feedback examples)")
     out.print(f"parent {res['parent'] or '-'}; ancestors {', '.join(res['ancestors']) or '-'}; "
               f"children {', '.join(res['children']) or '-'}; served {res['predictions_served']} predictions")
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Make datasets to train on.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("keywords")
+@_command
+def data_keywords(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write OUT/<word>/<voice>_<speed>_<pitch>.wav into.")],
+    words: Annotated[str, typer.Option(help="Comma-separated words (one class folder each).")] = "yes,no,up,down",
+    voices: Annotated[str, typer.Option(help="Comma-separated espeak-ng voices.")] = "en-us,en-gb,en-us+f3,en+m7",
+    speeds: Annotated[str, typer.Option(help="Comma-separated speeds, words per minute.")] = "140,175,210",
+    pitches: Annotated[str, typer.Option(help="Comma-separated pitches, 0-99.")] = "35,50,65",
+    as_json: JsonOpt = False,
+) -> None:
+    """Synthesize a labelled spoken-keyword dataset (16 kHz WAV) with espeak-ng and sox."""
+    from .data.keywords import make_keywords, parse_list
+
+    res = make_keywords(out_dir, parse_list(words, "--words"), parse_list(voices, "--voices"),
+                        parse_list(speeds, "--speeds", int), parse_list(pitches, "--pitches", int))
+    if as_json:
+        _emit(res)
+    else:
+        out.print(f"wrote {res['clips']} clips ({len(res['words'])} words) to {res['out']} in {res['seconds']} s\n"
+                  f"next: modelloop init PROJECT --task audio-classification --data {res['out']}")
 
 
 def main() -> None:

@@ -194,6 +194,10 @@ class Loop:
                   "params": selection["best_params"], "featurizer": dict(cand.featurizer), "candidate": cand.name}
         result, model = self._train(config, train, val, run_dir, resume=found is not None,
                                      time_limit=max(5.0, budget - elapsed()), progress=progress)
+        if cand.pretrained and spec.selection.distill:
+            student = self._distill(selection, cand, feat, model, ds, run_dir, max(5.0, budget - elapsed()), progress)
+            if student is not None:
+                cand, feat, model, result, config = student
 
         # 5. evaluation, 6. gate, 7. registry, 8. report
         out = self._finish(model=model, config=config, feat=feat, ds=ds, run_id=run_id, train_result=result,
@@ -209,6 +213,55 @@ class Loop:
                   + (" as champion" if out["champion"] else "")
                   + ("" if gate["passed"] else " (requirements not met)"))
         return out
+
+    def _distill(self, selection: dict[str, Any], teacher_cand, teacher_feat, teacher, ds: Dataset, run_dir: Path,
+                 time_limit: float, progress: Progress | None):
+        """Knowledge distillation: the best small candidate learns the pretrained winner's soft
+        predictions. The student competes with its teacher under the same rule (``choose``); the
+        leaderboard gets its row either way. Returns (candidate, featurizer, model, result, config)
+        of a student that wins, else None.
+        """
+        from .compress.distill import soft_targets
+        from .select.candidates import choose
+
+        board = selection["leaderboard"]
+        small = [r for r in board if not r["pretrained"]]
+        if not small:
+            return None
+        base = max(small, key=lambda r: r["val_accuracy"] or 0.0)
+        scand = self.task.candidates[base["candidate"]]
+        (xtr, ytr), (xva, yva) = ds.splits["train"], ds.splits["val"]
+        teacher_probs = torch.from_numpy(_proba(teacher, teacher_feat, xtr))
+        targets = soft_targets(teacher_probs, ytr, temperature=2.0, alpha=0.5)
+        sfeat, str_, sva = prepare_features(scand, xtr, xva, self.paths.state / "cache")
+        config = {"family": scand.family, "input_shape": list(str_.shape[1:]), "num_classes": len(ds.class_names),
+                  "params": base["params"], "featurizer": dict(scand.featurizer), "candidate": scand.name,
+                  "distilled_from": teacher_cand.name}
+        self._say(progress, f"[distillation] {scand.name} learns from {teacher_cand.name}'s soft predictions")
+        (run_dir / "distill").mkdir(exist_ok=True)
+        result, model = self._train(config, (str_, targets), (sva, yva) if sva is not None else (str_, ytr),
+                                    run_dir / "distill", resume=False, time_limit=time_limit, progress=progress)
+        lat = serving_latency(sfeat, model, (xva if len(yva) else xtr)[:1])
+        row = {"candidate": f"{scand.name} (distilled from {teacher_cand.name})", "family": scand.family,
+               "featurizer": scand.featurizer["kind"], "pretrained": False, "distilled_from": teacher_cand.name,
+               "val_accuracy": result.best_val_accuracy, "params": base["params"], "parameters":
+               count_parameters(model), "p50_ms": lat["p50_ms"], "p95_ms": lat["p95_ms"],
+               "size_mb": (model_bytes(model) + sfeat.frozen_bytes()) / 1e6, "featurize_s": None,
+               "search_s": round(result.seconds, 2), "trials": 1}
+        teacher_row = next(r for r in board if r["candidate"] == teacher_cand.name)
+        pair = [dict(teacher_row), row]
+        winner, _ = choose(pair, self.spec)
+        board.append(pair[1])
+        for r in board:  # the decision between teacher and student replaces the teacher's
+            if r["candidate"] == teacher_cand.name:
+                r.update(decision=pair[0]["decision"] if winner is pair[0] else
+                         f"distilled into {scand.name}, which meets the requirements at lower cost")
+        ships = "student" if winner is pair[1] else "teacher"
+        self._say(progress, f"[distillation] student val accuracy {row['val_accuracy']:.4f} "
+                  f"(teacher {teacher_row['val_accuracy']:.4f}), p95 {row['p95_ms']:.2f} ms "
+                  f"(teacher {teacher_row['p95_ms']:.2f} ms): the {ships} ships")
+        selection["shipped"] = row["candidate"] if ships == "student" else teacher_cand.name
+        return (scand, sfeat, model, result, config) if ships == "student" else None
 
     def _train(self, config: dict[str, Any], train, val, run_dir: Path, resume: bool, time_limit: float,
                progress: Progress | None) -> tuple[Any, torch.nn.Module]:
@@ -278,7 +331,8 @@ class Loop:
             "dataset": {"fingerprint": fingerprint, "base_fingerprint": ds.fingerprint, "source": spec.data.source,
                         "train_examples": int(len(ds.splits["train"][1])) + feedback_examples,
                         "test_examples": int(len(yte))},
-            "selection": ({k: selection.get(k) for k in ("chosen", "rule", "warning", "excluded", "leaderboard")}
+            "selection": ({k: selection.get(k) for k in ("chosen", "shipped", "rule", "warning", "excluded",
+                                                         "leaderboard")}
                           if selection else None),
             "run_id": run_id, "parent": parent, "feedback_examples": feedback_examples,
             "feedback_holdout": feedback_holdout, "feedback_validation": feedback_validation,

@@ -28,9 +28,18 @@ __all__ = ["Project"]
 TEXT_BUILTINS = ("rotten-tomatoes",)
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 DEFAULT_DATA = {"image-classification": "builtin:seed-case", "text-classification": "builtin:rotten-tomatoes"}
+#: audio has no built-in example: ``modelloop data keywords OUT`` synthesizes one
+AUDIO_DATA_HINT = ("a folder of class subfolders of audio clips (WAV/FLAC/OGG); make one with "
+                   "'modelloop data keywords OUT'")
 
 
 def _check_source(source: str, base: Path, task: str = "image-classification") -> None:
+    if task == "audio-classification":
+        path = Path(source) if Path(source).is_absolute() else base / source
+        if source.startswith("builtin:") or not path.is_dir():
+            why = "no built-in audio dataset" if source.startswith("builtin:") else "no such folder"
+            raise DataError(f"data source {source!r}: {why}; expected {AUDIO_DATA_HINT}")
+        return
     text = task == "text-classification"
     builtins = TEXT_BUILTINS if text else BUILTINS
     if source.startswith("builtin:"):
@@ -79,6 +88,8 @@ class Project:
         if (path / SPEC_FILE).exists() and not overwrite:
             raise SpecError(f"{path / SPEC_FILE}: already exists; expected a new project folder "
                             "(or pass overwrite/--force)")
+        if data is None and task not in DEFAULT_DATA:
+            raise DataError(f"option 'data': missing for {task}; expected {AUDIO_DATA_HINT}")
         data = data or DEFAULT_DATA[task]
         source = data
         if not data.startswith("builtin:"):
@@ -116,7 +127,8 @@ class Project:
 
         Args:
             inputs: for image models, image file paths or pixel arrays (one image (C, H, W) / (H, W) /
-                flat, or a batch (N, ...)), values 0-255; for text models, a text or a list of texts.
+                flat, or a batch (N, ...)), values 0-255; for text models, a text or a list of texts;
+                for audio models, WAV/FLAC/OGG file paths or 16 kHz waveforms ((T,) or (N, T)).
         Returns:
             One ``{"label", "scores", "model_version"}`` per input.
         """
@@ -126,6 +138,21 @@ class Project:
 
             texts = parse_texts([inputs] if isinstance(inputs, str) else list(inputs), "inputs")
             probs = model.predict_proba(texts).numpy()
+            return [{"label": model.class_names[int(p.argmax())],
+                     "scores": dict(zip(model.class_names, map(float, p), strict=True)),
+                     "model_version": model.version} for p in probs]
+        if self.loop.task.input_kind == "audio":
+            from .data.audio import SAMPLE_RATE, preprocess, read_audio
+
+            if isinstance(inputs, (str, Path)) or (isinstance(inputs, list) and inputs and
+                                                   isinstance(inputs[0], (str, Path))):
+                files = [inputs] if isinstance(inputs, (str, Path)) else inputs
+                clips = [read_audio(Path(f)) for f in files]
+            else:  # waveforms at 16 kHz: one clip (T,) or a batch (N, T)
+                arr = np.asarray(inputs, dtype=np.float32)
+                rows = arr[None] if arr.ndim == 1 else arr.reshape(len(arr), -1)
+                clips = [preprocess(a, SAMPLE_RATE) for a in rows]
+            probs = model.predict_proba(torch.from_numpy(np.stack(clips))).numpy()
             return [{"label": model.class_names[int(p.argmax())],
                      "scores": dict(zip(model.class_names, map(float, p), strict=True)),
                      "model_version": model.version} for p in probs]

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 SPEC_FILE = "modelloop.yaml"
-TASKS = ("image-classification", "text-classification")
+TASKS = ("image-classification", "text-classification", "audio-classification")
 METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
 FAMILIES = ("linear", "mlp", "cnn")
 
@@ -56,16 +56,20 @@ class SplitSpec(_Strict):
 
 
 class AugmentSpec(_Strict):
-    """Training-time augmentation. ``shift`` is the largest random translation in pixels."""
+    """Training-time augmentation. ``shift`` is the largest random translation in pixels (images).
+    ``copies`` (audio) is how many perturbed copies of each training clip join the training split
+    (speed, time shift, gain, noise; see ``data.audio.augment_waveforms``)."""
 
     shift: int = Field(2, ge=0, le=8)
+    copies: int = Field(3, ge=0, le=16)
 
 
 class DataSpec(_Strict):
     """Where the data comes from and how it is prepared.
 
     ``source`` is a folder of class subfolders of images, a CSV/TSV/JSONL/Parquet file of texts
-    (columns ``text_column`` and ``label_column``), or ``builtin:NAME``.
+    (columns ``text_column`` and ``label_column``), a folder of class subfolders of audio clips
+    (WAV/FLAC/OGG), or ``builtin:NAME``.
     ``image_size`` is ``[height, width]``; by default the most common size in the data.
     ``on_bad_file``: ``drop`` removes unreadable files and lists them in the data report;
     ``error`` stops the run at the first one.
@@ -111,6 +115,7 @@ class Requirements(_Strict):
 
 IMAGE_CANDIDATES = ("linear", "mlp", "cnn", "efficientnet", "efficientnet-finetune")
 TEXT_CANDIDATES = ("tfidf-linear", "minilm-linear", "minilm-mlp", "minilm-lora")
+AUDIO_CANDIDATES = ("cnn", "ds-cnn")
 
 
 class SelectionSpec(_Strict):
@@ -118,11 +123,15 @@ class SelectionSpec(_Strict):
 
     ``candidates``: unset lets the task choose for the data (and record why); image tasks know
     linear, mlp, cnn, efficientnet (frozen ImageNet features + head) and efficientnet-finetune;
-    text tasks know tfidf-linear, minilm-linear, minilm-mlp and minilm-lora.
+    text tasks know tfidf-linear, minilm-linear, minilm-mlp and minilm-lora; audio tasks know cnn
+    and ds-cnn (both on log-mel spectrograms).
     ``choose``: ``cheapest`` takes the candidate with the lowest p95 latency (then size) among
     those meeting every requirement on the validation split, with ``quality_margin`` added to the
     target to allow for a small validation split's noise; ``best`` takes the best validation
     quality. With no candidate meeting the requirements, the best is taken and a warning recorded.
+    ``distill``: when a pretrained candidate is chosen, the best small candidate is also trained
+    on its soft predictions (knowledge distillation) and ships instead when it meets every
+    requirement at a lower latency.
     """
 
     candidates: list[str] | None = None
@@ -131,6 +140,7 @@ class SelectionSpec(_Strict):
     share_of_budget: float = Field(0.5, gt=0, le=0.9)
     choose: Literal["cheapest", "best"] = "cheapest"
     quality_margin: float = Field(0.01, ge=0, le=0.5)
+    distill: bool = True
 
     @field_validator("candidates")
     @classmethod
@@ -139,7 +149,7 @@ class SelectionSpec(_Strict):
             return None
         if not v:
             raise ValueError("must name at least one candidate (or leave it unset to let the task choose)")
-        known = IMAGE_CANDIDATES + TEXT_CANDIDATES
+        known = tuple(dict.fromkeys(IMAGE_CANDIDATES + TEXT_CANDIDATES + AUDIO_CANDIDATES))
         bad = [c for c in v if c not in known]
         if bad:
             raise ValueError(f"unknown candidate {bad[0]!r}; expected some of {', '.join(known)}")
@@ -257,7 +267,7 @@ class Spec(_Strict):
     """A modelloop project: task, data, requirements and the knobs of each stage."""
 
     name: str = "project"
-    task: Literal["image-classification", "text-classification"] = "image-classification"
+    task: Literal["image-classification", "text-classification", "audio-classification"] = "image-classification"
     data: DataSpec
     requirements: Requirements = Requirements()
     selection: SelectionSpec = SelectionSpec()
@@ -274,7 +284,8 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _candidates_fit_task(self) -> Spec:
-        allowed = TEXT_CANDIDATES if self.task == "text-classification" else IMAGE_CANDIDATES
+        allowed = {"text-classification": TEXT_CANDIDATES,
+                   "audio-classification": AUDIO_CANDIDATES}.get(self.task, IMAGE_CANDIDATES)
         for c in self.selection.candidates or []:
             if c not in allowed:
                 raise ValueError(f"selection.candidates: {c!r} is not a candidate for {self.task}; "

@@ -41,6 +41,7 @@ class DataReport:
     split_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     image_format: dict[str, int] = field(default_factory=dict)
     text: dict[str, Any] = field(default_factory=dict)  # text sources: truncation and length statistics
+    audio: dict[str, Any] = field(default_factory=dict)  # audio sources: clip format and augmentation
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,7 +63,8 @@ def _unpack_texts(data: torch.Tensor, ends: torch.Tensor) -> list[str]:
 
 @dataclass
 class Dataset:
-    """Frozen splits and int64 labels. Images: uint8 tensors (N, C, H, W); texts: lists of str."""
+    """Frozen splits and int64 labels. Images (``kind`` "image"): uint8 tensors (N, C, H, W); texts
+    ("text"): lists of str; audio ("audio"): float32 16 kHz waveforms (N, 1, T)."""
 
     splits: dict[str, tuple[Any, torch.Tensor]]
     class_names: list[str]

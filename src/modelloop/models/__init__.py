@@ -1,7 +1,8 @@
 """Trainable model families, built from a JSON-able config.
 
 Every model takes the tensor its featurizer makes (standardized images (N, C, H, W), embeddings
-(N, D), TF-IDF vectors (N, V), token ids (N, 2, L), pretrained feature maps) and returns logits
+(N, D), TF-IDF vectors (N, V), token ids (N, 2, L), pretrained feature maps, log-mel
+spectrograms (N, 1, n_mels, frames)) and returns logits
 (N, K). ``build_model(config)`` rebuilds exactly the architecture whose weights an artifact stores.
 """
 
@@ -108,8 +109,13 @@ def build_model(config: dict[str, Any]) -> nn.Module:
                                  "num_classes": int(config["num_classes"]),
                                  "r": params.get("r", 8), "alpha": params.get("alpha", 16),
                                  "dropout": params.get("dropout", 0.1), "max_length": f.get("max_length", 64)})
+    if family == "ds-cnn":
+        from .audio import DSCNN
+
+        kwargs = {k: v for k, v in params.items() if k in ("width", "blocks", "dropout")}
+        return DSCNN(tuple(config["input_shape"]), int(config["num_classes"]), **kwargs)
     if family not in _ARCH:
-        known = (*_ARCH, *PRETRAINED_FAMILIES)
+        known = (*_ARCH, "ds-cnn", *PRETRAINED_FAMILIES)
         raise ValueError(f"model family {family!r}: unknown; expected one of {', '.join(known)}")
     cls, arch_keys = _ARCH[family]
     kwargs = {k: v for k, v in config.get("params", {}).items() if k in arch_keys}

@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..data.audio import read_audio
 from ..data.image import decode_image, parse_pixels
 from ..errors import InputError, ModelloopError
 from ..feedback import PredictionWriter, prediction_row
@@ -181,26 +182,32 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
 
     # -- predictions -------------------------------------------------------------------------
     async def _inputs(request: Request, model: LoadedModel) -> tuple[Any, bool]:
-        """(raw inputs: pixels (n, C, H, W) float32 or a list of texts, whether the caller sent a list)."""
+        """(raw inputs: pixels (n, C, H, W) float32, a list of texts, or waveforms (n, 1, T) float32,
+        whether the caller sent a list)."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
             try:
                 body = orjson.loads(await request.body())
             except orjson.JSONDecodeError as e:
-                example = '{"text": "..."}' if loop.task.input_kind == "text" else '{"pixels": [...]}'
+                example = {"text": '{"text": "..."}', "audio": '{"samples": [...], "sample_rate": 16000}'}.get(
+                    loop.task.input_kind, '{"pixels": [...]}')
                 raise InputError(f"request body: not valid JSON or not UTF-8 ({e}); expected {example}") from None
             return loop.task.parse_json(body, model)
-        if ctype == "multipart/form-data" and loop.task.input_kind != "image":
+        if ctype == "multipart/form-data" and loop.task.input_kind == "text":
             raise InputError(f"content type {ctype!r}: file uploads are for image models; this {loop.spec.task} "
                              "model expects application/json like {\"text\": \"...\"}")
         if ctype == "multipart/form-data":
             form = await request.form()
             uploads = [u for u in form.getlist("file") if not isinstance(u, str)]
+            what = "audio clips (WAV/FLAC/OGG)" if loop.task.input_kind == "audio" else "image files"
             if not uploads:
                 raise InputError(f"form field 'file': missing; received fields {sorted(form.keys())}; "
-                                 "expected one or more image files in field 'file'")
+                                 f"expected one or more {what} in field 'file'")
             if len(uploads) > MAX_ITEMS:
                 raise InputError(f"form field 'file': received {len(uploads)} files; expected at most {MAX_ITEMS}")
+            if loop.task.input_kind == "audio":  # decoded, resampled to 16 kHz, trimmed: (1, T) float32 each
+                xs = [read_audio(await u.read(), u.filename or "file") for u in uploads]
+                return np.stack(xs), len(uploads) > 1
             xs = [decode_image(await u.read(), model.fmt, u.filename or "file").astype(np.float32) for u in uploads]
             return np.stack(xs), len(uploads) > 1
         raise HTTPException(status_code=415, detail=f"content type {ctype or '(none)'!r}: unsupported; expected "
@@ -209,7 +216,9 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
     @app.post("/predict", openapi_extra=_PREDICT_BODY)
     async def predict(request: Request) -> Response:
         """Classify images: ``{"pixels": [...]}`` / a bare array (one image, values 0-255),
-        ``{"instances": [[...], ...]}`` (a list), or multipart field ``file`` (one or more files)."""
+        ``{"instances": [[...], ...]}`` (a list), or multipart field ``file`` (one or more files).
+        Text models take ``{"text": ...}``; audio models ``{"samples": [...], "sample_rate": 16000}``
+        or uploaded WAV/FLAC/OGG clips in field ``file`` (an unusable clip: 422 naming the file)."""
         t0 = time.perf_counter()
         batcher.arriving()
         queued = False

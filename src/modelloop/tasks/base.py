@@ -1,4 +1,4 @@
-"""The task contract: what differs between image and text classification, and nothing else.
+"""The task contract: what differs between image, text and audio classification, and nothing else.
 
 A :class:`Task` says *what*: how its data is loaded and split, which candidate models compete
 (each a featurizer + a trainable network), how one raw input is stored with its prediction (so
@@ -38,7 +38,7 @@ class Task(ABC):
     """Everything task-specific the loop needs; about six methods."""
 
     name: str
-    input_kind: str  # "image" | "text"
+    input_kind: str  # "image" | "text" | "audio"
     candidates: dict[str, Candidate]
     default_candidates: tuple[str, ...]
 
@@ -73,7 +73,7 @@ class Task(ABC):
         return {}
 
 
-TASK_NAMES = ("image-classification", "text-classification")
+TASK_NAMES = ("image-classification", "text-classification", "audio-classification")
 
 
 def get_task(name: str) -> Task:
@@ -85,4 +85,8 @@ def get_task(name: str) -> Task:
         from .text_classification import TextClassification
 
         return TextClassification()
+    if name == "audio-classification":
+        from .audio_classification import AudioClassification
+
+        return AudioClassification()
     raise ValueError(f"task {name!r}: unknown; expected one of {', '.join(TASK_NAMES)}")

@@ -248,6 +248,10 @@ class TokenFeaturizer(Featurizer):
 _KINDS: dict[str, type] = {c.kind: c for c in (PixelFeaturizer, EfficientNetFeaturizer, TfidfFeaturizer,
                                                MiniLMFeaturizer, TokenFeaturizer)}
 
+from .audio_features import LogMelFeaturizer  # noqa: E402  (it subclasses Featurizer, defined above)
+
+_KINDS[LogMelFeaturizer.kind] = LogMelFeaturizer
+
 
 def featurizer_from_config(cfg: dict[str, Any]) -> Featurizer:
     """Rebuild a featurizer from its ``config()`` (or a fresh one from ``{"kind": ..., settings}``)."""

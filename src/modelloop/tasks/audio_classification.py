@@ -1,0 +1,75 @@
+"""Audio classification (keyword spotting): folders of short clips per class -> class labels.
+
+Inputs are 1 s, 16 kHz mono waveforms (``data.audio``: decoded, resampled, silence trimmed with
+the Silero VAD, centred). Candidates: log-mel spectrograms (40 bands, 10 ms frames, standardized
+per band on the training split) into the small CNN, or into a depthwise-separable CNN (DS-CNN,
+cheaper per prediction). The training split carries augmented copies of each clip (see
+``data.audio.augment_waveforms``), made when the dataset is prepared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.audio import CLIP_SAMPLES, SAMPLE_RATE, fix_length, parse_samples, prepare_audio_dataset
+from ..errors import InputError
+from ..spec import DataSpec
+from .base import Candidate, Task
+from .image_classification import _check_items
+
+__all__ = ["AudioClassification"]
+
+_LOGMEL = {"kind": "logmel", "n_mels": 40}
+
+
+class AudioClassification(Task):
+    name = "audio-classification"
+    input_kind = "audio"
+    candidates = {
+        "cnn": Candidate("cnn", "cnn", dict(_LOGMEL), about="small CNN on log-mel spectrograms"),
+        "ds-cnn": Candidate("ds-cnn", "ds-cnn", dict(_LOGMEL),
+                            about="depthwise-separable CNN on log-mel spectrograms"),
+    }
+    default_candidates = ("cnn", "ds-cnn")
+
+    def prepare(self, data: DataSpec, base_dir: Path):
+        return prepare_audio_dataset(data, base_dir)
+
+    def candidates_for(self, ds) -> tuple[list[str], dict[str, str]]:
+        return list(self.default_candidates), {}
+
+    def collate(self, items: list[Any], like) -> tuple[Any, list[bool]]:
+        """Stored waveforms ((1, T) or (T,), 16 kHz, any numeric dtype) -> float32 (n, 1, CLIP_SAMPLES)."""
+        import torch
+
+        keep = [isinstance(a, np.ndarray) and a.size > 0 and (a.ndim == 1 or (a.ndim == 2 and a.shape[0] == 1))
+                for a in items]
+        arrays = [fix_length(a.reshape(-1).astype(np.float32)) for a, k in zip(items, keep, strict=True) if k]
+        x = np.stack(arrays)[:, None] if arrays else np.zeros((0, 1, CLIP_SAMPLES), np.float32)
+        return torch.from_numpy(x), keep
+
+    def parse_json(self, body: Any, model) -> tuple[Any, bool]:
+        if isinstance(body, dict) and "instances" in body:
+            items = body["instances"]
+            _check_items(items, "clips ({\"samples\": [...], \"sample_rate\": 16000})")
+            out = []
+            for i, it in enumerate(items):
+                if not isinstance(it, dict) or "samples" not in it:
+                    raise InputError(f"field 'instances[{i}]': received {type(it).__name__}; expected "
+                                     "{\"samples\": [...], \"sample_rate\": 16000}")
+                out.append(parse_samples(it["samples"], it.get("sample_rate", SAMPLE_RATE),
+                                         f"instances[{i}].samples"))
+            return np.stack(out), True
+        if isinstance(body, dict) and "samples" in body:
+            return parse_samples(body["samples"], body.get("sample_rate", SAMPLE_RATE))[None], False
+        got = f"fields {sorted(body)}" if isinstance(body, dict) else type(body).__name__
+        raise InputError(f"request body: received {got}; expected {{\"samples\": [...], \"sample_rate\": 16000}} "
+                         "(one clip, samples from -1 to 1), {\"instances\": [...]} (a list), or an uploaded "
+                         "audio file in multipart field 'file'")
+
+    def describe_input(self, model) -> dict[str, Any]:
+        return {"input": "audio", "sample_rate": SAMPLE_RATE, "clip_samples": CLIP_SAMPLES,
+                "formats": ["WAV", "FLAC", "OGG"]}
