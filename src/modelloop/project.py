@@ -27,7 +27,8 @@ __all__ = ["Project"]
 
 TEXT_BUILTINS = ("rotten-tomatoes",)
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
-DEFAULT_DATA = {"image-classification": "builtin:seed-case", "text-classification": "builtin:rotten-tomatoes"}
+DEFAULT_DATA = {"image-classification": "builtin:seed-case", "text-classification": "builtin:rotten-tomatoes",
+                "tabular-classification": "builtin:breast-cancer"}
 #: audio has no built-in example: ``modelloop data keywords OUT`` synthesizes one
 AUDIO_DATA_HINT = ("a folder of class subfolders of audio clips (WAV/FLAC/OGG); make one with "
                    "'modelloop data keywords OUT'")
@@ -39,6 +40,20 @@ def _check_source(source: str, base: Path, task: str = "image-classification") -
         if source.startswith("builtin:") or not path.is_dir():
             why = "no built-in audio dataset" if source.startswith("builtin:") else "no such folder"
             raise DataError(f"data source {source!r}: {why}; expected {AUDIO_DATA_HINT}")
+        return
+    if task == "tabular-classification":
+        from .data.tabular import TABULAR_BUILTINS, TABULAR_SUFFIXES
+
+        path = Path(source) if Path(source).is_absolute() else base / source
+        if source.startswith("builtin:"):
+            if source.removeprefix("builtin:") not in TABULAR_BUILTINS:
+                raise DataError(f"data source {source!r}: unknown built-in dataset for {task}; expected one of "
+                                + ", ".join(f"builtin:{n}" for n in TABULAR_BUILTINS))
+        elif not path.is_file() or path.suffix.lower() not in TABULAR_SUFFIXES:
+            raise DataError(f"data source {source!r}: {'no such file' if not path.is_file() else 'unsupported type'}; "
+                            f"expected a {'/'.join(s.lstrip('.').upper() for s in TABULAR_SUFFIXES)} table with "
+                            "feature columns and a target column, or "
+                            + ", ".join(f"builtin:{n}" for n in TABULAR_BUILTINS))
         return
     text = task == "text-classification"
     builtins = TEXT_BUILTINS if text else BUILTINS
@@ -128,11 +143,20 @@ class Project:
         Args:
             inputs: for image models, image file paths or pixel arrays (one image (C, H, W) / (H, W) /
                 flat, or a batch (N, ...)), values 0-255; for text models, a text or a list of texts;
-                for audio models, WAV/FLAC/OGG file paths or 16 kHz waveforms ((T,) or (N, T)).
+                for audio models, WAV/FLAC/OGG file paths or 16 kHz waveforms ((T,) or (N, T)); for
+                tabular models, one row ``{column: value}``, a list of rows, or a pandas DataFrame.
         Returns:
             One ``{"label", "scores", "model_version"}`` per input.
         """
         model = self.loop.load_champion()
+        if self.loop.task.input_kind == "tabular":
+            if hasattr(inputs, "to_dict") and hasattr(inputs, "columns"):  # a pandas DataFrame
+                inputs = inputs.astype(object).where(inputs.notna(), None).to_dict("records")
+            rows = model.featurizer.coerce_rows([inputs] if isinstance(inputs, dict) else list(inputs), "inputs")
+            probs = model.predict_proba(rows).numpy()
+            return [{"label": model.class_names[int(p.argmax())],
+                     "scores": dict(zip(model.class_names, map(float, p), strict=True)),
+                     "model_version": model.version} for p in probs]
         if self.loop.task.input_kind == "text":
             from .tasks.text_classification import parse_texts
 

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 SPEC_FILE = "modelloop.yaml"
-TASKS = ("image-classification", "text-classification", "audio-classification")
+TASKS = ("image-classification", "text-classification", "audio-classification", "tabular-classification")
 METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
 FAMILIES = ("linear", "mlp", "cnn")
 
@@ -69,7 +69,8 @@ class DataSpec(_Strict):
 
     ``source`` is a folder of class subfolders of images, a CSV/TSV/JSONL/Parquet file of texts
     (columns ``text_column`` and ``label_column``), a folder of class subfolders of audio clips
-    (WAV/FLAC/OGG), or ``builtin:NAME``.
+    (WAV/FLAC/OGG), a CSV/TSV/JSONL/Parquet table of feature columns and a target column
+    (``label_column``; a table without ``label`` may name it ``target``), or ``builtin:NAME``.
     ``image_size`` is ``[height, width]``; by default the most common size in the data.
     ``on_bad_file``: ``drop`` removes unreadable files and lists them in the data report;
     ``error`` stops the run at the first one.
@@ -116,6 +117,7 @@ class Requirements(_Strict):
 IMAGE_CANDIDATES = ("linear", "mlp", "cnn", "efficientnet", "efficientnet-finetune")
 TEXT_CANDIDATES = ("tfidf-linear", "minilm-linear", "minilm-mlp", "minilm-lora")
 AUDIO_CANDIDATES = ("cnn", "ds-cnn")
+TABULAR_CANDIDATES = ("linear", "mlp", "hgb")
 
 
 class SelectionSpec(_Strict):
@@ -124,7 +126,8 @@ class SelectionSpec(_Strict):
     ``candidates``: unset lets the task choose for the data (and record why); image tasks know
     linear, mlp, cnn, efficientnet (frozen ImageNet features + head) and efficientnet-finetune;
     text tasks know tfidf-linear, minilm-linear, minilm-mlp and minilm-lora; audio tasks know cnn
-    and ds-cnn (both on log-mel spectrograms).
+    and ds-cnn (both on log-mel spectrograms); tabular tasks know linear, mlp and hgb (gradient-boosted
+    trees), all on the featurized row.
     ``choose``: ``cheapest`` takes the candidate with the lowest p95 latency (then size) among
     those meeting every requirement on the validation split, with ``quality_margin`` added to the
     target to allow for a small validation split's noise; ``best`` takes the best validation
@@ -149,7 +152,7 @@ class SelectionSpec(_Strict):
             return None
         if not v:
             raise ValueError("must name at least one candidate (or leave it unset to let the task choose)")
-        known = tuple(dict.fromkeys(IMAGE_CANDIDATES + TEXT_CANDIDATES + AUDIO_CANDIDATES))
+        known = tuple(dict.fromkeys(IMAGE_CANDIDATES + TEXT_CANDIDATES + AUDIO_CANDIDATES + TABULAR_CANDIDATES))
         bad = [c for c in v if c not in known]
         if bad:
             raise ValueError(f"unknown candidate {bad[0]!r}; expected some of {', '.join(known)}")
@@ -267,7 +270,8 @@ class Spec(_Strict):
     """A modelloop project: task, data, requirements and the knobs of each stage."""
 
     name: str = "project"
-    task: Literal["image-classification", "text-classification", "audio-classification"] = "image-classification"
+    task: Literal["image-classification", "text-classification", "audio-classification",
+                  "tabular-classification"] = "image-classification"
     data: DataSpec
     requirements: Requirements = Requirements()
     selection: SelectionSpec = SelectionSpec()
@@ -285,7 +289,8 @@ class Spec(_Strict):
     @model_validator(mode="after")
     def _candidates_fit_task(self) -> Spec:
         allowed = {"text-classification": TEXT_CANDIDATES,
-                   "audio-classification": AUDIO_CANDIDATES}.get(self.task, IMAGE_CANDIDATES)
+                   "audio-classification": AUDIO_CANDIDATES,
+                   "tabular-classification": TABULAR_CANDIDATES}.get(self.task, IMAGE_CANDIDATES)
         for c in self.selection.candidates or []:
             if c not in allowed:
                 raise ValueError(f"selection.candidates: {c!r} is not a candidate for {self.task}; "

@@ -25,8 +25,12 @@ CASES = [
     ("image-classification", "linear"),
     ("image-classification", "cnn"),
     ("image-classification", "efficientnet"),
+    ("image-classification", "efficientnet-finetune"),
     ("text-classification", "tfidf-linear"),
     ("text-classification", "minilm-mlp"),
+    ("text-classification", "minilm-lora"),
+    ("tabular-classification", "linear"),
+    ("tabular-classification", "hgb"),
 ]
 
 
@@ -36,7 +40,26 @@ class _Like:  # what collate needs of a dataset or model: the image format
 
 
 @pytest.fixture(scope="module")
-def data():
+def tables():
+    """96 breast-cancer rows with a categorical column and blank cells, as the loader makes them."""
+    from modelloop.data.tabular import load_tabular_builtin
+
+    t = load_tabular_builtin("breast-cancer")
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(t.rows))[:96]
+    rows = []
+    for i in idx:
+        r = dict(t.rows[i])
+        r["size"] = "large" if r["mean radius"] > 15 else "small"
+        if rng.random() < 0.2:
+            r["mean texture"] = None
+        rows.append(r)
+    names = sorted(set(t.labels))
+    return {"tabular-classification": (rows, torch.tensor([names.index(t.labels[i]) for i in idx]), names, None)}
+
+
+@pytest.fixture(scope="module")
+def data(tables):
     b = load_builtin("seed-case")
     rng = np.random.default_rng(0)
     idx = rng.permutation(len(b.y))[:96]
@@ -44,7 +67,7 @@ def data():
     t = load_rotten_tomatoes()
     names = sorted(set(t.labels))
     texts = (t.texts[:96], torch.tensor([names.index(v) for v in t.labels[:96]]), names, None)
-    return {"image-classification": images, "text-classification": texts}
+    return {"image-classification": images, "text-classification": texts, **tables}
 
 
 @pytest.mark.parametrize(("task_name", "candidate"), CASES)
@@ -64,7 +87,10 @@ def test_task_contract(task_name, candidate, data, tmp_path):
               "candidate": cand.name}
     torch.manual_seed(0)
     model = build_model(config)
-    Trainer(TrainConfig(max_epochs=3, batch_size=32)).fit(model, (ftr, ytr), (fva, y[64:]))
+    if hasattr(model, "fit_direct"):  # fitted directly (gradient-boosted trees), not by gradient descent
+        model.fit_direct((ftr, ytr), (fva, y[64:]), config["params"], 0)
+    else:
+        Trainer(TrainConfig(max_epochs=3, batch_size=32)).fit(model, (ftr, ytr), (fva, y[64:]))
     model.eval()
     with torch.inference_mode():
         expected = torch.softmax(model(feat.transform(xte)), 1)
@@ -93,7 +119,8 @@ def test_task_contract(task_name, candidate, data, tmp_path):
     store.close()
 
     # serving: a request body parses into inputs the model takes
-    body = {"text": xte[0]} if task.input_kind == "text" else {"pixels": xte[0].reshape(-1).tolist()}
+    body = ({"text": xte[0]} if task.input_kind == "text" else {"row": xte[0]} if task.input_kind == "tabular"
+            else {"pixels": xte[0].reshape(-1).tolist()})
     parsed, as_list = task.parse_json(body, loaded)
     assert not as_list
     assert torch.allclose(loaded.predict_proba(parsed), got[:1], atol=1e-5)

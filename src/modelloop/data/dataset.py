@@ -42,6 +42,7 @@ class DataReport:
     image_format: dict[str, int] = field(default_factory=dict)
     text: dict[str, Any] = field(default_factory=dict)  # text sources: truncation and length statistics
     audio: dict[str, Any] = field(default_factory=dict)  # audio sources: clip format and augmentation
+    table: dict[str, Any] = field(default_factory=dict)  # tables: target and feature columns, missing cells
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,7 +65,8 @@ def _unpack_texts(data: torch.Tensor, ends: torch.Tensor) -> list[str]:
 @dataclass
 class Dataset:
     """Frozen splits and int64 labels. Images (``kind`` "image"): uint8 tensors (N, C, H, W); texts
-    ("text"): lists of str; audio ("audio"): float32 16 kHz waveforms (N, 1, T)."""
+    ("text"): lists of str; audio ("audio"): float32 16 kHz waveforms (N, 1, T); tables ("tabular"):
+    lists of row dicts ``{column: float | str | None}``."""
 
     splits: dict[str, tuple[Any, torch.Tensor]]
     class_names: list[str]
@@ -80,6 +82,8 @@ class Dataset:
         for name, (x, y) in self.splits.items():
             if self.kind == "text":
                 tensors[f"{name}_x_bytes"], tensors[f"{name}_x_ends"] = _pack_texts(x)
+            elif self.kind == "tabular":  # rows as JSON lines, packed like texts
+                tensors[f"{name}_x_bytes"], tensors[f"{name}_x_ends"] = _pack_texts([json.dumps(r) for r in x])
             else:
                 tensors[f"{name}_x"] = x.contiguous()
             tensors[f"{name}_y"] = y.contiguous()
@@ -108,6 +112,9 @@ class Dataset:
         kind = meta.get("kind", "image")
         if kind == "text":
             splits = {s: (_unpack_texts(t[f"{s}_x_bytes"], t[f"{s}_x_ends"]), t[f"{s}_y"]) for s in SPLITS}
+        elif kind == "tabular":
+            splits = {s: ([json.loads(r) for r in _unpack_texts(t[f"{s}_x_bytes"], t[f"{s}_x_ends"])], t[f"{s}_y"])
+                      for s in SPLITS}
         else:
             splits = {s: (t[f"{s}_x"], t[f"{s}_y"]) for s in SPLITS}
         report = DataReport(**json.loads(meta["report"]))
@@ -116,14 +123,14 @@ class Dataset:
 
 
 def fingerprint(splits: dict[str, tuple[Any, torch.Tensor]], class_names: list[str]) -> str:
-    """A content hash of every split's inputs (pixels or texts) and labels and of the class names."""
+    """A content hash of every split's inputs (pixels, texts or table rows) and labels and of the class names."""
     h = hashlib.sha256(json.dumps(class_names).encode())
     for name in sorted(splits):
         x, y = splits[name]
         h.update(name.encode())
         if isinstance(x, list):
-            for t in x:
-                h.update(t.encode("utf-8") + b"\x00")
+            for t in x:  # texts, or table rows (dicts) as JSON
+                h.update((t if isinstance(t, str) else json.dumps(t)).encode("utf-8") + b"\x00")
         else:
             h.update(x.contiguous().numpy().tobytes())
         h.update(y.contiguous().numpy().tobytes())

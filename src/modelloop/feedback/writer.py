@@ -25,10 +25,12 @@ __all__ = ["PredictionWriter", "prediction_row"]
 log = logging.getLogger(__name__)
 
 
-def prediction_row(pid: str, model_version: str, x: np.ndarray | str, label: str, scores: dict[str, float],
-                   latency_ms: float) -> dict[str, Any]:
+def prediction_row(pid: str, model_version: str, x: np.ndarray | str | dict[str, Any], label: str,
+                   scores: dict[str, float], latency_ms: float) -> dict[str, Any]:
     """A predictions-table row. Pixels that are whole numbers 0-255 are stored as uint8; a text
-    is stored as its UTF-8 bytes with dtype ``utf-8``."""
+    is stored as its UTF-8 bytes with dtype ``utf-8``; a table row (dict) as its JSON text, like a text."""
+    if isinstance(x, dict):
+        x = json.dumps(x)
     if isinstance(x, str):
         data = x.encode("utf-8")
         shape, dtype = [len(data)], TEXT_DTYPE

@@ -2,7 +2,7 @@
 
 Every model takes the tensor its featurizer makes (standardized images (N, C, H, W), embeddings
 (N, D), TF-IDF vectors (N, V), token ids (N, 2, L), pretrained feature maps, log-mel
-spectrograms (N, 1, n_mels, frames)) and returns logits
+spectrograms (N, 1, n_mels, frames), featurized table rows (N, D)) and returns logits
 (N, K). ``build_model(config)`` rebuilds exactly the architecture whose weights an artifact stores.
 """
 
@@ -114,8 +114,12 @@ def build_model(config: dict[str, Any]) -> nn.Module:
 
         kwargs = {k: v for k, v in params.items() if k in ("width", "blocks", "dropout")}
         return DSCNN(tuple(config["input_shape"]), int(config["num_classes"]), **kwargs)
+    if family == "hgb":
+        from .trees import HGBNet
+
+        return HGBNet(tuple(config["input_shape"]), int(config["num_classes"]), **params)
     if family not in _ARCH:
-        known = (*_ARCH, "ds-cnn", *PRETRAINED_FAMILIES)
+        known = (*_ARCH, "ds-cnn", "hgb", *PRETRAINED_FAMILIES)
         raise ValueError(f"model family {family!r}: unknown; expected one of {', '.join(known)}")
     cls, arch_keys = _ARCH[family]
     kwargs = {k: v for k, v in config.get("params", {}).items() if k in arch_keys}

@@ -73,7 +73,7 @@ class Task(ABC):
         return {}
 
 
-TASK_NAMES = ("image-classification", "text-classification", "audio-classification")
+TASK_NAMES = ("image-classification", "text-classification", "audio-classification", "tabular-classification")
 
 
 def get_task(name: str) -> Task:
@@ -89,4 +89,8 @@ def get_task(name: str) -> Task:
         from .audio_classification import AudioClassification
 
         return AudioClassification()
+    if name == "tabular-classification":
+        from .tabular_classification import TabularClassification
+
+        return TabularClassification()
     raise ValueError(f"task {name!r}: unknown; expected one of {', '.join(TASK_NAMES)}")

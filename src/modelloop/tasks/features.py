@@ -252,6 +252,10 @@ from .audio_features import LogMelFeaturizer  # noqa: E402  (it subclasses Featu
 
 _KINDS[LogMelFeaturizer.kind] = LogMelFeaturizer
 
+from .tabular_features import TabularFeaturizer  # noqa: E402  (it subclasses Featurizer, defined above)
+
+_KINDS[TabularFeaturizer.kind] = TabularFeaturizer
+
 
 def featurizer_from_config(cfg: dict[str, Any]) -> Featurizer:
     """Rebuild a featurizer from its ``config()`` (or a fresh one from ``{"kind": ..., settings}``)."""

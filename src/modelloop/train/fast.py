@@ -31,7 +31,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -182,11 +182,11 @@ def choose_plan(
     precisions, thread_opts = _candidates(device, precision, threads)
     base = Plan(device=str(device), channels_last=channels_last)
     if len(precisions) == 1 and len(thread_opts) == 1:
-        return Plan(**{**base.to_dict(), "precision": precisions[0], "threads": thread_opts[0], "source": "config"})
+        return replace(base, precision=precisions[0], threads=thread_opts[0], source="config")
     if total_steps < MIN_STEPS_TO_PROBE:
         keep_threads = threads if threads is not None or device.type != "cpu" else torch.get_num_threads()
         fallback = precision if precision != "auto" else "fp32"
-        return Plan(**{**base.to_dict(), "precision": fallback, "threads": keep_threads, "source": "default"})
+        return replace(base, precision=fallback, threads=keep_threads, source="default")
 
     xb, yb = batch
     key = (str(device), type(model).__qualname__, tuple(tuple(p.shape) for p in model.parameters()),

@@ -1,0 +1,91 @@
+"""Tabular classification: rows of numeric and categorical columns with a target column -> class labels.
+
+Candidates share one featurizer (``tabular``: median imputation + missing-indicators +
+standardization for numeric columns, one-hot with an ``(other)`` bucket for categorical ones, all
+learned on the training split) and differ in the model on top: logistic regression, an MLP, and
+scikit-learn's HistGradientBoostingClassifier converted to a torch tree evaluator
+(``models.trees.HGBNet``; fitted directly, not by gradient descent; no pickle in the artifact).
+
+A raw batch is a list of row dicts ``{column: value}``; a request sends ``{"row": {...}}`` or
+``{"instances": [{...}, ...]}``; each row is stored with its prediction as a JSON string.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..data.tabular import prepare_tabular_dataset
+from ..errors import InputError
+from ..spec import DataSpec
+from .base import Candidate, Task
+from .image_classification import _check_items
+
+__all__ = ["TabularClassification"]
+
+_TAB = {"kind": "tabular", "max_categories": 50}
+
+
+def _columns_of(like: Any) -> list[str] | None:
+    """The columns a dataset or model takes (None: unknown, accept any row)."""
+    feat = getattr(like, "featurizer", None)
+    if feat is not None and hasattr(feat, "columns"):
+        return feat.columns
+    report = getattr(like, "report", None)
+    table = getattr(report, "table", None) or {}
+    return table.get("columns")
+
+
+class TabularClassification(Task):
+    name = "tabular-classification"
+    input_kind = "tabular"
+    candidates = {
+        "linear": Candidate("linear", "linear", dict(_TAB), about="logistic regression on the featurized row"),
+        "mlp": Candidate("mlp", "mlp", dict(_TAB), about="one hidden layer on the featurized row"),
+        "hgb": Candidate("hgb", "hgb", dict(_TAB),
+                         about="histogram gradient-boosted trees (scikit-learn), evaluated in torch"),
+    }
+    default_candidates = ("linear", "mlp", "hgb")
+
+    def prepare(self, data: DataSpec, base_dir: Path):
+        return prepare_tabular_dataset(data, base_dir)
+
+    def candidates_for(self, ds) -> tuple[list[str], dict[str, str]]:
+        return list(self.default_candidates), {}
+
+    def collate(self, items: list[Any], like) -> tuple[Any, list[bool]]:
+        """Stored rows (JSON strings) -> row dicts; a row is usable when it has every column ``like`` takes."""
+        columns = _columns_of(like)
+        rows, keep = [], []
+        for item in items:
+            row = None
+            if isinstance(item, str):
+                try:
+                    row = json.loads(item)
+                except ValueError:
+                    row = None
+            ok = isinstance(row, dict) and (columns is None or all(c in row for c in columns))
+            keep.append(ok)
+            if ok:
+                rows.append(row)
+        return rows, keep
+
+    def parse_json(self, body: Any, model) -> tuple[Any, bool]:
+        if isinstance(body, dict):
+            if "instances" in body:
+                items = body["instances"]
+                _check_items(items, "rows")
+                return model.featurizer.coerce_rows(items, "instances"), True
+            if "row" in body:
+                return model.featurizer.coerce_rows([body["row"]], "row"), False
+            raise InputError(f"request body: received fields {sorted(body)}; expected a field 'row' "
+                             "(one {column: value} object) or 'instances' (a list of them)")
+        raise InputError(f"request body: received {type(body).__name__}; expected {{\"row\": {{...}}}} or "
+                         "{\"instances\": [{...}, ...]}")
+
+    def describe_input(self, model) -> dict[str, Any]:
+        feat = model.featurizer
+        return {"input": "row", "columns": feat.columns,
+                "numeric": [c["name"] for c in feat.numeric_],
+                "categorical": {c["name"]: c["categories"] for c in feat.categorical_}}
