@@ -74,9 +74,9 @@ def test_featurizer_imputes_flags_missing_and_one_hots(table):
     assert x.shape == (7, len(names)) and x.dtype == torch.float32 and torch.isfinite(x).all()
     assert names == ["age", "age=(missing)", "score", "score=(missing)", "plan=basic", "plan=premium",
                      "plan=(missing)", "plan=(other)"]
-    age = np.array([34, 51, 39, 28, 39, 60, 22], dtype=np.float64)  # the missing age imputed with the median
+    age = np.array([34, 51, 36.5, 28, 39, 60, 22], dtype=np.float64)  # the missing age imputed with the median
     assert torch.allclose(x[:, 0].double(), torch.from_numpy((age - age.mean()) / age.std()), atol=1e-6)
-    assert x[:, 1].tolist() == [0, 0, 1, 0, 0, 0, 0]
+    assert x[:, 1].tolist() == [0, 0, 1, 0, 0, 0, 0] and x[:, 3].tolist() == [0, 1, 0, 0, 0, 0, 0]
     assert x[3, 4:].tolist() == [0, 0, 1, 0]  # missing plan
     # The learned state is JSON and rebuilds the same featurizer.
     again = featurizer_from_config(json.loads(json.dumps(feat.config())))

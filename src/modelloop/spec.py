@@ -115,7 +115,7 @@ class Requirements(_Strict):
 
 
 IMAGE_CANDIDATES = ("linear", "mlp", "cnn", "efficientnet", "efficientnet-finetune")
-TEXT_CANDIDATES = ("tfidf-linear", "minilm-linear", "minilm-mlp", "minilm-lora")
+TEXT_CANDIDATES = ("tfidf-linear", "minilm-linear", "minilm-mlp", "tfidf-minilm-linear", "minilm-lora")
 AUDIO_CANDIDATES = ("cnn", "ds-cnn")
 TABULAR_CANDIDATES = ("linear", "mlp", "hgb")
 

@@ -28,6 +28,7 @@ CASES = [
     ("image-classification", "efficientnet-finetune"),
     ("text-classification", "tfidf-linear"),
     ("text-classification", "minilm-mlp"),
+    ("text-classification", "tfidf-minilm-linear"),
     ("text-classification", "minilm-lora"),
     ("tabular-classification", "linear"),
     ("tabular-classification", "hgb"),

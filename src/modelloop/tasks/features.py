@@ -24,7 +24,7 @@ import torch
 from ..data.transforms import Normalizer
 
 __all__ = ["Featurizer", "PixelFeaturizer", "EfficientNetFeaturizer", "TfidfFeaturizer", "MiniLMFeaturizer",
-           "TokenFeaturizer", "featurizer_from_config"]
+           "TokenFeaturizer", "ConcatFeaturizer", "featurizer_from_config"]
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +245,44 @@ class TokenFeaturizer(Featurizer):
         return cls(cfg.get("encoder", "all-MiniLM-L6-v2"), int(cfg.get("max_length", 128)))
 
 
+class ConcatFeaturizer(Featurizer):
+    """Several featurizers side by side: their (N, D_i) outputs concatenated to (N, sum D_i).
+
+    TF-IDF (which words) and MiniLM embeddings (what they mean) make mistakes on different texts:
+    a linear model over both beats either alone.
+    """
+
+    kind = "concat"
+
+    def __init__(self, parts: list[Featurizer]) -> None:
+        self.parts = parts
+        self.pretrained = any(p.pretrained for p in parts)
+
+    def fit(self, x: Any) -> ConcatFeaturizer:
+        for p in self.parts:
+            p.fit(x)
+        return self
+
+    def transform(self, x: Any) -> torch.Tensor:
+        return torch.cat([p.transform(x).flatten(1) for p in self.parts], dim=1)
+
+    def set_cache(self, folder: Path | None) -> None:
+        for p in self.parts:
+            p.set_cache(folder)
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "parts": [p.config() for p in self.parts]}
+
+    def frozen_bytes(self) -> int:
+        return sum(p.frozen_bytes() for p in self.parts)
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> ConcatFeaturizer:
+        return cls([featurizer_from_config(c) for c in cfg["parts"]])
+
+
 _KINDS: dict[str, type] = {c.kind: c for c in (PixelFeaturizer, EfficientNetFeaturizer, TfidfFeaturizer,
-                                               MiniLMFeaturizer, TokenFeaturizer)}
+                                               MiniLMFeaturizer, TokenFeaturizer, ConcatFeaturizer)}
 
 from .audio_features import LogMelFeaturizer  # noqa: E402  (it subclasses Featurizer, defined above)
 

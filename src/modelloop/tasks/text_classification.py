@@ -2,7 +2,8 @@
 
 Candidates: TF-IDF + a linear model (the honest baseline), frozen all-MiniLM-L6-v2 sentence
 embeddings + a linear or MLP head (embeddings cached by text hash, so search and retraining never
-recompute them), and LoRA fine-tuning of MiniLM with a head (opt-in: minutes per epoch on a CPU).
+recompute them), both feature sets side by side + a linear head, and LoRA fine-tuning of MiniLM with a head
+(opt-in: minutes per epoch on a CPU).
 
 Inputs are normalized like the training data (``data.text.normalize_text``) and truncated at
 ``MAX_TEXT_CHARS`` characters; the encoders truncate again at their token limit.
@@ -50,12 +51,16 @@ class TextClassification(Task):
                                    about="frozen MiniLM sentence embeddings + linear head"),
         "minilm-mlp": Candidate("minilm-mlp", "mlp", dict(_MINILM), pretrained=True,
                                 about="frozen MiniLM sentence embeddings + MLP head"),
+        "tfidf-minilm-linear": Candidate(
+            "tfidf-minilm-linear", "linear", {"kind": "concat", "parts": [
+                {"kind": "tfidf", "max_features": 5000}, dict(_MINILM)]}, pretrained=True,
+            about="TF-IDF and frozen MiniLM embeddings side by side + linear head"),
         "minilm-lora": Candidate("minilm-lora", "minilm-lora",
                                  {"kind": "tokens", "encoder": "all-MiniLM-L6-v2", "max_length": 64},
                                  model={"encoder": "all-MiniLM-L6-v2", "max_length": 64}, pretrained=True,
                                  about="MiniLM fine-tuned with LoRA + head"),
     }
-    default_candidates = ("tfidf-linear", "minilm-linear", "minilm-mlp")
+    default_candidates = ("tfidf-linear", "minilm-linear", "minilm-mlp", "tfidf-minilm-linear")
 
     def prepare(self, data: DataSpec, base_dir: Path):
         return prepare_text_dataset(data, base_dir)
