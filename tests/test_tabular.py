@@ -128,6 +128,7 @@ def test_stored_rows_come_back_and_snapshot_round_trips(tmp_path):
 @pytest.mark.parametrize("name", ["breast-cancer", "wine"])
 def test_hgb_tensor_model_equals_sklearn(name):
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
 
     t = load_tabular_builtin(name)
     x = np.array([[np.nan if v is None else v for v in r.values()] for r in t.rows])
@@ -136,12 +137,13 @@ def test_hgb_tensor_model_equals_sklearn(name):
     x = x.astype(np.float32).astype(np.float64)
     classes = sorted(set(t.labels))
     y = np.array([classes.index(v) for v in t.labels])
-    clf = HistGradientBoostingClassifier(max_iter=60, random_state=0).fit(x, y)
+    with threadpool_limits(limits=1, user_api="openmp"):  # see HGBNet.fit_direct
+        clf = HistGradientBoostingClassifier(max_iter=60, random_state=0).fit(x, y)
+        want = clf.decision_function(x)
     config = {"family": "hgb", "input_shape": [x.shape[1]], "num_classes": len(classes), "params": {}}
     model = build_model(config).load_sklearn(clf)
     with torch.inference_mode():
         logits = model(torch.from_numpy(x).float()).double().numpy()
-    want = clf.decision_function(x)
     got = logits[:, 1] - logits[:, 0] if len(classes) == 2 else logits
     assert np.abs(got - want).max() < 1e-5
     # An artifact rebuilt from its config takes the fitted ensemble's shapes from the stored tensors.

@@ -63,11 +63,11 @@ def _fit_seed_case(seed_case, precision: str, channels_last: bool) -> float:
 @pytest.fixture(scope="module")
 def reference_accuracy(seed_case) -> float:
     acc = _fit_seed_case(seed_case, "fp32", False)
-    assert acc > 0.8
+    assert acc > 0.85
     return acc
 
 
-@pytest.mark.parametrize(("precision", "channels_last"), [("bf16", False), ("fp32", True), ("bf16", True)])
+@pytest.mark.parametrize(("precision", "channels_last"), [("fp32", True), ("bf16", True)])
 def test_precision_and_layout_keep_accuracy(seed_case, reference_accuracy, precision, channels_last):
     acc = _fit_seed_case(seed_case, precision, channels_last)
     assert abs(acc - reference_accuracy) <= ACC_TOL, (acc, reference_accuracy)
@@ -76,17 +76,15 @@ def test_precision_and_layout_keep_accuracy(seed_case, reference_accuracy, preci
 def test_channels_last_same_logits_and_gradients(seed_case):
     (x, y), (xv, _) = seed_case
     model = cnn(width=8)
-    Trainer(TrainConfig(max_epochs=1, precision="fp32", threads=1, channels_last=False)).fit(
-        model, (x[:256], y[:256]), (x[:64], y[:64]))
     ref = batched_logits(model, xv)
     nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
     out = batched_logits(nhwc, xv.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(out, ref, atol=FORWARD_ATOL, rtol=0)
 
     # Gradients of one training step (BatchNorm on batch statistics, same dropout masks): see GRAD_RTOL.
-    grads, fresh = {}, cnn(width=8)
+    grads = {}
     for cl in (False, True):
-        m = copy.deepcopy(fresh).train()
+        m = copy.deepcopy(model).train()
         xb = x[:64]
         if cl:
             m, xb = m.to(memory_format=torch.channels_last), xb.contiguous(memory_format=torch.channels_last)

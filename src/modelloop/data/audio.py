@@ -5,7 +5,7 @@ Every clip goes through the same steps, in training and in serving:
 1. decode with ``soundfile`` (libsndfile) to float32 in [-1, 1], any sample rate, any channels;
 2. mix down to mono (mean of the channels);
 3. resample to :data:`SAMPLE_RATE` with torch (a Hann-windowed sinc low-pass before
-   downsampling, then linear interpolation);
+   downsampling, then linear interpolation at the exact sample times);
 4. trim leading and trailing silence with the Silero voice-activity model (from the first
    detected speech to the last, plus a small margin; a clip where no speech is detected is kept
    whole);
@@ -131,7 +131,12 @@ def resample(x: torch.Tensor, sr_in: int, sr_out: int = SAMPLE_RATE) -> torch.Te
         k = _lowpass_kernel(0.95 * ratio, half).view(1, 1, -1)
         y = F.conv1d(F.pad(y, (half, half), mode="replicate" if y.shape[-1] > 1 else "constant"), k)
     n_out = max(1, int(round(shape[-1] * sr_out / sr_in)))
-    y = F.interpolate(y, size=n_out, mode="linear", align_corners=False)
+    # output sample i is the input at time i / sr_out, i.e. position i * sr_in / sr_out: linear interpolation
+    pos = (torch.arange(n_out, dtype=torch.float64) * (sr_in / sr_out)).clamp(max=shape[-1] - 1)
+    i0 = pos.floor().long()
+    i1 = (i0 + 1).clamp(max=shape[-1] - 1)
+    frac = (pos - i0).float()
+    y = y[..., i0] * (1 - frac) + y[..., i1] * frac
     return y.reshape(*shape[:-1], n_out)
 
 
@@ -230,8 +235,8 @@ class FolderAudio:
 def load_audio_folder(root: str | Path, on_bad_file: str = "drop") -> FolderAudio:
     """Read ``root/<class>/<clip>.{wav,flac,ogg}`` into fixed-length 16 kHz waveforms.
 
-    Unusable files (another suffix, empty, zero-length, corrupt, unsupported format, silent) are
-    dropped with their reason, or (``on_bad_file='error'``) stop the load. Identical clips after
+    Files with another suffix are dropped with their reason; unusable clips (empty, zero-length,
+    corrupt, unsupported format, silent) too, or (``on_bad_file='error'``) they stop the load. Identical clips after
     preprocessing are dropped as duplicates.
 
     Raises:
@@ -254,8 +259,9 @@ def load_audio_folder(root: str | Path, on_bad_file: str = "drop") -> FolderAudi
     no_speech = 0
     for label, cdir in enumerate(class_dirs):
         for f in sorted(p for p in cdir.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            if f.suffix.lower() not in AUDIO_SUFFIXES:
-                reason = f"unsupported format (suffix {f.suffix!r})"
+            if f.suffix.lower() not in AUDIO_SUFFIXES:  # not a clip: listed, never fatal (like image folders)
+                dropped.append({"file": str(f), "reason": f"unsupported format (suffix {f.suffix!r})"})
+                continue
             else:
                 try:
                     raw, sr = _decode(f.read_bytes())

@@ -20,8 +20,12 @@ __all__ = ["embed", "mmd_test", "psi"]
 
 
 def embed(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    """The input of the model's last linear layer (its penultimate representation), (N, D)."""
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    """The input of the model's last linear layer (its penultimate representation), (N, D); for a
+    model without one (gradient-boosted trees), its input features."""
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linear:
+        return x.reshape(len(x), -1).float().numpy() if len(x) else np.zeros((0, 0))
+    last = linear[-1]
     captured: list[torch.Tensor] = []
     hook = last.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach()))
     try:

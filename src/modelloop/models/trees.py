@@ -184,11 +184,16 @@ class HGBNet(nn.Module):
         if len(present) != self.num_classes:
             raise ValueError(f"training labels: received {len(present)} of {self.num_classes} classes; "
                              "expected every class in the training split")
-        clf.fit(xtr, ytr)
-        if len(yva):
-            losses = [_log_loss(raw, yva) for raw in clf._staged_raw_predict(xva)]
-            best = int(np.argmin(losses)) + 1                   # fewest rounds at the lowest loss
-            clf._predictors = clf._predictors[:best]
+        from threadpoolctl import threadpool_limits
+
+        # One OpenMP thread: next to torch's own pool on a shared machine, scikit-learn's threads
+        # spin against each other (a 0.3 s fit took 20 s with two threads here).
+        with threadpool_limits(limits=1, user_api="openmp"):
+            clf.fit(xtr, ytr)
+            if len(yva):
+                losses = [_log_loss(raw, yva) for raw in clf._staged_raw_predict(xva)]
+                best = int(np.argmin(losses)) + 1               # fewest rounds at the lowest loss
+                clf._predictors = clf._predictors[:best]
         self.load_sklearn(clf)
         with torch.inference_mode():
             tr_logits = self(train[0]).double().numpy()

@@ -1,7 +1,7 @@
 """Audio classification (keyword spotting): folders of short clips per class -> class labels.
 
 Inputs are 1 s, 16 kHz mono waveforms (``data.audio``: decoded, resampled, silence trimmed with
-the Silero VAD, centred). Candidates: log-mel spectrograms (40 bands, 10 ms frames, standardized
+the Silero VAD, centred). Candidates: log-mel spectrograms (40 bands, 20 ms frames, standardized
 per band on the training split) into the small CNN, or into a depthwise-separable CNN (DS-CNN,
 cheaper per prediction). The training split carries augmented copies of each clip (see
 ``data.audio.augment_waveforms``), made when the dataset is prepared.

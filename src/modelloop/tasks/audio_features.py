@@ -1,9 +1,11 @@
 """Log-mel spectrograms of 16 kHz waveforms, computed with torch (``torch.stft`` + a mel filterbank).
 
-25 ms Hann windows every 10 ms (``n_fft`` 512), power spectrum, ``n_mels`` triangular filters
+30 ms Hann windows every 20 ms (``n_fft`` 512), power spectrum, ``n_mels`` triangular filters
 evenly spaced on the mel scale between ``fmin`` and ``fmax``, natural log with a floor, then each
 band standardized with its mean and standard deviation over the training split (the learned
-state, saved as JSON). A 1 s clip becomes (1, 40, 101).
+state, saved as JSON). A 1 s clip becomes (1, 40, 51), the input size of the "Hello Edge"
+keyword-spotting networks; a 10 ms hop doubles the frames and about doubles the networks' cost
+for no accuracy gain on one-word clips.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class LogMelFeaturizer(Featurizer):
 
     kind = "logmel"
 
-    def __init__(self, sample_rate: int = 16_000, n_fft: int = 512, win_length: int = 400, hop_length: int = 160,
+    def __init__(self, sample_rate: int = 16_000, n_fft: int = 512, win_length: int = 480, hop_length: int = 320,
                  n_mels: int = 40, fmin: float = 20.0, fmax: float = 7600.0, floor: float = 1e-6,
                  mean: list[float] | None = None, std: list[float] | None = None, batch_size: int = 512) -> None:
         if not 0 <= fmin < fmax <= sample_rate / 2:
