@@ -10,10 +10,12 @@ STAMP := $(VENV)/.modelloop-installed
 setup: $(STAMP)
 
 # Debian packages the tests need (installed once; needs root): Chromium for the web UI tests,
-# PostgreSQL for the multi-process feedback store tests (the tests start their own server).
+# PostgreSQL for the multi-process feedback store tests (the tests start their own server),
+# espeak-ng and sox for the spoken-keyword dataset ('modelloop data keywords') the audio tests make.
 system-deps:
-	@{ command -v chromium >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; } || { \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql; }
+	@{ command -v chromium >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && \
+	   command -v espeak-ng >/dev/null 2>&1 && command -v sox >/dev/null 2>&1; } || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql espeak-ng sox; }
 
 # wrk drives the serving benchmark.
 bench-deps:
@@ -43,6 +45,7 @@ bench: setup bench-deps
 	$(BIN)/python bench/fewshot.py
 	$(BIN)/python bench/distill.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/keywords.py
 
 bench-serve: setup bench-deps
 	$(BIN)/python bench/serve.py

@@ -34,7 +34,7 @@ from .settings import ProjectPaths
 from .spec import Spec, load_spec
 from .tasks import Task, featurizer_from_config, get_task
 from .train import TrainConfig, Trainer
-from .train.trainer import describe
+from .train.trainer import TrainResult, describe
 
 __all__ = ["Loop"]
 
@@ -269,11 +269,20 @@ class Loop:
         params = config["params"]
         torch.manual_seed(spec.seed)
         model = build_model(config)
+        if hasattr(model, "fit_direct"):  # fit by its own algorithm (e.g. boosted trees), not by gradient steps
+            t = time.perf_counter()
+            fitted = model.fit_direct(train, val, params, spec.seed)
+            self._say(progress, f"[training] {config.get('candidate', config['family'])} fitted on {len(train[1])} "
+                      f"examples, val accuracy {fitted['best_val_accuracy']:.4f}")
+            return TrainResult(best_state=model.state_dict(), best_epoch=len(fitted["history"]),
+                               best_val_accuracy=fitted["best_val_accuracy"], history=fitted["history"],
+                               stopped="fitted", seconds=time.perf_counter() - t), model
         pixels = config.get("featurizer", {"kind": "pixels"})["kind"] == "pixels"
         trainer = Trainer(TrainConfig(
             max_epochs=spec.training.max_epochs, patience=spec.training.patience,
-            batch_size=spec.training.batch_size, lr=params["lr"], weight_decay=params["weight_decay"],
-            shift=spec.data.augmentation.shift if pixels else 0, seed=spec.seed, time_limit_s=time_limit,
+            batch_size=spec.training.batch_size, lr=params.get("lr", 1e-3),
+            weight_decay=params.get("weight_decay", 0.0), shift=spec.data.augmentation.shift if pixels else 0,
+            seed=spec.seed, time_limit_s=time_limit,
             checkpoint_path=run_dir / "checkpoint.pt"))
         self._say(progress, f"[training] {config.get('candidate', config['family'])} on {len(train[1])} examples, "
                   f"up to {spec.training.max_epochs} epochs")

@@ -48,7 +48,7 @@ def test_tabular_project_runs_serves_and_learns_from_feedback(tmp_path, serve, t
                    "--label-column", "diagnosis", "--target", "0.9", "--time-budget-s", "300")
     assert out["spec_content"]["task"] == "tabular-classification"
     spec = yaml.safe_load((proj / "modelloop.yaml").read_text())
-    spec["selection"]["candidates"] = ["linear", "mlp"]
+    spec["selection"]["candidates"] = ["linear", "mlp", "hgb"]
     spec["selection"]["trials"] = 2
     spec["training"]["max_epochs"] = 20
     (proj / "modelloop.yaml").write_text(yaml.safe_dump(spec))
@@ -60,7 +60,7 @@ def test_tabular_project_runs_serves_and_learns_from_feedback(tmp_path, serve, t
     assert pre["featurizer"]["kind"] == "tabular"
     cats = {c["name"]: c["categories"] for c in pre["featurizer"]["categorical"]}
     assert cats == {"size band": ["large", "medium", "small"]}
-    assert {r["candidate"] for r in m["selection"]["leaderboard"]} == {"linear", "mlp"}
+    assert {r["candidate"] for r in m["selection"]["leaderboard"]} == {"linear", "mlp", "hgb"}
 
     server = serve(proj)
     info = server.client.get("/info")

@@ -75,6 +75,23 @@ def test_text_project_runs_serves_and_learns_from_feedback(tmp_path, serve, revi
         r = server.client.post("/predict", json=bad)
         assert r.status_code == 422, (bad, r.text)
         assert field in r.json()["detail"]
+    # The web UI in a real headless Chromium shows a text box for a text model.
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.test_ui import CHROMIUM, FLAGS
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.wait_for_selector("#pane-text:not(.hidden)")
+        assert page.is_hidden("#pane-draw")
+        page.fill("#text-input", "An utterly charming, beautifully acted film.")
+        page.click("#predict-text")
+        page.wait_for_function("document.querySelector('#result').textContent.length > 0 && "
+                               "!document.querySelector('#result').classList.contains('empty')")
+        assert page.text_content("#result").startswith(("fresh", "rotten"))
+        browser.close()
     # Invalid UTF-8 in the body is a clear 422, not a server error.
     r = server.client.post("/predict", content=b'{"text": "caf\xe9"}', headers={"content-type": "application/json"})
     assert r.status_code == 422 and "UTF-8" in r.json()["detail"]

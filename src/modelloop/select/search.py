@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
@@ -30,6 +31,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "cnn": {"width": 32, "dropout": 0.25, "lr": 2e-3, "weight_decay": 1e-4},
     "efficientnet-suffix": {"dropout": 0.2, "lr": 1e-3, "weight_decay": 1e-4},
     "minilm-lora": {"r": 8, "alpha": 16, "dropout": 0.1, "lr": 5e-4, "weight_decay": 0.0},
+    "hgb": {"max_iter": 200, "learning_rate": 0.1, "max_leaf_nodes": 31, "min_samples_leaf": 20,
+            "l2_regularization": 1e-6},  # inside the searched range (log scale: 0 is not in it)
 }
 
 
@@ -42,6 +45,10 @@ def _suggest(trial: optuna.Trial, families: list[str]) -> tuple[str, dict[str, A
     elif family == "cnn":
         p["width"] = trial.suggest_categorical("width", [16, 32])
         p["dropout"] = trial.suggest_float("cnn_dropout", 0.0, 0.5)
+    elif family == "hgb":
+        from ..models.trees import suggest_hgb
+
+        return family, suggest_hgb(trial)  # boosted trees: no optimizer settings
     elif family in ("efficientnet-suffix", "minilm-lora"):
         # Pretrained networks: one architecture, only the optimizer is searched.
         p = {k: v for k, v in DEFAULTS[family].items() if k not in ("lr", "weight_decay")}
@@ -51,6 +58,8 @@ def _suggest(trial: optuna.Trial, families: list[str]) -> tuple[str, dict[str, A
 
 
 def _as_trial_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
+    if family == "hgb":
+        return {"family": family, **{f"hgb_{k}": v for k, v in params.items() if v is not None}}
     out: dict[str, Any] = {"family": family, f"{family}_lr": params["lr"],
                            f"{family}_weight_decay": params["weight_decay"]}
     if family == "mlp":
@@ -119,7 +128,8 @@ class CandidateSearch:
             torch.manual_seed(self.seed + trial.number)
             model = build_model(config)
             trainer = Trainer(TrainConfig(max_epochs=self.epochs_per_trial, patience=3, batch_size=self.batch_size,
-                                          lr=params["lr"], weight_decay=params["weight_decay"], shift=self.shift,
+                                          lr=params.get("lr", 1e-3), weight_decay=params.get("weight_decay", 0.0),
+                                          shift=self.shift,
                                           seed=self.seed + trial.number))
 
             def report(epoch: int, row: dict[str, float]) -> None:
@@ -130,7 +140,11 @@ class CandidateSearch:
             trial.set_user_attr("params", params)
             trial.set_user_attr("parameters", count_parameters(model))
             t = time.perf_counter()
-            result = trainer.fit(model, train, val, on_epoch=report)
+            if hasattr(model, "fit_direct"):  # fit by its own algorithm (e.g. boosted trees), not by gradient steps
+                fitted = model.fit_direct(train, val, params, self.seed + trial.number)
+                result = SimpleNamespace(best_val_accuracy=fitted["best_val_accuracy"], history=fitted["history"])
+            else:
+                result = trainer.fit(model, train, val, on_epoch=report)
             trial.set_user_attr("seconds", time.perf_counter() - t)
             trial.set_user_attr("epochs", len(result.history))
             if progress:

@@ -38,6 +38,7 @@ document.querySelectorAll(".tab").forEach((b) => b.onclick = () => {
   document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("active", t === b));
   $("pane-draw").classList.toggle("hidden", b.dataset.tab !== "draw");
   $("pane-upload").classList.toggle("hidden", b.dataset.tab !== "upload");
+  $("pane-text").classList.toggle("hidden", b.dataset.tab !== "text");
 });
 
 // ---- drawing: white strokes on black, like the training digits
@@ -75,6 +76,15 @@ $("predict-drawing").onclick = async () => {
   try {
     const res = await api("/predict", { method: "POST", headers: { "content-type": "application/json", ...auth("client") },
       body: JSON.stringify({ pixels: canvasPixels(state.format) }) });
+    show(res);
+  } catch (e) { showError(e); }
+};
+
+// ---- text (text models)
+$("predict-text").onclick = async () => {
+  try {
+    const res = await api("/predict", { method: "POST", headers: { "content-type": "application/json", ...auth("client") },
+      body: JSON.stringify({ text: $("text-input").value }) });
     show(res);
   } catch (e) { showError(e); }
 };
@@ -221,6 +231,11 @@ async function init() {
   const info = await api("/info");
   state.classes = info.class_names; state.format = info.format;
   $("project").textContent = info.project;
+  if (info.input === "text") {  // a text model: the text pane replaces drawing and uploading
+    for (const id of ["tab-draw", "tab-upload", "pane-draw", "pane-upload"]) $(id).classList.add("hidden");
+    $("tab-text").classList.remove("hidden"); $("tab-text").classList.add("active");
+    $("pane-text").classList.remove("hidden");
+  }
   if (info.format && info.format.channels * info.format.height * info.format.width !== 784) {
     $("draw-hint").textContent = `Drawings are scaled to ${info.format.width}×${info.format.height} for this model.`;
   }
