@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelloop-installed
 
-.PHONY: setup system-deps bench-deps demo test lint bench bench-serve clean
+.PHONY: setup system-deps bench-deps demo test lint bench bench-train bench-serve clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,9 @@ bench: setup bench-deps
 	$(BIN)/python bench/distill.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/keywords.py
+
+bench-train: setup
+	$(BIN)/python bench/train.py
 
 bench-serve: setup bench-deps
 	$(BIN)/python bench/serve.py

