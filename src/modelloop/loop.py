@@ -151,7 +151,7 @@ class Loop:
             state["dataset"] = ds.fingerprint
             self._save_state(run_dir, state)
         rep = ds.report
-        what = "texts" if ds.kind == "text" else "images"
+        what = {"text": "texts", "audio": "clips", "tabular": "rows"}.get(ds.kind, "images")
         self._say(progress, f"[data] {rep.kept} {what} kept, {len(rep.dropped)} dropped; split "
                   + ", ".join(f"{s} {sum(c.values())}" for s, c in rep.split_counts.items()))
         for d in rep.dropped[:20]:

@@ -29,6 +29,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "linear": {"lr": 3e-3, "weight_decay": 1e-4},
     "mlp": {"hidden": 256, "dropout": 0.2, "lr": 1e-3, "weight_decay": 1e-4},
     "cnn": {"width": 32, "dropout": 0.25, "lr": 2e-3, "weight_decay": 1e-4},
+    "ds-cnn": {"lr": 3e-3, "weight_decay": 1e-4},
     "efficientnet-suffix": {"dropout": 0.2, "lr": 1e-3, "weight_decay": 1e-4},
     "minilm-lora": {"r": 8, "alpha": 16, "dropout": 0.1, "lr": 5e-4, "weight_decay": 0.0},
     "hgb": {"max_iter": 200, "learning_rate": 0.1, "max_leaf_nodes": 31, "min_samples_leaf": 20,
