@@ -196,13 +196,32 @@ def predict(directory: DirArg,
                                                                  "clips (audio models).")] = None,
             text: Annotated[list[str] | None, typer.Option("--text", help="A text to classify (text models); "
                                                            "repeat for several.")] = None,
+            row: Annotated[list[str] | None, typer.Option("--row", help="A table row as JSON, e.g. "
+                                                          "'{\"age\": 41, \"plan\": \"pro\"}' (tabular "
+                                                          "models); repeat for several.")] = None,
             as_json: JsonOpt = False) -> None:
     """Predict image files, audio clips or texts with the champion (offline; the server logs its own predictions)."""
     from .errors import InputError
     from .project import Project
 
     project = Project(directory)
-    if project.loop.task.input_kind == "text":
+    if project.loop.task.input_kind == "tabular":
+        if not row:
+            raise InputError("option '--row': missing; expected one or more --row '{\"column\": value, ...}' "
+                             "for a tabular model")
+        rows = []
+        for i, r in enumerate(row):
+            try:
+                value = json.loads(r)
+            except json.JSONDecodeError as e:
+                raise InputError(f"option '--row' #{i + 1}: not valid JSON ({e}); expected an object like "
+                                 "'{\"column\": value}'") from None
+            if not isinstance(value, dict):
+                raise InputError(f"option '--row' #{i + 1}: received {type(value).__name__}; expected a JSON object")
+            rows.append(value)
+        items, res = list(row), project.predict(rows)
+        key = "row"
+    elif project.loop.task.input_kind == "text":
         if not text:
             raise InputError("option '--text': missing; expected one or more --text \"...\" for a text model")
         items, res = list(text), project.predict(list(text))
@@ -274,15 +293,18 @@ def keys(directory: DirArg, as_json: JsonOpt = False) -> None:
 def demo(directory: Annotated[Path, typer.Argument(help="Folder for the demo project.")] = Path("modelloop-demo"),
          fresh: Annotated[bool, typer.Option(help="Start over if DIR already holds a project.")] = False,
          traffic: Annotated[int, typer.Option(help="How many live requests simulated users send.")] = 600,
+         task: Annotated[str, typer.Option(help="The case: image-classification (the founding case), "
+                                           "text-classification, audio-classification or "
+                                           "tabular-classification.")] = "image-classification",
          as_json: JsonOpt = False) -> None:
-    """The whole loop on the founding case, with simulated users, in a few minutes."""
-    from .demo import run_demo
+    """The whole loop on the founding case (or one example per --task), with simulated users, in a few minutes."""
+    from .demo import DEMO_CASES, run_demo
 
-    res = run_demo(directory, fresh=fresh, traffic=traffic, progress=_progress)
+    res = run_demo(directory, fresh=fresh, traffic=traffic, progress=_progress, task=task)
     if as_json:
         _emit(res)
         return
-    t = Table(title="modelloop demo: the founding case (even vs odd digits)")
+    t = Table(title=f"modelloop demo: {DEMO_CASES[task].title}")
     for col in ("version", "alias", "test accuracy", "parent", "feedback examples"):
         t.add_column(col)
     for v in res["versions"]:

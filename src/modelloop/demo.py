@@ -1,17 +1,34 @@
-"""The whole loop on the founding case with nobody at the keyboard.
+"""The whole loop with nobody at the keyboard, on the founding case or on one example per task.
 
-init on builtin:seed-case -> run -> serve on a free loopback port -> simulated users send live
-traffic (digits in neither the training nor the test split) over HTTP and give feedback on part
-of it -> retrain -> gate -> promote or reject.
+init -> run -> serve on a free loopback port -> simulated users send live traffic (examples the
+project never trained or tested on) over HTTP and give feedback on part of it -> retrain -> gate ->
+promote or reject.
+
+Each task's case (:data:`DEMO_CASES`) supplies only its data, its traffic and the request body of
+one example; :func:`run_demo` runs the same loop for all of them:
+
+- ``image-classification`` (the founding case): ``builtin:seed-case``; traffic: the 3,900 digits
+  in neither its training nor its test split.
+- ``text-classification``: 2,000 ``builtin:rotten-tomatoes`` snippets written to ``DIR/data/reviews.csv``;
+  traffic: the other snippets.
+- ``audio-classification``: 8 spoken keywords synthesized by :mod:`modelloop.data.keywords`;
+  training clips in ``DIR/data/keywords/train`` (3 voices), traffic in ``DIR/data/keywords/traffic``
+  (5 other voices, other speeds and pitches).
+- ``tabular-classification``: ``builtin:breast-cancer`` split class-stratified: 70% of the rows
+  written to ``DIR/data/cells.csv``, the other 30% are traffic.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import shutil
 import socket
 import threading
 import time
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +37,18 @@ import numpy as np
 import uvicorn
 
 from .data.builtin import seed_case_traffic
-from .errors import ModelloopError
+from .errors import InputError, ModelloopError
 from .loop import Progress
 from .project import Project
 from .serve import create_app
 from .serve.security import keys_for
-from .spec import SPEC_FILE
+from .spec import SPEC_FILE, load_spec, save_spec
 
-__all__ = ["run_demo", "free_port", "BackgroundServer"]
+__all__ = ["run_demo", "free_port", "BackgroundServer", "DEMO_CASES", "DemoCase", "Traffic"]
 
 log = logging.getLogger(__name__)
+
+_DATA_SEED = 20240611
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -64,13 +83,141 @@ class BackgroundServer:
         self.thread.join(timeout=30)
 
 
+@dataclass
+class Traffic:
+    """Live examples: ``labels[i]`` is the true class name of example i, ``body(i)`` its /predict JSON."""
+
+    labels: list[str]
+    body: Callable[[int], dict[str, Any]]
+
+
+@dataclass
+class DemoCase:
+    """One task's demo: where its data comes from, what is required, and what users send."""
+
+    task: str
+    title: str  # the summary table's title
+    target: float  # accuracy the first version must reach on the test split
+    noun: str  # what users send ("images", "reviews", ...)
+    # Writes whatever data the project needs into DIR (a new folder) and returns
+    # (init keyword arguments: data, name and any column names; the traffic).
+    prepare: Callable[[Path], tuple[dict[str, Any], Traffic]]
+    # Settings of the spec's ``selection:`` that differ from the defaults, if any.
+    selection: dict[str, Any] | None = None
+
+
+def _image_case(directory: Path) -> tuple[dict[str, Any], Traffic]:
+    x, y = seed_case_traffic()
+    names = ["even", "odd"]
+    return ({"data": "builtin:seed-case", "name": "seed-case"},
+            Traffic([names[int(c)] for c in y], lambda i: {"pixels": x[i].reshape(-1).tolist()}))
+
+
+def _split(labels: list[str], keep: int | float, seed: int = _DATA_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Class-stratified (train, traffic) row indices: ``keep`` rows (or that share) for training."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(labels)
+    share = keep / len(y) if isinstance(keep, int) else keep
+    train = []
+    for c in sorted(set(labels)):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        train.append(idx[: round(len(idx) * share)])
+    train_idx = np.sort(np.concatenate(train))
+    return train_idx, np.setdiff1d(np.arange(len(y)), train_idx)
+
+
+def _text_case(directory: Path) -> tuple[dict[str, Any], Traffic]:
+    from .data.text import load_rotten_tomatoes
+
+    table = load_rotten_tomatoes()
+    train, rest = _split(table.labels, 2000)
+    path = directory / "data" / "reviews.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows([table.texts[i], table.labels[i]] for i in train)
+    texts = [table.texts[i] for i in rest]
+    return ({"data": str(path), "name": "reviews"},
+            Traffic([table.labels[i] for i in rest], lambda i: {"text": texts[i]}))
+
+
+_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off"]
+_TRAIN_VOICES = {"voices": ["en-us", "en+m7", "en-us+f3"], "speeds": [140, 175, 210], "pitches": [35, 50, 65]}
+_TRAFFIC_VOICES = {"voices": ["en-gb", "en+f2", "en-us+m3", "en-gb-scotland", "en-029"], "speeds": [150, 160, 195],
+                   "pitches": [42, 58]}
+
+
+def _read_wav(path: Path) -> list[float]:
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2 or w.getnchannels() != 1:
+            raise ModelloopError(f"{path}: expected 16-bit mono WAV from 'modelloop data keywords'")
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    return (pcm.astype(np.float32) / 32768.0).round(5).tolist()
+
+
+def _audio_case(directory: Path) -> tuple[dict[str, Any], Traffic]:
+    from .data.audio import SAMPLE_RATE
+    from .data.keywords import make_keywords
+
+    root = directory / "data" / "keywords"
+    for part in ("train", "traffic"):
+        if (root / part).exists():
+            shutil.rmtree(root / part)
+    make_keywords(root / "train", _WORDS, **_TRAIN_VOICES)
+    make_keywords(root / "traffic", _WORDS, **_TRAFFIC_VOICES)
+    clips = sorted((root / "traffic").glob("*/*.wav"))
+    return ({"data": str(root / "train"), "name": "keywords"},
+            Traffic([p.parent.name for p in clips],
+                    lambda i: {"samples": _read_wav(clips[i]), "sample_rate": SAMPLE_RATE}))
+
+
+def _tabular_case(directory: Path) -> tuple[dict[str, Any], Traffic]:
+    from .data.tabular import load_tabular_builtin
+
+    table = load_tabular_builtin("breast-cancer")
+    train, rest = _split(table.labels, 0.7)
+    path = directory / "data" / "cells.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = table.columns
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow([*columns, "label"])
+        w.writerows([*(table.rows[i][c] for c in columns), table.labels[i]] for i in train)
+    return ({"data": str(path), "name": "cells"},
+            Traffic([table.labels[i] for i in rest], lambda i: {"row": table.rows[rest[i]]}))
+
+
+DEMO_CASES: dict[str, DemoCase] = {
+    "image-classification": DemoCase("image-classification", "the founding case (even vs odd digits)", 0.95,
+                                     "images", _image_case),
+    # Frozen MiniLM + head only: retraining refits the featurizer on training data + feedback, and
+    # a TF-IDF vocabulary that grows with it does not fit the champion's input width.
+    "text-classification": DemoCase("text-classification", "text (Rotten Tomatoes reviews, fresh vs rotten)", 0.7,
+                                    "reviews", _text_case,
+                                    selection={"candidates": ["minilm-linear", "minilm-mlp"], "distill": False}),
+    "audio-classification": DemoCase("audio-classification", "audio (8 spoken keywords, unseen voices as traffic)",
+                                     0.9, "spoken keywords", _audio_case),
+    "tabular-classification": DemoCase("tabular-classification", "tables (breast-cancer cells, malignant vs benign)",
+                                       0.9, "table rows", _tabular_case),
+}
+
+
 def run_demo(directory: str | Path, fresh: bool = False, traffic: int = 600, seed: int = 0,
-             progress: Progress | None = None) -> dict[str, Any]:
-    """Run the founding-case loop in ``directory``. Returns the summary (versions, decision, ...).
+             progress: Progress | None = None, task: str = "image-classification") -> dict[str, Any]:
+    """Run the loop on ``task``'s demo case in ``directory``. Returns the summary (versions, decision, ...).
 
     Simulated users are truthful and behave as people do: nearly everyone whose prediction was
     wrong corrects it (90%), and some whose prediction was right confirm it (40%).
+
+    Raises:
+        InputError: ``task`` has no demo case.
+        ModelloopError: ``directory`` already holds a project (and not ``fresh``), or the first
+            version misses its requirement.
     """
+    if task not in DEMO_CASES:
+        raise InputError(f"option '--task': received {task!r}; expected one of {', '.join(DEMO_CASES)}")
+    case = DEMO_CASES[task]
     say = progress or (lambda m: log.info(m))
     directory = Path(directory)
     if (directory / SPEC_FILE).exists():
@@ -79,30 +226,33 @@ def run_demo(directory: str | Path, fresh: bool = False, traffic: int = 600, see
                                  "(pass --fresh to start the demo over in it)")
         shutil.rmtree(directory)
     t0 = time.perf_counter()
-    say(f"[demo] init {directory} on builtin:seed-case (accuracy >= 0.95 required)")
-    project = Project.init(directory, task="image-classification", data="builtin:seed-case", name="seed-case",
-                           target=0.95)
+    directory.mkdir(parents=True, exist_ok=True)
+    init_args, live = case.prepare(directory)
+    say(f"[demo] init {directory} on {init_args['data']} (accuracy >= {case.target:.2f} required)")
+    project = Project.init(directory, task=task, target=case.target, **init_args)
+    if case.selection:
+        spec = load_spec(directory)
+        save_spec(spec.model_copy(update={"selection": spec.selection.model_copy(update=case.selection)}), directory)
+        project = Project(directory)
     first = project.run(progress=progress)
     if not first["champion"]:
         raise ModelloopError(f"the first version {first['version']} did not meet the requirements "
                              f"(test accuracy {first['metrics']['accuracy']:.4f}); nothing to serve")
 
-    x, y = seed_case_traffic()
     rng = np.random.default_rng(seed)
-    pick = rng.choice(len(y), size=min(traffic, len(y)), replace=False)
-    names = ["even", "odd"]
+    pick = rng.choice(len(live.labels), size=min(traffic, len(live.labels)), replace=False)
     sent = correct = feedback = 0
     app = create_app(project.path)
     keys, _ = keys_for(project.loop.spec.serving.keys, project.loop.paths.state / "keys.json")
     headers = {"Authorization": f"Bearer {(keys['client'] or keys['admin'])[0]}"}
     with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=30, headers=headers) as client:
-        say(f"[demo] serving {first['version']} on {server.url}; {len(pick)} users send images")
+        say(f"[demo] serving {first['version']} on {server.url}; {len(pick)} users send {case.noun}")
         for i in pick:
-            r = client.post("/predict", json={"pixels": x[i].reshape(-1).tolist()})
+            r = client.post("/predict", json=live.body(int(i)))
             r.raise_for_status()
             pred = r.json()
             sent += 1
-            truth = names[int(y[i])]
+            truth = live.labels[int(i)]
             right = pred["label"] == truth
             correct += right
             if rng.random() < (0.4 if right else 0.9):
@@ -117,7 +267,8 @@ def run_demo(directory: str | Path, fresh: bool = False, traffic: int = 600, see
     versions = [{"version": m["version"], "test_accuracy": m["accuracy"], "parent": m["parent"],
                  "feedback_examples": m["feedback_examples"], "aliases": m["aliases"]} for m in project.models()]
     return {
-        "project": str(project.path), "versions": versions, "champion": project.loop.registry.champion(),
+        "project": str(project.path), "task": task, "versions": versions,
+        "champion": project.loop.registry.champion(),
         "decision": second["decision"], "reasons": second["evidence"]["reasons"],
         "traffic": {"requests": sent, "live_accuracy": live_accuracy, "feedback": feedback},
         "served_after_retrain": served_after, "reports": [first["report"], second["report"]],

@@ -161,7 +161,7 @@ class Loop:
         (xtr, ytr), (xva, yva) = ds.splits["train"], ds.splits["val"]
         if len(yva) == 0:
             log.warning("no validation examples (classes too small); early stopping uses the training split")
-        if "selection" in state:
+        if "chosen" in state.get("selection", {}):
             selection = state["selection"]
             self._say(progress, f"[selection] resumed: {selection['chosen']}")
         else:
@@ -195,7 +195,8 @@ class Loop:
         result, model = self._train(config, train, val, run_dir, resume=found is not None,
                                      time_limit=max(5.0, budget - elapsed()), progress=progress)
         if cand.pretrained and spec.selection.distill:
-            student = self._distill(selection, cand, feat, model, ds, run_dir, max(5.0, budget - elapsed()), progress)
+            student = self._distill(selection, cand, feat, model, result.best_val_accuracy, ds, run_dir,
+                                    max(5.0, budget - elapsed()), progress)
             if student is not None:
                 cand, feat, model, result, config = student
 
@@ -214,8 +215,8 @@ class Loop:
                   + ("" if gate["passed"] else " (requirements not met)"))
         return out
 
-    def _distill(self, selection: dict[str, Any], teacher_cand, teacher_feat, teacher, ds: Dataset, run_dir: Path,
-                 time_limit: float, progress: Progress | None):
+    def _distill(self, selection: dict[str, Any], teacher_cand, teacher_feat, teacher, teacher_val: float,
+                 ds: Dataset, run_dir: Path, time_limit: float, progress: Progress | None):
         """Knowledge distillation: the best small candidate learns the pretrained winner's soft
         predictions. The student competes with its teacher under the same rule (``choose``); the
         leaderboard gets its row either way. Returns (candidate, featurizer, model, result, config)
@@ -249,13 +250,15 @@ class Loop:
                "size_mb": (model_bytes(model) + sfeat.frozen_bytes()) / 1e6, "featurize_s": None,
                "search_s": round(result.seconds, 2), "trials": 1}
         teacher_row = next(r for r in board if r["candidate"] == teacher_cand.name)
+        # Both fully trained: the teacher's score is its final training's, not its short search trial's.
+        teacher_row["val_accuracy"] = teacher_val
         pair = [dict(teacher_row), row]
         winner, _ = choose(pair, self.spec)
         board.append(pair[1])
         for r in board:  # the decision between teacher and student replaces the teacher's
             if r["candidate"] == teacher_cand.name:
                 r.update(decision=pair[0]["decision"] if winner is pair[0] else
-                         f"distilled into {scand.name}, which meets the requirements at lower cost")
+                         f"distilled into {scand.name}, which ships: {pair[1]['decision'].removeprefix('chosen: ')}")
         ships = "student" if winner is pair[1] else "teacher"
         self._say(progress, f"[distillation] student val accuracy {row['val_accuracy']:.4f} "
                   f"(teacher {teacher_row['val_accuracy']:.4f}), p95 {row['p95_ms']:.2f} ms "
@@ -445,6 +448,9 @@ class Loop:
         xva = _cat(xva, _take(xf, in_val))
         yva = torch.cat([yva, yf[in_val]])
         val = (feat.transform(xva), yva) if len(yva) else train
+        # The refit featurizer may be wider than the parent's (new words, new categories): the network
+        # is trained from scratch anyway, on the shape the features have now.
+        config = {**config, "input_shape": list(train[0].shape[1:])}
         h = hashlib.sha256(ds.fingerprint.encode())
         for pid in fb_ids:
             h.update(pid.encode())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -62,3 +63,28 @@ def test_demo_records_lineage_and_decision(demo_run):
     v1 = json.loads((directory / "registry" / "versions" / "v1" / "manifest.json").read_text())
     assert v1["serving"]["backend"] in ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8")
     assert ("model.onnx" in files) == v1["serving"]["backend"].startswith("onnxruntime")
+
+
+def test_demo_tabular_case_runs_the_whole_loop(tmp_path):
+    """``modelloop demo --task tabular-classification``: 70% of breast-cancer to train on, the rest as traffic."""
+    directory = tmp_path / "cells"
+    res = cli_json("demo", str(directory), "--task", "tabular-classification", timeout=600)
+    assert res["task"] == "tabular-classification"
+    versions = {v["version"]: v for v in res["versions"]}
+    assert list(versions) == ["v1", "v2"]
+    assert versions["v1"]["test_accuracy"] >= 0.9
+    assert versions["v2"]["parent"] == "v1" and versions["v2"]["feedback_examples"] > 0
+    assert res["decision"] in ("promoted", "rejected")
+    assert res["champion"] == ("v2" if res["decision"] == "promoted" else "v1")
+    assert res["served_after_retrain"] == res["champion"]
+    # The project trained on the rows written into DIR; every other row of the 569 was live traffic.
+    with (directory / "data" / "cells.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) + res["traffic"]["requests"] == 569
+    assert {r["label"] for r in rows} == {"malignant", "benign"}
+    assert 0 < res["traffic"]["feedback"] <= res["traffic"]["requests"]
+    assert str((directory / "data" / "cells.csv").resolve()) in (directory / "modelloop.yaml").read_text()
+    v2 = json.loads((directory / "registry" / "versions" / "v2" / "manifest.json").read_text())
+    assert res["traffic"]["feedback"] == (versions["v2"]["feedback_examples"] + v2["feedback_validation"]
+                                          + v2["feedback_holdout"])
+

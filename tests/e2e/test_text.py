@@ -130,3 +130,34 @@ def test_text_bad_inputs_are_clear(tmp_path):
     cli_json("init", str(tmp_path / "q"), "--task", "text-classification", "--data", str(no_label))
     r = cli("run", str(tmp_path / "q"))
     assert r.returncode == 2 and "label" in r.stderr and "nolabel.csv" in r.stderr
+
+
+def test_retrain_when_feedback_brings_new_words(tmp_path, reviews):
+    """Feedback with words the training texts never had widens the TF-IDF vocabulary; the
+    challenger is built for the features it now gets."""
+    from modelloop import Project
+    from modelloop.feedback import FeedbackStore, prediction_row
+
+    texts, labels = reviews
+    data = tmp_path / "small.csv"
+    _write_csv(data, texts[:80], labels[:80])
+    p = Project.init(tmp_path / "p", task="text-classification", data=str(data), target=0.3, time_budget_s=120,
+                     text_column="review", label_column="verdict")
+    spec = yaml.safe_load((p.path / "modelloop.yaml").read_text())
+    spec["selection"].update(candidates=["tfidf-linear"], trials=1)
+    (p.path / "modelloop.yaml").write_text(yaml.safe_dump(spec))
+    p = Project(p.path)
+    res = p.run()
+    assert res["champion"]
+    store = FeedbackStore(f"sqlite:///{p.path / 'feedback.db'}")
+    new = [f"stunning cinematography truly number {i} zyxwv" for i in range(30)]
+    store.log_many([prediction_row(f"id{i}", res["version"], t, "fresh", {"fresh": 1.0, "rotten": 0.0}, 1.0)
+                    for i, t in enumerate(new)])
+    for i in range(30):
+        store.add_feedback(f"id{i}", "fresh")
+    store.close()
+    out = p.retrain()
+    assert out["feedback_examples"] + out["feedback_validation"] + out["feedback_holdout"] == 30
+    m = json.loads((p.path / "registry" / "versions" / out["version"] / "manifest.json").read_text())
+    parent = json.loads((p.path / "registry" / "versions" / res["version"] / "manifest.json").read_text())
+    assert m["model"]["input_shape"][0] > parent["model"]["input_shape"][0]

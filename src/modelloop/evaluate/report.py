@@ -104,7 +104,7 @@ def _monitor_plot(mon: dict[str, Any]) -> str:
         a1.set_title("Input drift", fontsize=9)
     la = mon["live_accuracy"]
     if la.get("value") is not None:
-        a2.errorbar([0], [la["value"]], yerr=[[la["value"] - la["low"]], [la["high"] - la["value"]]], fmt="o",
+        a2.errorbar([0], [la["value"]], yerr=[[max(0.0, la["value"] - la["low"])], [max(0.0, la["high"] - la["value"])]], fmt="o",
                     capsize=6, color="#109618")
         a2.set_xticks([0], [f"{mon['model_version']} (n={la['n']})"])
         a2.set_ylim(0, 1.02)
@@ -214,8 +214,10 @@ def write_report(path: str | Path, ctx: dict[str, Any]) -> Path:
     rep = ctx.get("data_report")
     if rep:
         parts.append(f"<h2>Data</h2><p>Source <code>{html.escape(rep['source'])}</code>: {rep['found']} found, "
-                     f"{rep['kept']} kept, {len(rep['dropped'])} dropped. Image format "
-                     f"{rep['image_format']}.</p>")
+                     f"{rep['kept']} kept, {len(rep['dropped'])} dropped."
+                     + "".join(f" {label} {html.escape(str(rep[key]))}." for key, label in (
+                         ("image_format", "Image format"), ("text", "Texts:"), ("audio", "Clips:"),
+                         ("table", "Table:")) if rep.get(key)) + "</p>")
         split_rows = [[s] + [c.get(n, 0) for n in names] for s, c in rep["split_counts"].items()]
         parts.append(_table(["split", *map(html.escape, names)], split_rows))
         if rep["dropped"]:

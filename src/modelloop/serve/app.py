@@ -189,13 +189,15 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
             try:
                 body = orjson.loads(await request.body())
             except orjson.JSONDecodeError as e:
-                example = {"text": '{"text": "..."}', "audio": '{"samples": [...], "sample_rate": 16000}'}.get(
+                example = {"text": '{"text": "..."}', "audio": '{"samples": [...], "sample_rate": 16000}',
+                           "tabular": '{"row": {"column": value, ...}}'}.get(
                     loop.task.input_kind, '{"pixels": [...]}')
                 raise InputError(f"request body: not valid JSON or not UTF-8 ({e}); expected {example}") from None
             return loop.task.parse_json(body, model)
-        if ctype == "multipart/form-data" and loop.task.input_kind == "text":
-            raise InputError(f"content type {ctype!r}: file uploads are for image models; this {loop.spec.task} "
-                             "model expects application/json like {\"text\": \"...\"}")
+        if ctype == "multipart/form-data" and loop.task.input_kind not in ("image", "audio"):
+            like = '{"text": "..."}' if loop.task.input_kind == "text" else '{"row": {"column": value, ...}}'
+            raise InputError(f"content type {ctype!r}: file uploads are for image and audio models; this "
+                             f"{loop.spec.task} model expects application/json like {like}")
         if ctype == "multipart/form-data":
             form = await request.form()
             uploads = [u for u in form.getlist("file") if not isinstance(u, str)]

@@ -152,7 +152,13 @@ class TfidfFeaturizer(Featurizer):
             self._vec = self._vectorizer().fit(list(x))
         except ValueError:  # too few texts for min_df: keep every term
             self.min_df = 1
-            self._vec = self._vectorizer().fit(list(x))
+            try:
+                self._vec = self._vectorizer().fit(list(x))
+            except ValueError:
+                from ..errors import DataError
+
+                raise DataError(f"training texts ({len(x)}): no word of two or more letters or digits in any of "
+                                "them; expected texts with words for a TF-IDF candidate") from None
         return self
 
     def transform(self, x: list[str]) -> torch.Tensor:  # (N, V) float32
@@ -239,6 +245,14 @@ class TokenFeaturizer(Featurizer):
 
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "encoder": self.encoder_name, "max_length": self.max_length}
+
+    def frozen_bytes(self) -> int:
+        """The pretrained encoder the fine-tuned network runs on (its weights files)."""
+        from ..models.text_encoder import resolve_encoder
+
+        folder = Path(resolve_encoder(self.encoder_name))
+        files = [f for f in folder.rglob("*") if f.suffix in (".safetensors", ".bin")] if folder.is_dir() else []
+        return sum(f.stat().st_size for f in files) or 90_000_000
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> TokenFeaturizer:
