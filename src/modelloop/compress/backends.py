@@ -49,7 +49,8 @@ class ServingModule(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net((x - self.mean) / self.std), dim=1)
+        # Softmax in fp32 whatever precision the network ran in: bf16 probabilities would not sum to 1.
+        return torch.softmax(self.net((x - self.mean) / self.std).float(), dim=1)
 
 
 def _torch_runner(module: ServingModule, dtype: torch.dtype = torch.float32) -> Runner:
