@@ -242,7 +242,7 @@ class Loop:
         (run_dir / "distill").mkdir(exist_ok=True)
         result, model = self._train(config, (str_, targets), (sva, yva) if sva is not None else (str_, ytr),
                                     run_dir / "distill", resume=False, time_limit=time_limit, progress=progress)
-        lat = serving_latency(sfeat, model, (xva if len(yva) else xtr)[:1])
+        lat = serving_latency(sfeat, model, (xva if len(yva) else xtr)[:1], threads=self.spec.serving.threads)
         row = {"candidate": f"{scand.name} (distilled from {teacher_cand.name})", "family": scand.family,
                "featurizer": scand.featurizer["kind"], "pretrained": False, "distilled_from": teacher_cand.name,
                "val_accuracy": result.best_val_accuracy, "params": base["params"], "parameters":
@@ -311,7 +311,8 @@ class Loop:
         xva, yva = ds.splits["val"]
         val_metrics = (classification_metrics(yva.numpy(), _proba(model, feat, xva), ds.class_names)
                        if len(yva) else None)
-        latency = serving_latency(feat, model, (xte if len(xte) else ds.splits["train"][0])[:1])
+        latency = serving_latency(feat, model, (xte if len(xte) else ds.splits["train"][0])[:1],
+                                  threads=spec.serving.threads)
         size_mb = (model_bytes(model) + feat.frozen_bytes()) / 1e6
         self._say(progress, f"[evaluation] test accuracy {metrics['accuracy']:.4f}, F1 macro "
                   f"{metrics['f1_macro']:.4f}, p95 latency {latency['p95_ms']:.2f} ms")

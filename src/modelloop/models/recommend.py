@@ -70,9 +70,9 @@ class Recommender(nn.Module):
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         super().__init__()
-        config = dict(config or {})
-        if not isinstance(config, dict):
+        if config is not None and not isinstance(config, dict):
             raise InputError(f"{self.kind} config: received {type(config).__name__}; expected a dict")
+        config = dict(config or {})
         config.pop("kind", None)
         users, items = config.pop("users", []), config.pop("items", [])
         unknown = set(config) - set(self._DEFAULTS)
@@ -105,6 +105,13 @@ class Recommender(nn.Module):
     def _build(self, n_users: int, n_items: int) -> None:
         pass
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Buffers whose length depends on the training data (not on the config) take the saved shape.
+        for name in ("seen_idx", "cooc_vectors"):
+            if prefix + name in state_dict and name in self._buffers:
+                self._buffers[name] = torch.empty_like(state_dict[prefix + name])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def get_config(self) -> dict[str, Any]:
         """JSON-able config: kind, hyper-parameters, and the fitted user and item id lists."""
         return {"kind": self.kind, **self.config, "users": list(self.users), "items": list(self.items)}
@@ -116,8 +123,8 @@ class Recommender(nn.Module):
 
         Args:
             train: rows (user, item, rating); one row per pair is assumed (see ``deduplicate``).
-            item_text: item id -> text; used by :class:`TwoTower` (its items also join the
-                vocabulary, as cold items). Defaults to ``train.item_text`` for an Interactions.
+            item_text: item id -> text; used by :class:`TwoTower` for the items in ``train`` (add items
+                without interactions with :meth:`TwoTower.add_items`). Defaults to ``train.item_text``.
 
         Raises:
             InputError: no rows, or missing columns.
@@ -127,9 +134,6 @@ class Recommender(nn.Module):
             item_text = train.item_text
         users = list(pd.unique(frame["user"].astype(str)))
         items = list(pd.unique(frame["item"].astype(str)))
-        if self._uses_text and item_text:
-            known = set(items)
-            items += [i for i in item_text if i not in known]
         self._set_vocab(users, items)
         u = torch.from_numpy(frame["user"].astype(str).map(self.user_index).to_numpy(np.int64).copy())   # (N,)
         i = torch.from_numpy(frame["item"].astype(str).map(self.item_index).to_numpy(np.int64).copy())   # (N,)
@@ -158,8 +162,6 @@ class Recommender(nn.Module):
             torch.set_num_threads(threads)
         return self
 
-    _uses_text = False
-
     def _train(self, u: torch.Tensor, i: torch.Tensor, r: torch.Tensor, item_text: dict[str, str],
                gen: torch.Generator) -> None:
         pass
@@ -179,7 +181,8 @@ class Recommender(nn.Module):
         starts, ends = self.seen_ptr[u], self.seen_ptr[u + 1]
         lengths = ends - starts                                       # (B,)
         rows = torch.repeat_interleave(torch.arange(len(u)), lengths)
-        offsets = torch.arange(int(lengths.sum())) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+        firsts = torch.cumsum(lengths, 0) - lengths                   # (B,) where each user's run starts
+        offsets = torch.arange(int(lengths.sum())) - torch.repeat_interleave(firsts, lengths)
         cols = self.seen_idx[torch.repeat_interleave(starts, lengths) + offsets]
         mask = torch.zeros(len(u), len(self.items), dtype=torch.bool)
         mask[rows, cols] = True
@@ -302,7 +305,7 @@ class MatrixFactorization(Recommender):
 
     Config (defaults)::
 
-        {"factors": 64, "epochs": 40, "lr": 0.005, "reg": 0.05, "batch_size": 1024,
+        {"factors": 64, "epochs": 60, "lr": 0.01, "reg": 0.1, "batch_size": 4096,
          "loss": "mse", "seed": 0}
 
     ``loss="mse"`` fits explicit ratings (L2 ``reg`` on the factors and biases of each batch's rows);
@@ -312,7 +315,7 @@ class MatrixFactorization(Recommender):
     """
 
     kind = "mf"
-    _DEFAULTS: dict[str, Any] = {"factors": 64, "epochs": 40, "lr": 0.005, "reg": 0.05, "batch_size": 1024,
+    _DEFAULTS: dict[str, Any] = {"factors": 64, "epochs": 60, "lr": 0.01, "reg": 0.1, "batch_size": 4096,
                                  "loss": "mse", "seed": 0}
 
     def _validate(self) -> None:
@@ -377,21 +380,23 @@ class TwoTower(Recommender):
 
     Config (defaults)::
 
-        {"dim": 64, "epochs": 30, "lr": 0.005, "weight_decay": 0.0, "reg": 1e-4, "batch_size": 2048,
-         "temperature": 1.0, "id_dropout": 0.3, "encoder": "all-MiniLM-L6-v2", "seed": 0}
+        {"dim": 64, "epochs": 20, "lr": 0.005, "weight_decay": 0.0, "reg": 0.5, "batch_size": 512,
+         "temperature": 1.0, "id_dropout": 0.3, "encoder": "all-MiniLM-L6-v2", "text_dim": 384, "seed": 0}
+
+    ``reg`` is an L2 penalty on the batch's user and positive-item id embeddings (strong: lower
+    values overfit MovieLens and fall below popularity on a dense slice).
 
     score(u, i) = p_u . (e_i * warm_i + W t_i) + (b_i * warm_i + w . t_i), with t_i the frozen
     L2-normalized MiniLM embedding of the item text (384,) and warm_i = 1 when the item had
-    training interactions. Training: softmax cross-entropy of each positive (user, item) against
-    every warm item (cold items are left out of the softmax, as their absence is not a signal);
+    training interactions (items added by :meth:`add_items` are cold). Training: softmax
+    cross-entropy of each positive (user, item) against every item of the training vocabulary;
     ``id_dropout`` zeroes the id part per row so the text path alone learns to place items.
     Items without text embed the empty string.
     """
 
     kind = "two_tower"
-    _uses_text = True
-    _DEFAULTS: dict[str, Any] = {"dim": 64, "epochs": 30, "lr": 0.005, "weight_decay": 0.0, "reg": 1e-4,
-                                 "batch_size": 2048, "temperature": 1.0, "id_dropout": 0.3,
+    _DEFAULTS: dict[str, Any] = {"dim": 64, "epochs": 20, "lr": 0.005, "weight_decay": 0.0, "reg": 0.5,
+                                 "batch_size": 512, "temperature": 1.0, "id_dropout": 0.3,
                                  "encoder": "all-MiniLM-L6-v2", "text_dim": 384, "seed": 0}
 
     def _validate(self) -> None:

@@ -36,16 +36,23 @@ def model_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in trainable_state(model).values())
 
 
-def serving_latency(featurizer, model: torch.nn.Module, item: Any, runs: int = 30, warmup: int = 5) -> dict[str, float]:
-    """p50/p95 ms of one raw input through featurizer and network (what a single request costs)."""
+def serving_latency(featurizer, model: torch.nn.Module, item: Any, runs: int = 30, warmup: int = 5,
+                    threads: int = 1) -> dict[str, float]:
+    """p50/p95 ms of one raw input through featurizer and network (what a single request costs),
+    on ``threads`` intra-op threads (the server's ``serving.threads``)."""
     model.eval()
     times = []
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            t = time.perf_counter()
-            model(featurizer.transform(item))
-            if i >= warmup:
-                times.append((time.perf_counter() - t) * 1000)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + runs):
+                t = time.perf_counter()
+                model(featurizer.transform(item))
+                if i >= warmup:
+                    times.append((time.perf_counter() - t) * 1000)
+    finally:
+        torch.set_num_threads(before)
     return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95))}
 
 
@@ -95,7 +102,7 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
         res = search.run(vtr, vva, base, storage_path=run_dir / "selection.db")
         config = {**base, "family": cand.family, "params": res.best_params}
         model = build_model(config)
-        lat = serving_latency(feat, model, _one(xva if len(yva) else xtr))
+        lat = serving_latency(feat, model, _one(xva if len(yva) else xtr), threads=spec.serving.threads)
         size_mb = (model_bytes(model) + feat.frozen_bytes()) / 1e6
         rows.append({"candidate": cand.name, "family": cand.family, "featurizer": cand.featurizer["kind"],
                      "pretrained": cand.pretrained, "val_accuracy": res.best_val_accuracy,

@@ -2,7 +2,8 @@
 
 Data stays in memory as tensors; batches are index slices and augmentation is one vectorized
 op per batch (no per-sample Python). Early stopping keeps the best epoch by validation accuracy
-(ties broken by validation loss). With a checkpoint path, state is written after every epoch so
+(ties broken by validation loss); when validation stops improving it first anneals the learning
+rate to zero over a few epochs, then stops. With a checkpoint path, state is written after every epoch so
 an interrupted run continues where it stopped.
 
 How the run uses the hardware (device, bf16/fp16 autocast, thread count, channels_last) is decided
@@ -236,6 +237,10 @@ class Trainer:
         start_epoch, history = 0, []
         best = {"acc": -1.0, "loss": float("inf"), "epoch": -1, "state": _cpu_state(model)}
         bad_epochs, elapsed_before, saved_plan = 0, 0.0, None
+        # Early stopping first anneals: when validation stops improving, the learning rate decays to
+        # zero over a few more epochs (a plateau at a high rate is noise, not convergence), then stops.
+        anneal: dict[str, float] | None = None  # {"start": epoch index, "lr": rate when it began}
+        anneal_epochs = max(2, cfg.patience // 2)
         if resume and ckpt is not None and ckpt.is_file():
             # weights_only: a checkpoint can never run code when loaded.
             state = torch.load(ckpt, weights_only=True, map_location="cpu")
@@ -249,6 +254,7 @@ class Trainer:
                     "epoch": int(state["best_epoch"]), "state": state["best_state"]}
             bad_epochs, elapsed_before = int(state["bad_epochs"]), float(state["seconds"])
             saved_plan = state.get("plan")
+            anneal = state.get("anneal")
             log.info("resumed training at epoch %d from %s", start_epoch + 1, ckpt)
         t0 -= elapsed_before
 
@@ -304,6 +310,10 @@ class Trainer:
                     step_seconds += time.perf_counter() - t_epoch
                     step_examples += seen
                     sched.step()
+                    if anneal is not None:
+                        k = min(epoch + 1 - anneal["start"], anneal_epochs)
+                        for g in opt.param_groups:
+                            g["lr"] = anneal["lr"] * 0.5 * (1 + math.cos(math.pi * k / anneal_epochs))
                     val_loss, val_acc = self._evaluate(model, xv, yv, device, channels_last)
                     row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                            "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"]}
@@ -325,13 +335,20 @@ class Trainer:
                             "best_acc": best["acc"], "best_loss": best["loss"], "best_epoch": best["epoch"],
                             "best_state": best["state"], "bad_epochs": bad_epochs, "seconds": seconds,
                             "plan": {"device": plan.device, "precision": plan.precision, "threads": plan.threads},
+                            "anneal": anneal,
                         }, tmp)
                         tmp.replace(ckpt)
                     if on_epoch is not None:
                         on_epoch(epoch, row)
-                    if bad_epochs >= cfg.patience:
+                    if anneal is not None and epoch + 1 - anneal["start"] >= anneal_epochs:
                         stopped = "early_stopping"
                         break
+                    if anneal is None and bad_epochs >= cfg.patience:
+                        if epoch + 1 >= cfg.max_epochs:
+                            stopped = "early_stopping"
+                            break
+                        anneal = {"start": epoch + 1, "lr": float(opt.param_groups[0]["lr"])}
+                        log.debug("no improvement for %d epochs: annealing over %d more", bad_epochs, anneal_epochs)
                     if cfg.time_limit_s is not None and seconds >= cfg.time_limit_s:
                         stopped = "time_limit"
                         break
