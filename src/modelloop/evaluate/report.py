@@ -104,8 +104,8 @@ def _monitor_plot(mon: dict[str, Any]) -> str:
         a1.set_title("Input drift", fontsize=9)
     la = mon["live_accuracy"]
     if la.get("value") is not None:
-        a2.errorbar([0], [la["value"]], yerr=[[max(0.0, la["value"] - la["low"])], [max(0.0, la["high"] - la["value"])]], fmt="o",
-                    capsize=6, color="#109618")
+        err = [[max(0.0, la["value"] - la["low"])], [max(0.0, la["high"] - la["value"])]]
+        a2.errorbar([0], [la["value"]], yerr=err, fmt="o", capsize=6, color="#109618")
         a2.set_xticks([0], [f"{mon['model_version']} (n={la['n']})"])
         a2.set_ylim(0, 1.02)
         a2.set_title("Live accuracy from feedback (95% CI)", fontsize=9)

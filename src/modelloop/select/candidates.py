@@ -78,29 +78,58 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
     """
     sel = spec.selection
     (xtr, ytr), (xva, yva) = train, val
-    rows, trials = [], []
     t0 = time.perf_counter()
-    plain = [c for c in candidates if c.family not in ("efficientnet-suffix", "minilm-lora")]
-    per = max(1, sel.trials // max(1, len(plain)))
-    for i, cand in enumerate(candidates):
+    one_shot = ("efficientnet-suffix", "minilm-lora")  # pretrained networks: one trial, no search
+    state: dict[str, dict[str, Any]] = {}
+
+    def search(cand: Candidate, n_trials: int) -> None:
+        st = state[cand.name]
         left = timeout_s - (time.perf_counter() - t0)
-        share = max(1.0, left / (len(candidates) - i))
+        srch = CandidateSearch([cand.family], n_trials, sel.epochs_per_trial, timeout_s=max(1.0, left),
+                               batch_size=spec.training.batch_size, shift=st["shift"], seed=spec.seed,
+                               study_name=f"selection-{cand.name}")
+        st["res"] = srch.run(st["train"], st["val"], st["base"], storage_path=run_dir / "selection.db")
+        st["search_s"] = st.get("search_s", 0.0) + st["res"].seconds
+
+    # 1. every candidate: its features, and one trial with default settings
+    for cand in candidates:
         if progress:
             progress(f"[selection] {cand.name}: {cand.about}")
         t = time.perf_counter()
         feat, ftr, fva = prepare_features(cand, xtr, xva, cache_dir)
-        feat_s = time.perf_counter() - t
-        vtr = (ftr, ytr)
-        vva = (fva, yva) if fva is not None else vtr
-        base = {"input_shape": list(ftr.shape[1:]), "num_classes": num_classes, "featurizer": dict(cand.featurizer),
-                "candidate": cand.name}
-        n_trials = 1 if cand.family in ("efficientnet-suffix", "minilm-lora") else per
-        shift = spec.data.augmentation.shift if cand.featurizer["kind"] == "pixels" else 0
-        search = CandidateSearch([cand.family], n_trials, sel.epochs_per_trial, timeout_s=share,
-                                 batch_size=spec.training.batch_size, shift=shift, seed=spec.seed,
-                                 study_name=f"selection-{cand.name}")
-        res = search.run(vtr, vva, base, storage_path=run_dir / "selection.db")
-        config = {**base, "family": cand.family, "params": res.best_params}
+        state[cand.name] = {
+            "feat": feat, "feat_s": time.perf_counter() - t, "train": (ftr, ytr),
+            "val": (fva, yva) if fva is not None else (ftr, ytr),
+            "base": {"input_shape": list(ftr.shape[1:]), "num_classes": num_classes,
+                     "featurizer": dict(cand.featurizer), "candidate": cand.name},
+            "shift": spec.data.augmentation.shift if cand.featurizer["kind"] == "pixels" else 0,
+            "trials": 1,
+        }
+        search(cand, 1)
+        if progress:
+            progress(f"[selection] {cand.name}: default trial val accuracy "
+                     f"{state[cand.name]['res'].best_val_accuracy:.4f}")
+
+    # 2. the remaining trials go to the searchable candidates, more to the more promising ones
+    #    (rank r of n gets a share proportional to n - r), while the time budget lasts.
+    searchable = sorted((c for c in candidates if c.family not in one_shot),
+                        key=lambda c: -state[c.name]["res"].best_val_accuracy)
+    remaining = max(0, sel.trials - len(candidates))
+    weights = [len(searchable) - r for r in range(len(searchable))]
+    extra = [int(remaining * w / max(1, sum(weights))) for w in weights]
+    for r in range(remaining - sum(extra)):
+        extra[r % max(1, len(extra))] += 1
+    for cand, more in zip(searchable, extra, strict=True):
+        if more and time.perf_counter() - t0 < timeout_s:
+            state[cand.name]["trials"] += more
+            search(cand, state[cand.name]["trials"])
+
+    # 3. what shipping each candidate's best trial would cost
+    rows, trials = [], []
+    for cand in candidates:
+        st = state[cand.name]
+        res, feat = st["res"], st["feat"]
+        config = {**st["base"], "family": cand.family, "params": res.best_params}
         model = build_model(config)
         lat = serving_latency(feat, model, _one(xva if len(yva) else xtr), threads=spec.serving.threads)
         size_mb = (model_bytes(model) + feat.frozen_bytes()) / 1e6
@@ -108,11 +137,12 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
                      "pretrained": cand.pretrained, "val_accuracy": res.best_val_accuracy,
                      "params": res.best_params, "parameters": count_parameters(model),
                      "p50_ms": lat["p50_ms"], "p95_ms": lat["p95_ms"], "size_mb": size_mb,
-                     "featurize_s": round(feat_s, 2), "search_s": res.seconds, "trials": len(res.leaderboard)})
+                     "featurize_s": round(st["feat_s"], 2), "search_s": round(st["search_s"], 2),
+                     "trials": len(res.leaderboard)})
         trials += [{**r, "candidate": cand.name} for r in res.leaderboard]
         if progress:
             progress(f"[selection] {cand.name}: val accuracy {res.best_val_accuracy:.4f}, p95 {lat['p95_ms']:.2f} ms, "
-                     f"{size_mb:.2f} MB")
+                     f"{size_mb:.2f} MB ({len(res.leaderboard)} trials)")
     chosen, warning = choose(rows, spec)
     return {"leaderboard": rows, "trials": trials, "chosen": chosen["candidate"], "best_family": chosen["family"],
             "best_params": chosen["params"], "best_val_accuracy": chosen["val_accuracy"], "warning": warning,

@@ -240,7 +240,7 @@ class Trainer:
         # Early stopping first anneals: when validation stops improving, the learning rate decays to
         # zero over a few more epochs (a plateau at a high rate is noise, not convergence), then stops.
         anneal: dict[str, float] | None = None  # {"start": epoch index, "lr": rate when it began}
-        anneal_epochs = max(2, cfg.patience // 2)
+        anneal_epochs = max(2, cfg.patience)
         if resume and ckpt is not None and ckpt.is_file():
             # weights_only: a checkpoint can never run code when loaded.
             state = torch.load(ckpt, weights_only=True, map_location="cpu")
