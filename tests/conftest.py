@@ -36,6 +36,25 @@ def cli_json(*args: str, expect: int = 0, timeout: float = 900) -> dict:
     return json.loads(proc.stdout)
 
 
+def feedback_and_retrain(server, project: Path, predictions: list[dict], labels: list[str],
+                         timeout: float = 900) -> dict:
+    """Send the correct label for every prediction, stop the server, retrain, and check the
+    challenger's feedback accounting and lineage. Returns ``modelloop retrain --json``'s output."""
+    auth = server.auth("client")
+    for p, label in zip(predictions, labels, strict=True):
+        r = server.client.post("/feedback", json={"prediction_id": p["prediction_id"], "label": label}, headers=auth)
+        assert r.status_code == 201, r.text
+    server.stop()
+    proc = cli("retrain", str(project), "--json", timeout=timeout)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]  # 1: the gate rejected the challenger
+    rt = json.loads(proc.stdout)
+    assert rt["feedback_examples"] > 50 and rt["feedback_holdout"] > 20
+    assert rt["decision"] in ("promoted", "rejected")
+    lineage = cli_json("lineage", str(project), "--version", rt["version"])
+    assert len(lineage["feedback_ids"]) == rt["feedback_examples"]
+    return rt
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import cli, cli_json
+from tests.conftest import cli, cli_json, feedback_and_retrain
 
 pytestmark = pytest.mark.slow
 
@@ -88,19 +88,7 @@ def test_tabular_project_runs_serves_and_learns_from_feedback(tmp_path, serve, t
     right = sum(p["label"] == t for p, t in zip(preds, traffic["diagnosis"], strict=True))
     assert right / len(rows) >= 0.85
 
-    auth = server.auth("client")
-    for p, label in zip(preds, traffic["diagnosis"], strict=True):
-        r = server.client.post("/feedback", json={"prediction_id": p["prediction_id"], "label": label}, headers=auth)
-        assert r.status_code == 201, r.text
-    server.stop()
-
-    proc = cli("retrain", str(proj), "--json", timeout=600)
-    assert proc.returncode in (0, 1), proc.stderr[-2000:]  # 1: the gate rejected the challenger
-    rt = json.loads(proc.stdout)
-    assert rt["feedback_examples"] > 50 and rt["feedback_holdout"] > 20
-    assert rt["decision"] in ("promoted", "rejected")
-    lineage = cli_json("lineage", str(proj), "--version", rt["version"])
-    assert len(lineage["feedback_ids"]) == rt["feedback_examples"]
+    feedback_and_retrain(server, proj, preds, traffic["diagnosis"], timeout=600)
 
 
 def test_tabular_bad_sources_are_clear(tmp_path):

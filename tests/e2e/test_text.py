@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from modelloop.data.text import load_rotten_tomatoes
-from tests.conftest import cli, cli_json
+from tests.conftest import cli, cli_json, feedback_and_retrain
 
 pytestmark = pytest.mark.slow
 
@@ -96,19 +96,7 @@ def test_text_project_runs_serves_and_learns_from_feedback(tmp_path, serve, revi
     r = server.client.post("/predict", content=b'{"text": "caf\xe9"}', headers={"content-type": "application/json"})
     assert r.status_code == 422 and "UTF-8" in r.json()["detail"]
 
-    auth = server.auth("client")
-    for p, label in zip(preds, labels[600:760], strict=True):
-        r = server.client.post("/feedback", json={"prediction_id": p["prediction_id"], "label": label}, headers=auth)
-        assert r.status_code == 201, r.text
-    server.stop()
-
-    proc = cli("retrain", str(proj), "--json", timeout=900)
-    assert proc.returncode in (0, 1), proc.stderr[-2000:]  # 1: the gate rejected the challenger
-    rt = json.loads(proc.stdout)
-    assert rt["feedback_examples"] > 50 and rt["feedback_holdout"] > 20
-    assert rt["decision"] in ("promoted", "rejected")
-    lineage = cli_json("lineage", str(proj), "--version", rt["version"])
-    assert len(lineage["feedback_ids"]) == rt["feedback_examples"]
+    feedback_and_retrain(server, proj, preds, labels[600:760], timeout=900)
 
     pred = cli_json("predict", str(proj), "--text", "Dull and far too long.")
     assert pred["predictions"][0]["label"] in ("fresh", "rotten")
