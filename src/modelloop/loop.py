@@ -161,6 +161,7 @@ class Loop:
         (xtr, ytr), (xva, yva) = ds.splits["train"], ds.splits["val"]
         if len(yva) == 0:
             log.warning("no validation examples (classes too small); early stopping uses the training split")
+        fitted = None
         if "chosen" in state.get("selection", {}):
             selection = state["selection"]
             self._say(progress, f"[selection] resumed: {selection['chosen']}")
@@ -171,7 +172,7 @@ class Loop:
                 log.info("candidate %s: %s", name, why)
             self._say(progress, f"[selection] candidates {', '.join(c.name for c in cands)} "
                       f"({sel.trials} trials, rule: {sel.choose})")
-            selection = search_candidates(cands, (xtr, ytr), (xva, yva), len(ds.class_names), spec,
+            selection, fitted = search_candidates(cands, (xtr, ytr), (xva, yva), len(ds.class_names), spec,
                                           timeout_s=max(1.0, budget * sel.share_of_budget - elapsed()),
                                           run_dir=run_dir, cache_dir=self.paths.state / "cache", progress=progress)
             selection["excluded"] = excluded
@@ -187,7 +188,7 @@ class Loop:
 
         # 3. final training of the chosen candidate, with early stopping and checkpoints
         cand = self.task.candidates[selection["chosen"]]
-        feat, ftr, fva = prepare_features(cand, xtr, xva, self.paths.state / "cache")
+        feat, ftr, fva = fitted or prepare_features(cand, xtr, xva, self.paths.state / "cache")
         train = (ftr, ytr)
         val = (fva, yva) if fva is not None else train
         config = {"family": cand.family, "input_shape": list(ftr.shape[1:]), "num_classes": len(ds.class_names),

@@ -73,8 +73,9 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
                       progress=None) -> dict[str, Any]:
     """Search each candidate; measure latency and size of its best trial; choose one.
 
-    Returns the selection record: ``leaderboard`` (one row per candidate), ``trials`` (every
-    trial), ``chosen`` (the candidate name), ``best_family``, ``best_params``, ``warning``.
+    Returns the selection record (JSON-able: ``leaderboard`` (one row per candidate), ``trials``
+    (every trial), ``chosen`` (the candidate name), ``best_family``, ``best_params``, ``warning``)
+    and the chosen candidate's (fitted featurizer, training features, validation features or None).
     """
     sel = spec.selection
     (xtr, ytr), (xva, yva) = train, val
@@ -144,9 +145,12 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
             progress(f"[selection] {cand.name}: val accuracy {res.best_val_accuracy:.4f}, p95 {lat['p95_ms']:.2f} ms, "
                      f"{size_mb:.2f} MB ({len(res.leaderboard)} trials)")
     chosen, warning = choose(rows, spec)
-    return {"leaderboard": rows, "trials": trials, "chosen": chosen["candidate"], "best_family": chosen["family"],
-            "best_params": chosen["params"], "best_val_accuracy": chosen["val_accuracy"], "warning": warning,
-            "rule": sel.choose, "seconds": round(time.perf_counter() - t0, 2)}
+    st = state[chosen["candidate"]]
+    record = {"leaderboard": rows, "trials": trials, "chosen": chosen["candidate"], "best_family": chosen["family"],
+              "best_params": chosen["params"], "best_val_accuracy": chosen["val_accuracy"], "warning": warning,
+              "rule": sel.choose, "seconds": round(time.perf_counter() - t0, 2)}
+    # The chosen candidate's fitted featurizer and features: final training needs them, no need to recompute.
+    return record, (st["feat"], st["train"][0], st["val"][0] if len(yva) else None)
 
 
 def choose(rows: list[dict[str, Any]], spec: Spec) -> tuple[dict[str, Any], str | None]:
