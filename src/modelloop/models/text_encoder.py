@@ -35,6 +35,7 @@ from modelloop.errors import InputError
 __all__ = [
     "DEFAULT_ENCODER",
     "resolve_encoder",
+    "encoder_weight_bytes",
     "TextEncoder",
     "EmbeddingCache",
     "encode_cached",
@@ -100,6 +101,19 @@ def _model_dir(path: Path, name: str) -> str:
             return str(candidate.resolve())
     raise InputError(f"encoder {name!r}: directory {str(path)!r} has no config.json; expected a transformers "
                      "model directory (config.json, tokenizer files and weights)")
+
+
+def encoder_weight_bytes(name: str = DEFAULT_ENCODER) -> int:
+    """Bytes of the encoder's weights on disk: what serving a model built on it must also hold.
+
+    Counts ``*.safetensors`` files, or ``*.bin`` when there are none (a folder may ship both
+    formats of the same weights). A hub name that is not downloaded yet counts as 0.
+    """
+    folder = Path(resolve_encoder(name))
+    if not folder.is_dir():
+        return 0
+    files = list(folder.rglob("*.safetensors")) or list(folder.rglob("*.bin"))
+    return sum(f.stat().st_size for f in files)
 
 
 def _is_local(source: str) -> bool:

@@ -214,7 +214,9 @@ class MiniLMFeaturizer(Featurizer):
         return {"kind": self.kind, "encoder": self.encoder_name, "max_length": self.max_length}
 
     def frozen_bytes(self) -> int:
-        return self.encoder.num_bytes() if hasattr(self.encoder, "num_bytes") else 90_000_000
+        from ..models.text_encoder import encoder_weight_bytes
+
+        return encoder_weight_bytes(self.encoder_name)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> MiniLMFeaturizer:
@@ -248,11 +250,9 @@ class TokenFeaturizer(Featurizer):
 
     def frozen_bytes(self) -> int:
         """The pretrained encoder the fine-tuned network runs on (its weights files)."""
-        from ..models.text_encoder import resolve_encoder
+        from ..models.text_encoder import encoder_weight_bytes
 
-        folder = Path(resolve_encoder(self.encoder_name))
-        files = [f for f in folder.rglob("*") if f.suffix in (".safetensors", ".bin")] if folder.is_dir() else []
-        return sum(f.stat().st_size for f in files) or 90_000_000
+        return encoder_weight_bytes(self.encoder_name)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> TokenFeaturizer:
