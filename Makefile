@@ -46,6 +46,9 @@ bench: setup bench-deps
 	$(BIN)/python bench/distill.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/keywords.py
+	$(BIN)/python bench/tabular.py
+	$(BIN)/python bench/regression.py
+	$(BIN)/python bench/recommend.py
 
 bench-train: setup
 	$(BIN)/python bench/train.py

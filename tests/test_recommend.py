@@ -18,7 +18,7 @@ from modelloop.data.interactions import (
 )
 from modelloop.errors import DataError, InputError
 from modelloop.evaluate.ranking import mae, ndcg_at_k, precision_at_k, ranking_metrics, recall_at_k, rmse
-from modelloop.models.recommend import MatrixFactorization, Popularity, TwoTower, build_recommender
+from modelloop.models.recommend import EASE, MatrixFactorization, Popularity, TwoTower, build_recommender
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +145,53 @@ def test_two_tower_ranks_better_than_popularity_and_cold_items(dense_slice: Inte
     tt.add_items(["new-1"], ["Toy Story 3 | Animation Children's Comedy"])
     near = tt.similar_items("new-1", 10)
     assert len(near) == 10 and tt.recommend([users[0]], 1, candidates=["new-1"]) == [["new-1"]]
+
+
+def test_ease_ranks_roundtrips_and_falls_back(dense_slice: Interactions) -> None:
+    tr, te = stratified_split(dense_slice, 0.75, seed=0)
+    truth = te.frame.groupby("user")["item"].apply(set).to_dict()
+    users = sorted(truth)
+    pop = Popularity().fit(tr)
+    ease = build_recommender({"kind": "ease", "l2": 200.0}).fit(tr)
+    assert isinstance(ease, EASE) and ease.weights.shape == (tr.n_items, tr.n_items)
+    assert float(ease.weights.diagonal().abs().max()) == 0.0
+    p_pop = precision_at_k(dict(zip(users, pop.recommend(users, 10), strict=True)), truth, 10)
+    p_ease = precision_at_k(dict(zip(users, ease.recommend(users, 10), strict=True)), truth, 10)
+    assert p_ease > p_pop + 0.02, (p_ease, p_pop)
+    # Saved state + config rebuild the same model.
+    clone = build_recommender(ease.get_config())
+    clone.load_state_dict(ease.state_dict())
+    assert clone.recommend(users, 10) == ease.recommend(users, 10)
+    pairs_u, pairs_i = te.frame["user"].tolist()[:50], te.frame["item"].tolist()[:50]
+    assert np.allclose(clone.predict(pairs_u, pairs_i), ease.predict(pairs_u, pairs_i))
+    # predict = the score the ranking uses; unknown ids score 0.
+    scores = ease.score_matrix(pairs_u, exclude_seen=False)
+    expected = [float(scores[k, ease.item_index[it]]) for k, it in enumerate(pairs_i)]
+    assert np.allclose(ease.predict(pairs_u, pairs_i), expected, atol=1e-5)
+    assert ease.predict(["no-such-user", pairs_u[0]], [pairs_i[0], "no-such-item"]).tolist() == [0.0, 0.0]
+    # Seen items excluded; unknown users get the most popular items.
+    user = users[0]
+    seen = set(ease.seen_items(user))
+    assert seen == set(tr.frame.loc[tr.frame.user == user, "item"])
+    recs = ease.recommend([user], 300)[0]
+    assert len(recs) == tr.n_items - len(seen) and not set(recs) & seen
+    assert ease.recommend(["no-such-user"], 5) == pop.recommend(["no-such-user"], 5)
+    similar = ease.similar_items(recs[0], 5)
+    assert len(similar) == 5 and recs[0] not in similar
+    for bad in (0, -1.0, "500"):
+        with pytest.raises(InputError):
+            EASE({"l2": bad})
+
+
+def test_bpr_several_negatives_validates_and_roundtrips(dense_slice: Interactions) -> None:
+    tr, _ = stratified_split(dense_slice, 0.75, seed=0)
+    cfg = {"loss": "bpr", "factors": 8, "epochs": 3, "lr": 0.005, "reg": 0.01, "negatives": 4}
+    a, b = MatrixFactorization(cfg).fit(tr), MatrixFactorization(cfg).fit(tr)
+    users = sorted(set(tr.frame["user"]))[:10]
+    assert a.recommend(users, 10) == b.recommend(users, 10)           # seeded: deterministic
+    clone = build_recommender(a.get_config())
+    clone.load_state_dict(a.state_dict())
+    assert clone.recommend(users, 10) == a.recommend(users, 10)
+    for bad in (0, 1.5, True):
+        with pytest.raises(InputError):
+            MatrixFactorization({"loss": "bpr", "negatives": bad})

@@ -84,14 +84,36 @@ def init(
     max_model_size_mb: Annotated[float | None, typer.Option(help="Requirement: model size budget.")] = None,
     time_budget_s: Annotated[float | None, typer.Option(help="Training time budget in seconds.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing modelloop.yaml.")] = False,
+    user_column: Annotated[str | None, typer.Option(help="Recommendation: the user id column.")] = None,
+    item_column: Annotated[str | None, typer.Option(help="Recommendation: the item id column.")] = None,
+    rating_column: Annotated[str | None, typer.Option(help="Recommendation: the rating column ('none': implicit "
+                                                           "data, every row counts 1).")] = None,
+    timestamp_column: Annotated[str | None, typer.Option(help="Recommendation: the time column (the latest "
+                                                              "duplicate (user, item) row wins).")] = None,
+    items: Annotated[str | None, typer.Option(help="Recommendation: an item table with texts (titles, "
+                                                   "genres).")] = None,
+    item_id_column: Annotated[str | None, typer.Option(help="Recommendation: the item id column of --items "
+                                                            "(default: --item-column).")] = None,
+    item_text_columns: Annotated[str | None, typer.Option(help="Recommendation: comma-separated text columns of "
+                                                               "--items.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write DIR/modelloop.yaml: data source, task and requirements."""
     from .project import Project
 
+    rec_opts = {k: v for k, v in {"user_column": user_column, "item_column": item_column,
+                                  "rating_column": rating_column, "timestamp_column": timestamp_column,
+                                  "items": items, "item_id_column": item_id_column,
+                                  "item_text_columns": item_text_columns}.items() if v is not None}
+    if rec_opts and task != "recommendation":
+        from .errors import InputError
+
+        raise InputError(f"options {', '.join('--' + k.replace('_', '-') for k in rec_opts)}: only for "
+                         f"--task recommendation; received --task {task}")
     p = Project.init(directory, task=task, data=data, overwrite=force, text_column=text_column,
                      label_column=label_column, metric=metric, target=target,
-                     p95_latency_ms=p95_latency_ms, max_model_size_mb=max_model_size_mb, time_budget_s=time_budget_s)
+                     p95_latency_ms=p95_latency_ms, max_model_size_mb=max_model_size_mb, time_budget_s=time_budget_s,
+                     **rec_opts)
     spec_path = p.path / "modelloop.yaml"
     if as_json:
         _emit({"spec": str(spec_path), "spec_content": p.loop.spec.to_dict()})
@@ -112,9 +134,8 @@ def run(directory: DirArg,
         _emit({k: res[k] for k in ("version", "run_id", "metrics", "val_metrics", "champion", "passed", "gate",
                                    "report", "family", "dataset", "latency", "size_mb")})
     else:
-        m = res["metrics"]
-        out.print(f"version {res['version']} ({res['family']}): test accuracy {m['accuracy']:.4f}, "
-                  f"F1 macro {m['f1_macro']:.4f}; requirements {'met' if res['passed'] else 'NOT met'}"
+        out.print(f"version {res['version']} ({res['family']}): test {_headline(res['metrics'])}; "
+                  f"requirements {'met' if res['passed'] else 'NOT met'}"
                   f"{'; champion' if res['champion'] else ''}\nreport: {res['report']}")
     if not res["passed"]:
         raise typer.Exit(1)
@@ -140,15 +161,36 @@ def retrain(directory: DirArg, as_json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
+def _headline(m: dict[str, Any]) -> str:
+    """The test metrics worth one line: accuracy and F1, or for regression RMSE, MAE and R²."""
+    if "ndcg@10" in m:
+        from .recommendation.cli import headline
+
+        return headline(m)
+    if m.get("rmse") is not None:
+        return f"RMSE {m['rmse']:.4g}, MAE {m['mae']:.4g}, R² {m['r2']:.4f}"
+    return f"accuracy {m['accuracy']:.4f}, F1 macro {m['f1_macro']:.4f}"
+
+
 def _models_table(rows: list[dict[str, Any]]) -> Table:
+    if rows and rows[0].get("task") == "recommendation":
+        from .recommendation.cli import models_table
+
+        return models_table(rows)
     t = Table(title="model versions")
-    for col in ("version", "alias", "family", "accuracy", "F1 macro", "parent", "feedback", "dataset", "gate",
-                "created"):
+    regression = any(r.get("rmse") is not None for r in rows)
+    for col in ("version", "alias", "family", *(("RMSE", "R²") if regression else ("accuracy", "F1 macro")),
+                "parent", "feedback", "dataset", "gate", "created"):
         t.add_column(col)
     import datetime as dt
 
+    def num(v: Any, fmt: str = ".4f") -> str:
+        return "-" if v is None else format(v, fmt)
+
     for r in rows:
-        t.add_row(r["version"], ",".join(r["aliases"]), r["family"], f"{r['accuracy']:.4f}", f"{r['f1_macro']:.4f}",
+        t.add_row(r["version"], ",".join(r["aliases"]), r["family"],
+                  *((num(r.get("rmse"), ".4g"), num(r.get("r2"))) if regression
+                    else (num(r.get("accuracy")), num(r.get("f1_macro")))),
                   r["parent"] or "-", str(r["feedback_examples"]), r["dataset"], r["gate"] or "-",
                   dt.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M:%S"))
     return t
@@ -205,6 +247,9 @@ def predict(directory: DirArg,
     from .project import Project
 
     project = Project(directory)
+    if project.loop.spec.task == "recommendation":
+        raise InputError("modelloop predict: this project serves recommendation; expected 'modelloop serve DIR' "
+                         "and GET /recommend?user=USER&k=10 (or recommendation.core.load_version in Python)")
     if project.loop.task.input_kind == "tabular":
         if not row:
             raise InputError("option '--row': missing; expected one or more --row '{\"column\": value, ...}' "
@@ -241,7 +286,7 @@ def predict(directory: DirArg,
         _emit({"predictions": [{key: i, **r} for i, r in zip(items, res, strict=True)]})
     else:
         for i, r in zip(items, res, strict=True):
-            out.print(f"{i}: {r['label']} ({max(r['scores'].values()):.3f})")
+            out.print(f"{i}: {r['label']}" + ("" if "value" in r else f" ({max(r['scores'].values()):.3f})"))
 
 
 @app.command()
@@ -294,8 +339,9 @@ def demo(directory: Annotated[Path, typer.Argument(help="Folder for the demo pro
          fresh: Annotated[bool, typer.Option(help="Start over if DIR already holds a project.")] = False,
          traffic: Annotated[int, typer.Option(help="How many live requests simulated users send.")] = 600,
          task: Annotated[str, typer.Option(help="The case: image-classification (the founding case), "
-                                           "text-classification, audio-classification or "
-                                           "tabular-classification.")] = "image-classification",
+                                           "text-classification, audio-classification, "
+                                           "tabular-classification, tabular-regression or "
+                                           "recommendation.")] = "image-classification",
          as_json: JsonOpt = False) -> None:
     """The whole loop on the founding case (or one example per --task), with simulated users, in a few minutes."""
     from .demo import DEMO_CASES, run_demo
@@ -304,16 +350,22 @@ def demo(directory: Annotated[Path, typer.Argument(help="Folder for the demo pro
     if as_json:
         _emit(res)
         return
+    if task == "recommendation":
+        from .recommendation.cli import print_demo
+
+        return print_demo(out, res)
     t = Table(title=f"modelloop demo: {DEMO_CASES[task].title}")
-    for col in ("version", "alias", "test accuracy", "parent", "feedback examples"):
+    regression = task == "tabular-regression"
+    for col in ("version", "alias", "test R²" if regression else "test accuracy", "parent", "feedback examples"):
         t.add_column(col)
     for v in res["versions"]:
-        t.add_row(v["version"], ",".join(v["aliases"]), f"{v['test_accuracy']:.4f}", v["parent"] or "-",
-                  str(v["feedback_examples"]))
+        score = v.get("test_r2") if regression else v.get("test_accuracy")
+        t.add_row(v["version"], ",".join(v["aliases"]), "-" if score is None else f"{score:.4f}",
+                  v["parent"] or "-", str(v["feedback_examples"]))
     out.print(t)
     tr = res["traffic"]
-    out.print(f"live traffic: {tr['requests']} requests, live accuracy {tr['live_accuracy']:.3f}, "
-              f"{tr['feedback']} feedback labels")
+    live = (f"live RMSE {tr['live_rmse']:.2f}" if regression else f"live accuracy {tr['live_accuracy']:.3f}")
+    out.print(f"live traffic: {tr['requests']} requests, {live}, {tr['feedback']} feedback labels")
     out.print(f"gate decision: [bold]{res['decision']}[/bold] ({'; '.join(res['reasons'])})")
     out.print(f"champion: {res['champion']} (served after retrain: {res['served_after_retrain']})")
     out.print(f"reports: {', '.join(res['reports'])}\ntook {res['seconds']} s")

@@ -16,6 +16,9 @@ one example; :func:`run_demo` runs the same loop for all of them:
   (5 other voices, other speeds and pitches).
 - ``tabular-classification``: ``builtin:breast-cancer`` split class-stratified: 70% of the rows
   written to ``DIR/data/cells.csv``, the other 30% are traffic.
+- ``tabular-regression``: ``builtin:diabetes`` (disease progression after a year): 70% of the
+  patients written to ``DIR/data/patients.csv``, the other 30% are traffic; users report the
+  measured value for 60% of the predictions (the outcome, once known), whatever the error.
 """
 
 from __future__ import annotations
@@ -186,6 +189,24 @@ def _tabular_case(directory: Path) -> tuple[dict[str, Any], Traffic]:
             Traffic([table.labels[i] for i in rest], lambda i: {"row": table.rows[rest[i]]}))
 
 
+def _regression_case(directory: Path) -> tuple[dict[str, Any], Traffic]:
+    from .data.tabular import load_tabular_builtin
+
+    table = load_tabular_builtin("diabetes", numeric_target=True)
+    order = np.random.default_rng(_DATA_SEED).permutation(len(table.rows))
+    cut = round(0.7 * len(order))
+    train, rest = np.sort(order[:cut]), np.sort(order[cut:])
+    path = directory / "data" / "patients.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = table.columns
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow([*columns, "progression"])
+        w.writerows([*(table.rows[i][c] for c in columns), table.labels[i]] for i in train)
+    return ({"data": str(path), "name": "patients", "label_column": "progression"},
+            Traffic([table.labels[i] for i in rest], lambda i: {"row": table.rows[rest[i]]}))
+
+
 DEMO_CASES: dict[str, DemoCase] = {
     "image-classification": DemoCase("image-classification", "the founding case (even vs odd digits)", 0.95,
                                      "images", _image_case),
@@ -195,7 +216,12 @@ DEMO_CASES: dict[str, DemoCase] = {
                                      0.9, "spoken keywords", _audio_case),
     "tabular-classification": DemoCase("tabular-classification", "tables (breast-cancer cells, malignant vs benign)",
                                        0.9, "table rows", _tabular_case),
+    "tabular-regression": DemoCase("tabular-regression", "regression (diabetes progression, R²)", 0.3,
+                                   "patient rows", _regression_case),
 }
+# Recommendation runs its own simulated users (see recommendation/demo.py); listed here for --task.
+DEMO_CASES["recommendation"] = DemoCase("recommendation", "recommendation (MovieLens-100k)", 0.05,
+                                        "recommendation requests", lambda d: ({}, Traffic([], lambda i: {})))
 
 
 def run_demo(directory: str | Path, fresh: bool = False, traffic: int = 600, seed: int = 0,
@@ -220,19 +246,27 @@ def run_demo(directory: str | Path, fresh: bool = False, traffic: int = 600, see
             raise ModelloopError(f"{directory}: already holds a modelloop project; expected a new folder "
                                  "(pass --fresh to start the demo over in it)")
         shutil.rmtree(directory)
+    if task == "recommendation":
+        from .recommendation.demo import run_recommendation_demo
+
+        return run_recommendation_demo(directory, traffic=traffic, seed=seed, progress=progress)
     t0 = time.perf_counter()
     directory.mkdir(parents=True, exist_ok=True)
     init_args, live = case.prepare(directory)
-    say(f"[demo] init {directory} on {init_args['data']} (accuracy >= {case.target:.2f} required)")
+    regression = task == "tabular-regression"
+    metric = "R²" if regression else "accuracy"
+    say(f"[demo] init {directory} on {init_args['data']} ({metric} >= {case.target:.2f} required)")
     project = Project.init(directory, task=task, target=case.target, **init_args)
     first = project.run(progress=progress)
     if not first["champion"]:
+        got = first["metrics"]["r2" if regression else "accuracy"]
         raise ModelloopError(f"the first version {first['version']} did not meet the requirements "
-                             f"(test accuracy {first['metrics']['accuracy']:.4f}); nothing to serve")
+                             f"(test {metric} {got:.4f}); nothing to serve")
 
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(live.labels), size=min(traffic, len(live.labels)), replace=False)
     sent = correct = feedback = 0
+    errors: list[float] = []
     app = create_app(project.path)
     keys, _ = keys_for(project.loop.spec.serving.keys, project.loop.paths.state / "keys.json")
     headers = {"Authorization": f"Bearer {(keys['client'] or keys['admin'])[0]}"}
@@ -244,24 +278,31 @@ def run_demo(directory: str | Path, fresh: bool = False, traffic: int = 600, see
             pred = r.json()
             sent += 1
             truth = live.labels[int(i)]
-            right = pred["label"] == truth
-            correct += right
-            if rng.random() < (0.4 if right else 0.9):
+            if regression:  # the measured outcome arrives for 60% of the patients
+                errors.append(pred["value"] - truth)
+                right = False
+            else:
+                right = pred["label"] == truth
+                correct += right
+            if rng.random() < (0.6 if regression else 0.4 if right else 0.9):
                 client.post("/feedback", json={"prediction_id": pred["prediction_id"], "label": truth}
                             ).raise_for_status()
                 feedback += 1
-        live_accuracy = correct / max(sent, 1)
-        say(f"[demo] live accuracy {live_accuracy:.3f} on {sent} requests; {feedback} feedback labels")
+        live_accuracy = None if regression else correct / max(sent, 1)
+        live_rmse = float(np.sqrt(np.mean(np.square(errors)))) if errors else None
+        say(f"[demo] live {f'RMSE {live_rmse:.2f}' if regression else f'accuracy {live_accuracy:.3f}'} on "
+            f"{sent} requests; {feedback} feedback labels")
         second = project.retrain(progress=progress)
         served_after = client.get("/health").json()["model_version"]
 
-    versions = [{"version": m["version"], "test_accuracy": m["accuracy"], "parent": m["parent"],
+    versions = [{"version": m["version"], "test_accuracy": m["accuracy"], "test_rmse": m.get("rmse"),
+                 "test_r2": m.get("r2"), "parent": m["parent"],
                  "feedback_examples": m["feedback_examples"], "aliases": m["aliases"]} for m in project.models()]
     return {
         "project": str(project.path), "task": task, "versions": versions,
         "champion": project.loop.registry.champion(),
         "decision": second["decision"], "reasons": second["evidence"]["reasons"],
-        "traffic": {"requests": sent, "live_accuracy": live_accuracy, "feedback": feedback},
+        "traffic": {"requests": sent, "live_accuracy": live_accuracy, "live_rmse": live_rmse, "feedback": feedback},
         "served_after_retrain": served_after, "reports": [first["report"], second["report"]],
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -18,7 +18,16 @@ promoted only if it
    errors fall on every class, while poisoning pushes one class. The hold-out is refused when
    more than ``max_feedback_disagreement`` of its labels contradict both models *and* those
    labels pile onto one class beyond chance (binomial test at 99%), or when more than twice
-   that share contradicts both, targeted or not.
+   that share contradicts both, targeted or not. The allowed share grows with how often both
+   models err on the test split (twice that rate, when it is above the configured share): on a
+   hard task, honest users correct many answers both models get wrong.
+
+Regression (:func:`compare_regression`) follows the same steps on paired squared errors instead
+of right/wrong outcomes: a one-sided Wilcoxon signed-rank test for "significantly worse", the
+lower confidence bound of the RMSE ratio against ``1 + max_error_increase``, and for the feedback
+hold-out, values far outside both models' test error (more than 3 test RMSEs away from both
+predictions) count as contradicting both; piling onto one side (all too high, or all too low) is
+the targeted pattern.
 
 Every number behind the decision is returned as evidence, to be stored and shown.
 """
@@ -30,16 +39,22 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
-from .spec import GateSpec, Requirements
+from .spec import LOWER_IS_BETTER, GateSpec, Requirements
 
-__all__ = ["check_requirements", "paired_evidence", "drop_lower_bound", "judge", "compare"]
+__all__ = ["check_requirements", "paired_evidence", "drop_lower_bound", "judge", "compare", "paired_errors",
+           "compare_regression"]
 
 
 def check_requirements(req: Requirements, metrics: dict[str, Any], latency: dict[str, float] | None,
                        size_mb: float | None) -> dict[str, Any]:
     """Each requirement with the measured value and whether it passed."""
-    checks = [{"name": f"test {req.metric}", "value": metrics[req.metric], "target": f">= {req.target}",
-               "passed": metrics[req.metric] >= req.target}]
+    value = metrics[req.metric]
+    if req.metric in LOWER_IS_BETTER:
+        checks = [{"name": f"test {req.metric}", "value": value, "target": f"<= {req.target}",
+                   "passed": value is not None and value <= req.target}]
+    else:
+        checks = [{"name": f"test {req.metric}", "value": value, "target": f">= {req.target}",
+                   "passed": value is not None and value >= req.target}]
     if req.p95_latency_ms is not None and latency is not None:
         checks.append({"name": "p95 latency (ms)", "value": latency["p95_ms"], "target": f"<= {req.p95_latency_ms}",
                        "passed": latency["p95_ms"] <= req.p95_latency_ms})
@@ -95,6 +110,14 @@ def drop_lower_bound(only_champion: int, only_challenger: int, n: int, confidenc
     return d - float(norm.ppf(confidence)) * var ** 0.5
 
 
+def feedback_disagreement_limit(gate: GateSpec, test: dict[str, Any]) -> float:
+    """The share of held-out feedback labels that may contradict both models before the hold-out is
+    suspect: the configured share, or twice the share of test examples both models get wrong when
+    that is larger (honest corrections on a hard task contradict both models that often)."""
+    both_wrong = test["contradicted_by_both"] / test["n"] if test.get("n") else 0.0
+    return max(gate.max_feedback_disagreement, 2 * both_wrong)
+
+
 def judge(req: Requirements, gate: GateSpec, class_names: list[str], challenger_requirements: dict[str, Any],
           test: dict[str, Any], feedback: dict[str, Any] | None) -> dict[str, Any]:
     """The decision from the evidence of :func:`paired_evidence` on the test split and the feedback hold-out."""
@@ -129,10 +152,11 @@ def judge(req: Requirements, gate: GateSpec, class_names: list[str], challenger_
         top = int(np.argmax(claims)) if c else 0
         k = max(feedback["classes_present"], 2)
         p_targeted = float(binomtest(claims[top], c, 1 / k, alternative="greater").pvalue) if c else 1.0
-        feedback["p_targeted"] = p_targeted
-        if rate > 2 * gate.max_feedback_disagreement or (rate > gate.max_feedback_disagreement and p_targeted < 0.01):
+        limit = feedback_disagreement_limit(gate, test)
+        feedback.update(p_targeted=p_targeted, disagreement_limit=limit)
+        if rate > 2 * limit or (rate > limit and p_targeted < 0.01):
             reasons.append(f"feedback looks unreliable: {rate:.0%} of held-out feedback labels contradict both "
-                           f"models (> {gate.max_feedback_disagreement:.0%}), {claims[top]} of {c} of them claiming "
+                           f"models (> {limit:.0%}), {claims[top]} of {c} of them claiming "
                            f"class {class_names[top]!r} (targeted p = {p_targeted:.2g}); possible poisoning")
     promoted = not reasons
     better = [s for s, ev in (("test split", test), ("held-out feedback", feedback if enough_feedback else None))
@@ -168,3 +192,97 @@ def compare(req: Requirements, champion: dict[str, Any], challenger: dict[str, A
                         "only_challenger_right": test["only_challenger_right"],
                         "p_value": min(1.0, 2 * min(test["p_challenger_better"], test["p_challenger_worse"]))})
     return out
+
+
+def paired_errors(y: np.ndarray, champion_pred: np.ndarray, challenger_pred: np.ndarray, confidence: float,
+                  outlier_scale: float | None = None) -> dict[str, Any]:
+    """Regression evidence on one set: both models' RMSE and MAE, one-sided Wilcoxon signed-rank
+    tests on the paired squared errors (both directions), and the lower confidence bound of the
+    challenger's RMSE relative to the champion's.
+
+    ``outlier_scale`` (the champion's test RMSE) marks targets more than 3 of it away from both
+    predictions as contradicting both models; ``contradicting_labels`` counts them [too low, too high].
+    """
+    from scipy.stats import norm, wilcoxon
+
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    a = np.asarray(champion_pred, dtype=np.float64).reshape(-1)
+    b = np.asarray(challenger_pred, dtype=np.float64).reshape(-1)
+    n = len(y)
+    ea, eb = (a - y) ** 2, (b - y) ** 2
+    d = eb - ea  # > 0: the challenger errs more on that example
+    alpha = 1 - confidence
+    p_worse = p_better = 1.0
+    if n and np.any(d != 0):
+        p_worse = float(wilcoxon(d, alternative="greater", zero_method="zsplit").pvalue)
+        p_better = float(wilcoxon(d, alternative="less", zero_method="zsplit").pvalue)
+    mse_a = float(ea.mean()) if n else 0.0
+    ratio_low = None
+    if n > 1 and mse_a > 0:
+        low = float(d.mean() - norm.ppf(confidence) * d.std(ddof=1) / n ** 0.5)
+        ratio_low = float(max(mse_a + low, 0.0) / mse_a) ** 0.5  # lower bound of RMSE_challenger / RMSE_champion
+    out = {
+        "n": n, "kind": "regression",
+        "champion_rmse": float(ea.mean() ** 0.5) if n else None,
+        "challenger_rmse": float(eb.mean() ** 0.5) if n else None,
+        "champion_mae": float(np.abs(a - y).mean()) if n else None,
+        "challenger_mae": float(np.abs(b - y).mean()) if n else None,
+        "challenger_closer": int(np.sum(d < 0)), "champion_closer": int(np.sum(d > 0)),
+        "p_challenger_better": p_better, "p_challenger_worse": p_worse,
+        "significantly_better": n > 0 and p_better < alpha, "significantly_worse": n > 0 and p_worse < alpha,
+        "rmse_ratio_lower_bound": ratio_low,
+    }
+    if outlier_scale is not None:
+        far = (np.abs(a - y) > 3 * outlier_scale) & (np.abs(b - y) > 3 * outlier_scale)
+        out["contradicted_by_both"] = int(far.sum())
+        out["contradicting_labels"] = [int(np.sum(far & (y < a))), int(np.sum(far & (y > a)))]
+    return out
+
+
+def compare_regression(req: Requirements, champion: dict[str, Any], challenger: dict[str, Any], y_true: np.ndarray,
+                       champion_pred: np.ndarray, challenger_pred: np.ndarray, challenger_requirements: dict[str, Any],
+                       gate: GateSpec | None = None, feedback: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Champion vs challenger for regression: the same four rules as :func:`judge`, on squared errors."""
+    gate = gate or GateSpec()
+    test = paired_errors(y_true, champion_pred, challenger_pred, gate.confidence)
+    reasons: list[str] = []
+    if not challenger_requirements["passed"]:
+        failed = [c["name"] for c in challenger_requirements["checks"] if not c["passed"]]
+        reasons.append("challenger misses requirements: " + ", ".join(failed))
+    if test["significantly_worse"]:
+        reasons.append(f"significantly worse on the test split (Wilcoxon p = {test['p_challenger_worse']:.3g})")
+    bound = test["rmse_ratio_lower_bound"]
+    if bound is not None and bound > 1 + gate.max_error_increase + 1e-9:
+        reasons.append(f"test RMSE rises from {test['champion_rmse']:.4g} to {test['challenger_rmse']:.4g} (lower "
+                       f"{gate.confidence:.0%} bound of the ratio {bound:.3f} > {1 + gate.max_error_increase:.3f})")
+    enough = feedback is not None and feedback["n"] >= gate.min_feedback_for_evidence
+    if enough:
+        if feedback["significantly_worse"]:
+            reasons.append("significantly worse on held-out feedback "
+                           f"(Wilcoxon p = {feedback['p_challenger_worse']:.3g})")
+        # Feedback values far from both models' predictions (see paired_errors' outlier_scale):
+        # honest noise falls on both sides, poisoning pushes one way.
+        c = feedback.get("contradicted_by_both", 0)
+        sides = feedback.get("contradicting_labels", [0, 0])
+        rate = c / feedback["n"]
+        p_targeted = float(binomtest(max(sides), c, 0.5, alternative="greater").pvalue) if c else 1.0
+        limit = gate.max_feedback_disagreement
+        feedback.update(p_targeted=p_targeted, disagreement_limit=limit)
+        if rate > 2 * limit or (rate > limit and p_targeted < 0.01):
+            side = "above" if sides[1] >= sides[0] else "below"
+            reasons.append(f"feedback looks unreliable: {rate:.0%} of held-out feedback values lie more than 3 test "
+                           f"RMSEs from both models (> {limit:.0%}), {max(sides)} of {c} of them {side} the "
+                           f"predictions (targeted p = {p_targeted:.2g}); possible poisoning")
+    promoted = not reasons
+    better = [name for name, ev in (("test split", test), ("held-out feedback", feedback if enough else None))
+              if ev is not None and ev["significantly_better"]]
+    if promoted:
+        reasons.append("meets requirements and is not worse than the champion"
+                       + (f"; significantly better on {' and '.join(better)}" if better else ""))
+    return {
+        "decision": "promoted" if promoted else "rejected", "kind": "regression", "reasons": reasons,
+        "metric": req.metric, "confidence": gate.confidence, "significantly_better_on": better,
+        "test": test, "feedback": feedback, "requirements": challenger_requirements,
+        "champion_value": champion[req.metric], "challenger_value": challenger[req.metric],
+        "test_examples": int(len(np.asarray(y_true))),
+    }

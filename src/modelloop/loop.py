@@ -22,10 +22,10 @@ import torch
 from .compress import ServingModule, choose_backend
 from .data import Dataset
 from .errors import InputError, RegistryError
-from .evaluate import classification_metrics
+from .evaluate import classification_metrics, regression_metrics
 from .evaluate.report import write_report
 from .feedback import FeedbackStore, open_store
-from .gate import check_requirements, compare, paired_evidence
+from .gate import check_requirements, compare, compare_regression, paired_errors, paired_evidence
 from .models import batched_logits, build_model, count_parameters
 from .registry import LoadedModel, LocalRegistry
 from .registry.artifact import library_versions
@@ -51,6 +51,26 @@ def _is_holdout(prediction_id: str, fraction: float) -> bool:
 def _proba(model: torch.nn.Module, feat, x: Any) -> np.ndarray:
     """Class probabilities of raw inputs (pixels 0-255 (N, C, H, W), or texts) through featurizer and model."""
     return torch.softmax(batched_logits(model, feat.transform(x)), 1).numpy()
+
+
+def _outputs(model: torch.nn.Module, feat, x: Any, regression: bool) -> np.ndarray:
+    """Raw inputs -> class probabilities (N, K), or predicted values (N,) for regression."""
+    if regression:
+        return batched_logits(model, feat.transform(x))[:, 0].float().numpy()
+    return _proba(model, feat, x)
+
+
+def _value_label(v: float) -> str:
+    """A predicted or fed-back number as the feedback store keeps it (6 significant digits)."""
+    return f"{float(v):.6g}"
+
+
+def _as_number(label: Any) -> float | None:
+    try:
+        f = float(label)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
 
 
 def _take(x: Any, mask: torch.Tensor | np.ndarray) -> Any:
@@ -80,6 +100,21 @@ class Loop:
         self.registry = LocalRegistry(self.paths.registry)
         self.task: Task = get_task(self.spec.task)
         self._store: FeedbackStore | None = None
+        #: regression: one number per input, scored by R² (which plays validation accuracy's part)
+        self.regression = self.task.problem == "regression"
+        self._score = "val R²" if self.regression else "val accuracy"
+
+    def _metrics(self, y: torch.Tensor, out: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+        """Test-style metrics of model outputs (probabilities, or values for regression)."""
+        if self.regression:
+            return regression_metrics(y.numpy(), out)
+        return classification_metrics(y.numpy(), out, class_names)
+
+    def _target(self, y: torch.Tensor) -> dict[str, float] | None:
+        """Regression: the training targets' mean and spread, which the networks' outputs are scaled by."""
+        if not self.regression:
+            return None
+        return {"mean": float(y.double().mean()), "std": float(y.double().std()) if len(y) > 1 else 1.0}
 
     @property
     def store(self) -> FeedbackStore:
@@ -128,6 +163,10 @@ class Loop:
         Returns a dict with ``version``, ``metrics`` (test split), ``champion`` (bool), ``passed``,
         ``gate``, ``report`` and more.
         """
+        if self.spec.task == "recommendation":
+            from .recommendation import core as rec
+
+            return rec.run(self, resume=resume, progress=progress)
         spec = self.spec
         t_start = time.perf_counter()
         found = self._unfinished_run() if resume else None
@@ -174,7 +213,8 @@ class Loop:
                       f"({sel.trials} trials, rule: {sel.choose})")
             selection, fitted = search_candidates(cands, (xtr, ytr), (xva, yva), len(ds.class_names), spec,
                                           timeout_s=max(1.0, budget * sel.share_of_budget - elapsed()),
-                                          run_dir=run_dir, cache_dir=self.paths.state / "cache", progress=progress)
+                                          run_dir=run_dir, cache_dir=self.paths.state / "cache", progress=progress,
+                                          target=self._target(ytr))
             selection["excluded"] = excluded
             state["selection"] = selection
             state["elapsed_s"] = elapsed()
@@ -182,7 +222,7 @@ class Loop:
             if selection["warning"]:
                 log.warning("%s", selection["warning"])
             self._say(progress, f"[selection] chose {selection['chosen']} "
-                      f"(val accuracy {selection['best_val_accuracy']:.4f}; "
+                      f"({self._score} {selection['best_val_accuracy']:.4f}; "
                       + next(r["decision"] for r in selection["leaderboard"] if r["candidate"] == selection["chosen"])
                       + ")")
 
@@ -193,6 +233,8 @@ class Loop:
         val = (fva, yva) if fva is not None else train
         config = {"family": cand.family, "input_shape": list(ftr.shape[1:]), "num_classes": len(ds.class_names),
                   "params": selection["best_params"], "featurizer": dict(cand.featurizer), "candidate": cand.name}
+        if self.regression:
+            config["target"] = self._target(ytr)
         result, model = self._train(config, train, val, run_dir, resume=found is not None,
                                      time_limit=max(5.0, budget - elapsed()), progress=progress)
         if cand.pretrained and spec.selection.distill:
@@ -277,7 +319,7 @@ class Loop:
             t = time.perf_counter()
             fitted = model.fit_direct(train, val, params, spec.seed)
             self._say(progress, f"[training] {config.get('candidate', config['family'])} fitted on {len(train[1])} "
-                      f"examples, val accuracy {fitted['best_val_accuracy']:.4f}")
+                      f"examples, {self._score} {fitted['best_val_accuracy']:.4f}")
             return TrainResult(best_state=model.state_dict(), best_epoch=len(fitted["history"]),
                                best_val_accuracy=fitted["best_val_accuracy"], history=fitted["history"],
                                stopped="fitted", seconds=time.perf_counter() - t), model
@@ -294,11 +336,11 @@ class Loop:
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
             if progress:
                 progress(f"[training] epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
-                         f"val accuracy {row['val_accuracy']:.4f}")
+                         f"{self._score} {row['val_accuracy']:.4f}")
 
         result = trainer.fit(model, train, val, on_epoch=on_epoch, resume=resume)
         self._say(progress, f"[training] best epoch {result.best_epoch} of {len(result.history)} "
-                  f"({result.stopped}), val accuracy {result.best_val_accuracy:.4f}")
+                  f"({result.stopped}), {self._score} {result.best_val_accuracy:.4f}")
         return result, model
 
     def _finish(self, *, model, config, feat, ds: Dataset, run_id: str, train_result, parent,
@@ -307,18 +349,22 @@ class Loop:
                 monitoring: dict[str, Any] | None = None, feedback_validation: int = 0) -> dict[str, Any]:
         spec = self.spec
         xte, yte = ds.splits["test"]
-        probs = _proba(model, feat, xte)
-        metrics = classification_metrics(yte.numpy(), probs, ds.class_names)
+        probs = _outputs(model, feat, xte, self.regression)
+        metrics = self._metrics(yte, probs, ds.class_names)
         xva, yva = ds.splits["val"]
-        val_metrics = (classification_metrics(yva.numpy(), _proba(model, feat, xva), ds.class_names)
+        val_metrics = (self._metrics(yva, _outputs(model, feat, xva, self.regression), ds.class_names)
                        if len(yva) else None)
         latency = serving_latency(feat, model, (xte if len(xte) else ds.splits["train"][0])[:1],
                                   threads=spec.serving.threads)
         size_mb = (model_bytes(model) + feat.frozen_bytes()) / 1e6
-        self._say(progress, f"[evaluation] test accuracy {metrics['accuracy']:.4f}, F1 macro "
-                  f"{metrics['f1_macro']:.4f}, p95 latency {latency['p95_ms']:.2f} ms")
+        if self.regression:
+            self._say(progress, f"[evaluation] test RMSE {metrics['rmse']:.4g}, MAE {metrics['mae']:.4g}, "
+                      f"R² {metrics['r2']:.4f}, p95 latency {latency['p95_ms']:.2f} ms")
+        else:
+            self._say(progress, f"[evaluation] test accuracy {metrics['accuracy']:.4f}, F1 macro "
+                      f"{metrics['f1_macro']:.4f}, p95 latency {latency['p95_ms']:.2f} ms")
         gate = check_requirements(spec.requirements, metrics, latency, size_mb)
-        decision = decide(metrics, probs.argmax(1), gate) if decide else None
+        decision = decide(metrics, probs if self.regression else probs.argmax(1), gate) if decide else None
 
         # Optimization for serving: export and time each backend, keep the fastest that agrees.
         export_dir = self.paths.runs / run_id / "export"
@@ -365,6 +411,7 @@ class Loop:
             "title": f"{title}: {spec.name} {version}", "version": version,
             "family": config.get("candidate", config["family"]),
             "fingerprint": fingerprint, "parent": parent, "class_names": ds.class_names, "metrics": metrics,
+            "score_name": self._score, "predicted": (yte.numpy(), probs) if self.regression else None,
             "gate": gate, "history": train_result.history, "latency": latency,
             "leaderboard": (selection or {}).get("leaderboard"), "trials": (selection or {}).get("trials"),
             "selection_warning": (selection or {}).get("warning"), "excluded": (selection or {}).get("excluded"),
@@ -395,12 +442,19 @@ class Loop:
         ids = [i for i, k in zip(ids, usable, strict=True) if k]
         if not all(usable):
             log.warning("skipped %d feedback rows whose input this model cannot take", usable.count(False))
-        index = {c: i for i, c in enumerate(class_names)}
-        keep = np.array([lab in index for lab in labels], dtype=bool)
-        if not keep.all():
-            log.warning("skipped %d feedback rows whose label is not a class of this model", int((~keep).sum()))
+        if self.regression:  # a label is the true value, as a number
+            values = [_as_number(lab) for lab in labels]
+            keep = np.array([v is not None for v in values], dtype=bool)
+            if not keep.all():
+                log.warning("skipped %d feedback rows whose label is not a number", int((~keep).sum()))
+            y = torch.tensor([v if v is not None else 0.0 for v in values], dtype=torch.float32)
+        else:
+            index = {c: i for i, c in enumerate(class_names)}
+            keep = np.array([lab in index for lab in labels], dtype=bool)
+            if not keep.all():
+                log.warning("skipped %d feedback rows whose label is not a class of this model", int((~keep).sum()))
+            y = torch.tensor([index.get(lab, -1) for lab in labels], dtype=torch.int64)
         hold = np.array([_is_holdout(pid, fs.holdout_fraction) for pid in ids], dtype=bool)
-        y = torch.tensor([index.get(lab, -1) for lab in labels], dtype=torch.int64)
         ids_arr = np.array(ids, dtype=object)
         out = {}
         for name, mask in (("train", keep & ~hold), ("holdout", keep & hold)):
@@ -415,6 +469,10 @@ class Loop:
         champion; otherwise it gets the ``challenger`` alias and waits for ``promote``. The
         decision and its evidence are stored in the registry either way.
         """
+        if self.spec.task == "recommendation":
+            from .recommendation import core as rec
+
+            return rec.retrain(self, progress=progress, promote=promote)
         champion = self.registry.champion()
         if champion is None:
             raise RegistryError(f"project {str(self.paths.root)!r}: no champion to retrain from; "
@@ -453,6 +511,8 @@ class Loop:
         # The refit featurizer may be wider than the parent's (new words, new categories): the network
         # is trained from scratch anyway, on the shape the features have now.
         config = {**config, "input_shape": list(train[0].shape[1:])}
+        if self.regression:
+            config["target"] = self._target(y_all)
         h = hashlib.sha256(ds.fingerprint.encode())
         for pid in fb_ids:
             h.update(pid.encode())
@@ -470,15 +530,24 @@ class Loop:
         # The champion is evaluated again, now, on the same images as the challenger.
         xte, yte = ds.splits["test"]
         champ_probs = parent.predict_proba(xte).numpy()
-        champ_metrics = classification_metrics(yte.numpy(), champ_probs, ds.class_names)
+        if self.regression:
+            champ_probs = champ_probs[:, 0]
+        champ_metrics = self._metrics(yte, champ_probs, ds.class_names)
         gate_spec = self.spec.gate
         fb_evidence = None
-        if len(hold_ids):
+        if len(hold_ids) and self.regression:
+            fb_evidence = paired_errors(yh.numpy(), parent.predict_proba(xh).numpy()[:, 0],
+                                        _outputs(model, feat, xh, True), gate_spec.confidence,
+                                        outlier_scale=champ_metrics["rmse"])
+        elif len(hold_ids):
             champ_h = parent.predict_proba(xh).numpy().argmax(1)
             chall_h = _proba(model, feat, xh).argmax(1)
             fb_evidence = paired_evidence(yh.numpy(), champ_h, chall_h, len(ds.class_names), gate_spec.confidence)
 
         def decide(chall_metrics, chall_pred, chall_gate):
+            if self.regression:
+                return compare_regression(self.spec.requirements, champ_metrics, chall_metrics, yte.numpy(),
+                                          champ_probs, chall_pred, chall_gate, gate=gate_spec, feedback=fb_evidence)
             return compare(self.spec.requirements, champ_metrics, chall_metrics, yte.numpy(), champ_probs.argmax(1),
                            chall_pred, chall_gate, gate=gate_spec, class_names=ds.class_names, feedback=fb_evidence)
 
@@ -507,13 +576,18 @@ class Loop:
 
     # -- registry ----------------------------------------------------------------------------
     def models(self) -> list[dict[str, Any]]:
+        if self.spec.task == "recommendation":
+            from .recommendation import core as rec
+
+            return rec.models(self)
         rows = []
         for m in self.registry.versions():
             test = m["metrics"]["test"]
             rows.append({
                 "version": m["version"], "aliases": m["aliases"],
                 "family": m["model"].get("candidate", m["model"]["family"]),
-                "accuracy": test["accuracy"], "f1_macro": test["f1_macro"], "parent": m.get("parent"),
+                "accuracy": test.get("accuracy"), "f1_macro": test.get("f1_macro"), "parent": m.get("parent"),
+                **({k: test.get(k) for k in ("rmse", "mae", "r2")} if "rmse" in test else {}),
                 "dataset": m["dataset"]["fingerprint"], "feedback_examples": m.get("feedback_examples", 0),
                 "created_at": m["created_at"], "requirements_passed": m["requirements"]["passed"],
                 "gate": (m.get("gate") or {}).get("decision"), "gate_reasons": (m.get("gate") or {}).get("reasons"),
@@ -540,6 +614,10 @@ class Loop:
     # -- monitoring, shadow, lineage, policy -------------------------------------------------
     def monitor(self) -> dict[str, Any]:
         """Input drift, prediction drift and live accuracy of the champion, plus shadow results."""
+        if self.spec.task == "recommendation":
+            from .recommendation import core as rec
+
+            return rec.monitor(self)
         from .feedback.drift import embed, mmd_test, psi
 
         champ = self.load_champion()
@@ -563,16 +641,29 @@ class Loop:
                      "n_reference": len(ref_emb), "n_live": len(x_live),
                      "reason": f"{len(x_live)} live inputs; at least 20 needed"}
         names = champ.class_names
-        ref_pred = [names[i] for i in champ.predict_proba(x_ref).numpy().argmax(1)]
+        if self.regression:  # predicted values binned by the reference predictions' deciles
+            ref_values = champ.predict_proba(x_ref).numpy()[:, 0]
+            edges = np.unique(np.quantile(ref_values, np.linspace(0, 1, 11)[1:-1]))
+            names = [f"decile {i + 1}" for i in range(len(edges) + 1)]
+
+            def binned(values) -> list[str]:
+                return [names[int(i)] for i in np.searchsorted(edges, np.asarray(values, dtype=float), side="right")]
+
+            ref_pred = binned(ref_values)
+            live_labels = binned([v for v in map(_as_number, live_labels) if v is not None])
+        else:
+            ref_pred = [names[i] for i in champ.predict_proba(x_ref).numpy().argmax(1)]
         value = psi(ref_pred, live_labels, names) if live_labels else None
         pred_drift = {"psi": value, "threshold": ms.psi_threshold,
                       "detected": value is not None and value > ms.psi_threshold,
                       "reference": {c: ref_pred.count(c) for c in names},
                       "live": {c: live_labels.count(c) for c in names}}
         stats = self.store.feedback_stats(self.spec.feedback.untrusted_clients, model_version=champ.version,
-                                          class_names=names)
+                                          class_names=None if self.regression else names)
+        if self.regression:  # exact agreement means nothing for numbers: live errors instead
+            stats.update(live_accuracy=None, low=None, high=None)
         since = max(champ.manifest["created_at"], self._watch_state().get("last_retrain_at", 0.0))
-        rows = self.store.labelled(names, self.spec.feedback.untrusted_clients)
+        rows = self.store.labelled(None if self.regression else names, self.spec.feedback.untrusted_clients)
         new = len(rows)
         new_since = sum(1 for r in rows if r["feedback_at"] > since)
         out = {
@@ -582,6 +673,7 @@ class Loop:
             "live_accuracy": {"value": stats["live_accuracy"], "low": stats["low"], "high": stats["high"],
                               "n": stats["labelled"], "confidence": stats["confidence"]},
             "feedback": {"labelled": new, "new_since_last_training": new_since, **self.store.counts()},
+            "live_error": self._live_error(champ.version) if self.regression else None,
             "clients": [{**c, "trusted": c["client"] not in self.spec.feedback.untrusted_clients}
                         for c in self.store.clients()],
         }
@@ -589,6 +681,16 @@ class Loop:
         if shadow:
             out["shadow"] = self.shadow_report(shadow)
         return out
+
+    def _live_error(self, version: str) -> dict[str, Any]:
+        """Regression: RMSE and MAE of the values served by ``version`` against the values fed back."""
+        pairs = [(_as_number(r["predicted"]), _as_number(r["label"]))
+                 for r in self.store.labelled(None, self.spec.feedback.untrusted_clients, model_version=version)]
+        pairs = [(p, t) for p, t in pairs if p is not None and t is not None]
+        if not pairs:
+            return {"n": 0, "rmse": None, "mae": None}
+        e = np.array([p - t for p, t in pairs])
+        return {"n": len(e), "rmse": float(np.sqrt(np.mean(e ** 2))), "mae": float(np.mean(np.abs(e)))}
 
     def shadow(self, version: str | None) -> dict[str, Any]:
         """Put ``version`` in shadow mode (it scores live traffic next to the champion, silently),
@@ -662,7 +764,7 @@ class Loop:
         from scipy.stats import norm as normal
 
         history = self.registry.champion_history()
-        if len(history) < 2:
+        if len(history) < 2 or self.regression:  # regression: no live accuracy to compare (see live_error)
             return None
         cur, prev = history[-1], history[-2]
         names = self.registry.manifest(cur)["class_names"]

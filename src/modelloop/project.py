@@ -28,7 +28,7 @@ __all__ = ["Project"]
 TEXT_BUILTINS = ("rotten-tomatoes",)
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 DEFAULT_DATA = {"image-classification": "builtin:seed-case", "text-classification": "builtin:rotten-tomatoes",
-                "tabular-classification": "builtin:breast-cancer"}
+                "tabular-classification": "builtin:breast-cancer", "tabular-regression": "builtin:diabetes"}
 #: audio has no built-in example: ``modelloop data keywords OUT`` synthesizes one
 AUDIO_DATA_HINT = ("a folder of class subfolders of audio clips (WAV/FLAC/OGG); make one with "
                    "'modelloop data keywords OUT'")
@@ -41,9 +41,11 @@ def _check_source(source: str, base: Path, task: str = "image-classification") -
             why = "no built-in audio dataset" if source.startswith("builtin:") else "no such folder"
             raise DataError(f"data source {source!r}: {why}; expected {AUDIO_DATA_HINT}")
         return
-    if task == "tabular-classification":
-        from .data.tabular import TABULAR_BUILTINS, TABULAR_SUFFIXES
+    if task in ("tabular-classification", "tabular-regression"):
+        from .data.tabular import REGRESSION_BUILTINS, TABULAR_BUILTINS, TABULAR_SUFFIXES
 
+        if task == "tabular-regression":
+            TABULAR_BUILTINS = REGRESSION_BUILTINS  # noqa: N806
         path = Path(source) if Path(source).is_absolute() else base / source
         if source.startswith("builtin:"):
             if source.removeprefix("builtin:") not in TABULAR_BUILTINS:
@@ -98,6 +100,10 @@ class Project:
             DataError: the data source does not exist.
         """
         path = Path(path)
+        if task == "recommendation":
+            from .recommendation.project import init_project
+
+            return cls(init_project(path, data=data, name=name, overwrite=overwrite, **requirements))
         if task not in TASKS:
             raise SpecError(f"option 'task': received {task!r}; expected one of {', '.join(TASKS)}")
         if (path / SPEC_FILE).exists() and not overwrite:
@@ -148,12 +154,18 @@ class Project:
         Returns:
             One ``{"label", "scores", "model_version"}`` per input.
         """
+        if self.loop.spec.task == "recommendation":
+            raise InputError(f"project {str(self.path)!r}: a recommendation project has no predict; expected "
+                             "Project.recommend(user, k) or Project.similar(item, k) (GET /recommend, GET /similar)")
         model = self.loop.load_champion()
         if self.loop.task.input_kind == "tabular":
             if hasattr(inputs, "to_dict") and hasattr(inputs, "columns"):  # a pandas DataFrame
                 inputs = inputs.astype(object).where(inputs.notna(), None).to_dict("records")
             rows = model.featurizer.coerce_rows([inputs] if isinstance(inputs, dict) else list(inputs), "inputs")
             probs = model.predict_proba(rows).numpy()
+            if model.regression:
+                return [{"value": float(p[0]), "label": f"{float(p[0]):.6g}", "model_version": model.version}
+                        for p in probs]
             return [{"label": model.class_names[int(p.argmax())],
                      "scores": dict(zip(model.class_names, map(float, p), strict=True)),
                      "model_version": model.version} for p in probs]
@@ -195,6 +207,44 @@ class Project:
         return [{"label": model.class_names[int(p.argmax())],
                  "scores": dict(zip(model.class_names, map(float, p), strict=True)),
                  "model_version": model.version} for p in probs]
+
+    def _recommender(self):
+        from .recommendation.core import load_version
+
+        if self.loop.spec.task != "recommendation":
+            raise InputError(f"project {str(self.path)!r}: a {self.loop.spec.task} project; recommend and similar "
+                             "are for recommendation projects (use predict)")
+        champion = self.loop.registry.champion()
+        if champion is None:
+            raise InputError(f"project {str(self.path)!r}: no champion yet; run 'modelloop run DIR' first")
+        return load_version(self.loop.registry, champion)
+
+    def recommend(self, user: str, k: int = 10, exclude_seen: bool = True) -> dict[str, Any]:
+        """The champion's top-``k`` items for ``user``, offline and not logged (the server logs
+        what it serves). A user without history gets the most popular items (``fallback``).
+
+        Returns ``{"user", "items": [{"item", "score", "title"}], "fallback", "model_version"}``.
+        """
+        import math
+
+        m = self._recommender()
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InputError(f"argument 'k': received {k!r}; expected a whole number >= 1")
+        scores = m.model.score_matrix([str(user)], exclude_seen=exclude_seen)[0]
+        top = torch.topk(scores, min(k, scores.shape[0]))
+        items = [{"item": m.model.items[j], "score": float(v), "title": m.title(m.model.items[j])}
+                 for j, v in zip(top.indices.tolist(), top.values.tolist(), strict=True) if v > -math.inf]
+        return {"user": str(user), "items": items, "model_version": m.version,
+                "fallback": None if str(user) in m.model.user_index else "popularity"}
+
+    def similar(self, item: str, k: int = 10) -> dict[str, Any]:
+        """The ``k`` items most similar to ``item`` by the champion's item vectors."""
+        m = self._recommender()
+        if str(item) not in m.model.item_index:
+            raise InputError(f"argument 'item': received {item!r}, not one of the {len(m.model.items)} items model "
+                             f"{m.version} knows; expected a known item id")
+        return {"item": str(item), "title": m.title(str(item)), "model_version": m.version,
+                "items": [{"item": i, "title": m.title(i)} for i in m.model.similar_items(str(item), k)]}
 
     def serve(self, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **overrides: Any) -> None:
         """Serve the champion over HTTP until interrupted.

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError
+from .recommendation.config import RecommendationSpec
 
 __all__ = [
     "TASKS",
@@ -38,7 +39,8 @@ __all__ = [
 ]
 
 SPEC_FILE = "modelloop.yaml"
-TASKS = ("image-classification", "text-classification", "audio-classification", "tabular-classification")
+TASKS = ("image-classification", "text-classification", "audio-classification", "tabular-classification",
+         "tabular-regression", "recommendation")
 METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
 FAMILIES = ("linear", "mlp", "cnn")
 
@@ -102,22 +104,41 @@ class DataSpec(_Strict):
 class Requirements(_Strict):
     """What a model must achieve to be shipped.
 
-    ``metric`` on the test split must reach ``target``. The optional budgets gate too:
+    ``metric`` on the test split must reach ``target`` (at least it; at most it for the error
+    metrics ``rmse`` and ``mae``). Classification tasks measure accuracy, f1_macro,
+    precision_macro or recall_macro; regression measures r2 (the default there), rmse or mae, in
+    the target's units. The optional budgets gate too:
     ``p95_latency_ms`` (single-item prediction on this machine) and ``max_model_size_mb``
     (artifact size). ``time_budget_s`` bounds the whole training run (selection + training).
     """
 
-    metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro"] = "accuracy"
-    target: float = Field(0.95, ge=0.0, le=1.0)
+    metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro", "r2", "rmse", "mae",
+                    "ndcg@10", "precision@10", "recall@10"] = "accuracy"
+    target: float = 0.95
     p95_latency_ms: float | None = Field(None, gt=0)
     max_model_size_mb: float | None = Field(None, gt=0)
     time_budget_s: float = Field(600.0, gt=0)
+
+    @field_validator("target")
+    @classmethod
+    def _target_fits_metric(cls, v: float, info) -> float:
+        metric = info.data.get("metric", "accuracy")
+        if metric in LOWER_IS_BETTER:
+            if v < 0:
+                raise ValueError(f"must be an error >= 0 for {metric}")
+        elif v > 1.0 or (metric != "r2" and v < 0):
+            raise ValueError(f"must be {'<= 1' if metric == 'r2' else 'between 0 and 1'} for {metric}")
+        return v
 
 
 IMAGE_CANDIDATES = ("linear", "mlp", "cnn", "efficientnet", "efficientnet-finetune")
 TEXT_CANDIDATES = ("tfidf-linear", "minilm-linear", "minilm-mlp", "tfidf-minilm-linear", "minilm-lora")
 AUDIO_CANDIDATES = ("cnn", "ds-cnn")
 TABULAR_CANDIDATES = ("linear", "mlp", "hgb")
+CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
+REGRESSION_METRICS = ("r2", "rmse", "mae")
+#: metrics where smaller is better (errors, in the target's units)
+LOWER_IS_BETTER = ("rmse", "mae")
 
 
 class SelectionSpec(_Strict):
@@ -155,7 +176,8 @@ class SelectionSpec(_Strict):
         known = tuple(dict.fromkeys(IMAGE_CANDIDATES + TEXT_CANDIDATES + AUDIO_CANDIDATES + TABULAR_CANDIDATES))
         bad = [c for c in v if c not in known]
         if bad:
-            raise ValueError(f"unknown candidate {bad[0]!r}; expected some of {', '.join(known)}")
+            raise ValueError(f"unknown candidate {bad[0]!r}; expected some of {', '.join(known)} (recommendation "
+                             "projects list theirs under recommendation.candidates)")
         return list(dict.fromkeys(v))
 
 
@@ -233,6 +255,8 @@ class GateSpec(_Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     max_accuracy_drop: float = Field(0.02, ge=0, le=1)
     max_class_recall_drop: float = Field(0.06, ge=0, le=1)
+    #: regression: the largest test RMSE rise (relative, beyond chance) a challenger may have
+    max_error_increase: float = Field(0.05, ge=0)
     max_feedback_disagreement: float = Field(0.15, gt=0, le=1)
     min_feedback_for_evidence: int = Field(20, ge=1)
 
@@ -271,7 +295,7 @@ class Spec(_Strict):
 
     name: str = "project"
     task: Literal["image-classification", "text-classification", "audio-classification",
-                  "tabular-classification"] = "image-classification"
+                  "tabular-classification", "tabular-regression", "recommendation"] = "image-classification"
     data: DataSpec
     requirements: Requirements = Requirements()
     selection: SelectionSpec = SelectionSpec()
@@ -281,6 +305,7 @@ class Spec(_Strict):
     gate: GateSpec = GateSpec()
     monitor: MonitorSpec = MonitorSpec()
     policy: PolicySpec = PolicySpec()
+    recommendation: RecommendationSpec | None = None  # see recommendation/config.py
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -288,13 +313,34 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _candidates_fit_task(self) -> Spec:
+        if self.task == "recommendation":
+            from .recommendation.config import check_spec
+
+            return check_spec(self)
         allowed = {"text-classification": TEXT_CANDIDATES,
                    "audio-classification": AUDIO_CANDIDATES,
-                   "tabular-classification": TABULAR_CANDIDATES}.get(self.task, IMAGE_CANDIDATES)
+                   "tabular-classification": TABULAR_CANDIDATES,
+                   "tabular-regression": TABULAR_CANDIDATES}.get(self.task, IMAGE_CANDIDATES)
         for c in self.selection.candidates or []:
             if c not in allowed:
                 raise ValueError(f"selection.candidates: {c!r} is not a candidate for {self.task}; "
                                  f"expected some of {', '.join(allowed)}")
+        return self
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> Spec:
+        req = self.requirements
+        if self.task == "tabular-regression":
+            if "metric" not in req.model_fields_set:  # the classification default means nothing here
+                req.metric = "r2"
+                if "target" not in req.model_fields_set:
+                    req.target = 0.5
+            if req.metric not in REGRESSION_METRICS:
+                raise ValueError(f"requirements.metric: {req.metric!r} is not a regression metric; "
+                                 f"expected one of {', '.join(REGRESSION_METRICS)}")
+        elif self.task.endswith("-classification") and req.metric not in CLASSIFICATION_METRICS:
+            raise ValueError(f"requirements.metric: {req.metric!r} is not a classification metric; "
+                             f"expected one of {', '.join(CLASSIFICATION_METRICS)}")
         return self
 
 

@@ -32,6 +32,9 @@ CASES = [
     ("text-classification", "minilm-lora"),
     ("tabular-classification", "linear"),
     ("tabular-classification", "hgb"),
+    ("tabular-regression", "linear"),
+    ("tabular-regression", "mlp"),
+    ("tabular-regression", "hgb"),
     ("audio-classification", "cnn"),
     ("audio-classification", "ds-cnn"),
 ]
@@ -58,7 +61,11 @@ def tables():
             r["mean texture"] = None
         rows.append(r)
     names = sorted(set(t.labels))
-    return {"tabular-classification": (rows, torch.tensor([names.index(t.labels[i]) for i in idx]), names, None)}
+    d = load_tabular_builtin("diabetes", numeric_target=True)  # regression: float targets, one output
+    ridx = rng.permutation(len(d.rows))[:96]
+    reg = ([d.rows[i] for i in ridx], torch.tensor([d.labels[i] for i in ridx], dtype=torch.float32), ["target"], None)
+    return {"tabular-classification": (rows, torch.tensor([names.index(t.labels[i]) for i in idx]), names, None),
+            "tabular-regression": reg}
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +109,9 @@ def test_task_contract(task_name, candidate, data, tmp_path, request):
     config = {"family": cand.family, "input_shape": list(ftr.shape[1:]), "num_classes": len(names),
               "params": {"lr": 3e-3, "weight_decay": 1e-4}, "featurizer": dict(cand.featurizer),
               "candidate": cand.name}
+    regression = task.problem == "regression"
+    if regression:
+        config["target"] = {"mean": float(ytr.mean()), "std": float(ytr.std())}
     torch.manual_seed(0)
     model = build_model(config)
     if hasattr(model, "fit_direct"):  # fitted directly (gradient-boosted trees), not by gradient descent
@@ -110,7 +120,8 @@ def test_task_contract(task_name, candidate, data, tmp_path, request):
         Trainer(TrainConfig(max_epochs=3, batch_size=32)).fit(model, (ftr, ytr), (fva, y[n_train:]))
     model.eval()
     with torch.inference_mode():
-        expected = torch.softmax(model(feat.transform(xte)), 1)
+        out = model(feat.transform(xte))
+        expected = out.float() if regression else torch.softmax(out, 1)
     assert expected.shape == (len(xte), len(names))
 
     # save/load round trip: the artifact predicts what the trained model predicted
@@ -128,10 +139,11 @@ def test_task_contract(task_name, candidate, data, tmp_path, request):
     item = xte[0] if isinstance(xte, list) else xte[0].numpy()
     row = prediction_row("p1", version, item, names[0], {n: 0.5 for n in names}, 1.0)
     store.log_many([row])
-    store.add_feedback("p1", names[1])
+    truth = "123.5" if regression else names[1]  # regression feedback: the true value
+    store.add_feedback("p1", truth)
     items, labels, ids = store.labelled_inputs(names)
     back, usable = task.collate(items, _Like(fmt))
-    assert usable == [True] and labels == [names[1]] and ids == ["p1"]
+    assert usable == [True] and labels == [truth] and ids == ["p1"]
     assert torch.allclose(loaded.predict_proba(back), got[:1], atol=1e-5)
     store.close()
 

@@ -88,3 +88,22 @@ def test_demo_tabular_case_runs_the_whole_loop(tmp_path):
     assert res["traffic"]["feedback"] == (versions["v2"]["feedback_examples"] + v2["feedback_validation"]
                                           + v2["feedback_holdout"])
 
+
+
+def test_demo_regression_case_runs_the_whole_loop(tmp_path):
+    """``modelloop demo --task tabular-regression``: 70% of the diabetes patients to train on, the rest
+    as traffic; users report the measured progression."""
+    directory = tmp_path / "patients"
+    res = cli_json("demo", str(directory), "--task", "tabular-regression", timeout=600)
+    versions = {v["version"]: v for v in res["versions"]}
+    assert list(versions) == ["v1", "v2"]
+    assert versions["v1"]["test_r2"] >= 0.3 and versions["v1"]["test_accuracy"] is None
+    assert versions["v2"]["parent"] == "v1" and versions["v2"]["feedback_examples"] > 0
+    assert res["champion"] == ("v2" if res["decision"] == "promoted" else "v1")
+    assert res["served_after_retrain"] == res["champion"]
+    # Live error on unseen patients is within the spread of the outcome (a model, not a constant).
+    assert res["traffic"]["requests"] == 442 - 309 and res["traffic"]["live_rmse"] < 77.0
+    v2 = json.loads((directory / "registry" / "versions" / "v2" / "manifest.json").read_text())
+    assert v2["gate"]["kind"] == "regression"
+    assert res["traffic"]["feedback"] == (versions["v2"]["feedback_examples"] + v2["feedback_validation"]
+                                          + v2["feedback_holdout"])

@@ -11,8 +11,15 @@ otherwise (any non-numeric cell makes the whole column categorical). An integer-
 quote a letter into it) to have it one-hot encoded instead. A column with no value at all is
 dropped and listed in the data report. Rows whose target is missing are dropped and listed.
 
+For regression (``tabular-regression``) the target must be a number in every row that has one;
+rows without one are dropped and listed, and a cell that is not a number is an error naming the
+row. The split is random but balanced over the target's deciles, so test and training see the same
+range of values.
+
 Built-ins (from scikit-learn, offline): ``builtin:breast-cancer`` (569 rows, 30 numeric columns,
-``malignant``/``benign``) and ``builtin:wine`` (178 rows, 13 numeric columns, 3 cultivars).
+``malignant``/``benign``) and ``builtin:wine`` (178 rows, 13 numeric columns, 3 cultivars) for
+classification; ``builtin:diabetes`` (442 rows, 10 numeric columns, disease progression after one
+year, 25-346) for regression.
 """
 
 from __future__ import annotations
@@ -30,9 +37,10 @@ from ..errors import DataError
 from ..spec import DataSpec
 
 __all__ = ["TabularTable", "TABULAR_BUILTINS", "TABULAR_SUFFIXES", "load_tabular_file", "load_tabular_builtin",
-           "prepare_tabular_dataset"]
+           "prepare_tabular_dataset", "prepare_regression_dataset", "REGRESSION_BUILTINS"]
 
 TABULAR_BUILTINS = ("breast-cancer", "wine")
+REGRESSION_BUILTINS = ("diabetes",)
 TABULAR_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
 
 
@@ -41,7 +49,7 @@ class TabularTable:
     """Rows of feature cells, their labels (str) and what was dropped on the way."""
 
     rows: list[dict[str, Any]]
-    labels: list[str]
+    labels: list[str] | list[float]
     numeric: list[str]
     categorical: list[str]
     label_column: str
@@ -100,11 +108,30 @@ def _categorical_cell(v: Any) -> str | None:
     return s or None
 
 
-def frame_to_table(frame: pd.DataFrame, label_column: str, source: str) -> TabularTable:
+def _number(v: Any, source: str, row: int, column: str) -> float | None:
+    """One regression target cell -> a float, or None when missing."""
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, str) and not v.strip():
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        f = math.nan
+    if isinstance(v, bool) or not math.isfinite(f):
+        raise DataError(f"data source {source!r}#row {row}: target column {column!r} holds {v!r}; expected a "
+                        "finite number (this is a regression task; use tabular-classification for classes)")
+    return f
+
+
+def frame_to_table(frame: pd.DataFrame, label_column: str, source: str, numeric_target: bool = False) -> TabularTable:
     """A pandas frame -> rows and labels, typing each feature column (see the module docstring).
 
+    With ``numeric_target`` the labels are floats (regression), else class names.
+
     Raises:
-        DataError: the target column is missing, or no feature column is left.
+        DataError: the target column is missing, a regression target is not a number, or no
+            feature column is left.
     """
     frame = frame.rename(columns=lambda c: str(c).strip())
     columns = list(frame.columns)
@@ -114,7 +141,8 @@ def frame_to_table(frame: pd.DataFrame, label_column: str, source: str) -> Tabul
         else:
             raise DataError(f"data source {source!r}: no target column {label_column!r} (columns: {columns}); "
                             "expected the column named by data.label_column (default 'label', or 'target')")
-    labels = [_label(v) for v in frame[label_column].tolist()]
+    labels = ([_number(v, source, i + 1, label_column) for i, v in enumerate(frame[label_column].tolist())]
+              if numeric_target else [_label(v) for v in frame[label_column].tolist()])
     dropped = [{"file": f"{source}#row {i + 1}", "reason": f"missing target in column {label_column!r}"}
                for i, lab in enumerate(labels) if lab is None]
     keep = np.array([lab is not None for lab in labels], dtype=bool)
@@ -143,23 +171,31 @@ def frame_to_table(frame: pd.DataFrame, label_column: str, source: str) -> Tabul
     return TabularTable(rows, labels, numeric, categorical, label_column, dropped, dropped_columns, missing)
 
 
-def load_tabular_file(path: str | Path, label_column: str = "label", source: str | None = None) -> TabularTable:
+def load_tabular_file(path: str | Path, label_column: str = "label", source: str | None = None,
+                      numeric_target: bool = False) -> TabularTable:
     """Read a CSV/TSV/JSON Lines/Parquet table. Raises DataError naming the file on any problem."""
     path = Path(path)
     source = source or str(path)
-    return frame_to_table(_read(path, source), label_column, source)
+    return frame_to_table(_read(path, source), label_column, source, numeric_target)
 
 
-def load_tabular_builtin(name: str) -> TabularTable:
-    """``builtin:breast-cancer`` or ``builtin:wine`` from scikit-learn (pass NAME)."""
+def load_tabular_builtin(name: str, numeric_target: bool = False) -> TabularTable:
+    """``builtin:breast-cancer`` or ``builtin:wine`` (classes), ``builtin:diabetes`` (regression),
+    from scikit-learn (pass NAME)."""
     from sklearn import datasets
 
-    loaders = {"breast-cancer": datasets.load_breast_cancer, "wine": datasets.load_wine}
-    if name not in loaders:
-        raise DataError(f"data source 'builtin:{name}': unknown built-in dataset for tabular-classification; "
-                        "expected one of " + ", ".join(f"builtin:{n}" for n in TABULAR_BUILTINS))
+    names = REGRESSION_BUILTINS if numeric_target else TABULAR_BUILTINS
+    loaders = {"breast-cancer": datasets.load_breast_cancer, "wine": datasets.load_wine,
+               "diabetes": datasets.load_diabetes}
+    if name not in names:
+        task = "tabular-regression" if numeric_target else "tabular-classification"
+        raise DataError(f"data source 'builtin:{name}': unknown built-in dataset for {task}; "
+                        "expected one of " + ", ".join(f"builtin:{n}" for n in names))
     b = loaders[name]()
     frame = pd.DataFrame(b.data, columns=[str(c) for c in b.feature_names])
+    if numeric_target:
+        frame["target"] = b.target.astype(float)
+        return frame_to_table(frame, "target", f"builtin:{name}", numeric_target=True)
     frame["label"] = [str(b.target_names[i]) for i in b.target]
     return frame_to_table(frame, "label", f"builtin:{name}")
 
@@ -199,3 +235,52 @@ def prepare_tabular_dataset(data: DataSpec, base_dir: str | Path = "."):
                "missing_cells": table.missing_cells},
     )
     return Dataset(splits, class_names, None, report, fingerprint(splits, class_names), kind="tabular")
+
+
+def prepare_regression_dataset(data: DataSpec, base_dir: str | Path = "."):
+    """Load, validate and split a table with a numeric target into a ``Dataset`` of kind ``tabular``.
+
+    Labels are float32 target values; ``class_names`` is ``[target column]`` (one output).
+
+    Raises:
+        DataError: the source is missing or unreadable, the target column is missing or holds a
+            non-number, fewer than 10 rows have a target, or the target is constant.
+    """
+    from .dataset import SPLITS, DataReport, Dataset, fingerprint, stratified_split
+
+    source = data.source
+    if source.startswith("builtin:"):
+        table = load_tabular_builtin(source.removeprefix("builtin:"), numeric_target=True)
+    else:
+        path = Path(source)
+        if not path.is_absolute():
+            path = Path(base_dir) / path
+        table = load_tabular_file(path, data.label_column, source, numeric_target=True)
+    y = np.asarray(table.labels, dtype=np.float64)
+    if len(y) < 10:
+        raise DataError(f"data source {source!r}: {len(y)} rows with a target in column {table.label_column!r}; "
+                        "expected at least 10 to train, validate and test a regression")
+    if float(y.std()) == 0.0:
+        raise DataError(f"data source {source!r}: the target column {table.label_column!r} is constant "
+                        f"({y[0]:g} in all {len(y)} rows); expected varying values to learn from")
+    # Random split balanced over the target's deciles (each decile split like a class would be).
+    edges = np.quantile(y, np.linspace(0, 1, 11)[1:-1])
+    bins = np.searchsorted(edges, y, side="right")
+    bins = np.unique(bins, return_inverse=True)[1]
+    counts = np.bincount(bins)
+    bins = np.where(counts[bins] < 2, 0, bins)
+    idx = stratified_split(bins, {"test": data.split.test, "val": data.split.validation}, data.split.seed)
+    yt = torch.from_numpy(y.astype(np.float32))
+    splits = {s: ([table.rows[i] for i in idx[s]], yt[torch.from_numpy(np.asarray(idx[s], dtype=np.int64))])
+              for s in SPLITS}
+    name = table.label_column
+    report = DataReport(
+        source=source, found=len(table.rows) + len(table.dropped), kept=len(table.rows), dropped=table.dropped,
+        class_counts={}, split_counts={s: {"rows": len(idx[s])} for s in SPLITS},
+        table={"label_column": name, "columns": table.columns, "numeric": table.numeric,
+               "categorical": table.categorical, "dropped_columns": table.dropped_columns,
+               "missing_cells": table.missing_cells,
+               "target": {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()),
+                          "max": float(y.max())}},
+    )
+    return Dataset(splits, [name], None, report, fingerprint(splits, [name]), kind="tabular")

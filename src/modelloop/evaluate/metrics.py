@@ -1,4 +1,4 @@
-"""Classification metrics as pure functions of labels and class probabilities."""
+"""Classification and regression metrics as pure functions of labels and model outputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
-__all__ = ["classification_metrics", "measure_latency"]
+__all__ = ["classification_metrics", "regression_metrics", "r2_score", "measure_latency"]
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict[str, Any]:
@@ -49,6 +49,30 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Coefficient of determination, 1 - SSE / SST (0.0 when the targets are constant or absent)."""
+    y, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    sst = float(((y - y.mean()) ** 2).sum()) if len(y) else 0.0
+    return 1.0 - float(((y - p) ** 2).sum()) / sst if sst > 0 else 0.0
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """RMSE, MAE and R² of predicted values, plus the targets' spread for scale.
+
+    Args:
+        y_true, y_pred: (N,) numbers, in the target's units.
+    Returns:
+        A JSON-able dict with ``n``, ``rmse``, ``mae``, ``r2``, ``target_std`` and ``mean_error``
+        (bias: mean of prediction - truth).
+    """
+    y, p = np.asarray(y_true, dtype=np.float64).reshape(-1), np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    if not len(y):
+        return {"n": 0, "rmse": None, "mae": None, "r2": None, "target_std": None, "mean_error": None}
+    e = p - y
+    return {"n": int(len(y)), "rmse": float(np.sqrt(np.mean(e ** 2))), "mae": float(np.mean(np.abs(e))),
+            "r2": r2_score(y, p), "target_std": float(y.std()), "mean_error": float(e.mean())}
 
 
 def measure_latency(model: torch.nn.Module, example: torch.Tensor, runs: int = 60,

@@ -35,7 +35,7 @@ def _png(fig) -> str:
     return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def _learning_curves(history: list[dict[str, float]]) -> str:
+def _learning_curves(history: list[dict[str, float]], score: str = "validation accuracy") -> str:
     fig, ax1 = plt.subplots(figsize=(5.5, 3.4))
     ep = [h["epoch"] for h in history]
     ax1.plot(ep, [h["train_loss"] for h in history], label="train loss", color="#3366cc")
@@ -43,8 +43,8 @@ def _learning_curves(history: list[dict[str, float]]) -> str:
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax2 = ax1.twinx()
-    ax2.plot(ep, [h["val_accuracy"] for h in history], label="validation accuracy", color="#109618", ls="--")
-    ax2.set_ylabel("accuracy")
+    ax2.plot(ep, [h["val_accuracy"] for h in history], label=score, color="#109618", ls="--")
+    ax2.set_ylabel(score.removeprefix("validation "))
     fig.legend(loc="upper right", fontsize=8)
     ax1.set_title("Learning curves (final training)")
     return _png(fig)
@@ -63,6 +63,18 @@ def _confusion(cm: list[list[int]], names: list[str], title: str) -> str:
         for j in range(k):
             ax.text(j, i, cm[i][j], ha="center", va="center", color="white" if cm[i][j] > top / 2 else "black",
                     fontsize=8)
+    ax.set_title(title)
+    return _png(fig)
+
+
+def _scatter(y: Any, pred: Any, title: str) -> str:
+    """Predicted against true values (regression), with the identity line."""
+    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    ax.scatter(y, pred, s=10, alpha=0.7, color="#3366cc")
+    lo, hi = float(min(min(y), min(pred))), float(max(max(y), max(pred)))
+    ax.plot([lo, hi], [lo, hi], color="#999999", lw=1)
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
     ax.set_title(title)
     return _png(fig)
 
@@ -127,6 +139,9 @@ def _fmt(v: Any) -> str:
 
 
 def _metrics_table(metrics: dict[str, Any]) -> str:
+    if "rmse" in metrics:  # regression
+        return _table(["metric", "test"], [[k, _fmt(metrics.get(k))] for k in
+                                           ("rmse", "mae", "r2", "mean_error", "target_std", "n")])
     rows = [[k, _fmt(metrics.get(k))] for k in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "roc_auc")]
     per = [[html.escape(c), _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1"]), m["support"]]
            for c, m in metrics["per_class"].items()]
@@ -155,15 +170,25 @@ def write_report(path: str | Path, ctx: dict[str, Any]) -> Path:
         cls = "pass" if d["decision"] == "promoted" else "fail"
         parts.append(f"<h2>Gate decision: <span class='{cls}'>{d['decision']}</span></h2>")
         parts.append("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in d["reasons"]) + "</ul>")
-        m = d["mcnemar"]
         parts.append(_table(["", d["metric"] + " (test)"],
                             [["champion " + html.escape(ctx.get("parent") or ""), _fmt(d["champion_value"])],
                              ["challenger " + html.escape(ctx["version"]), _fmt(d["challenger_value"])]]))
-        parts.append(f"<p>Paired comparison on {d['test_examples']} test images: only the champion right on "
-                     f"{m['only_champion_right']}, only the challenger right on {m['only_challenger_right']} "
-                     f"(McNemar exact p = {m['p_value']:.3g}). Feedback examples used: "
-                     f"{ctx.get('feedback_examples', 0)}.</p>")
         fb = d.get("feedback")
+        if d.get("kind") == "regression":
+            for where, ev in (("test rows", d["test"]), ("held-out feedback examples", fb)):
+                if ev:
+                    parts.append(f"<p>Paired squared errors on {ev['n']} {where}: RMSE champion "
+                                 f"{ev['champion_rmse']:.4g}, challenger {ev['challenger_rmse']:.4g}; the challenger "
+                                 f"is closer on {ev['challenger_closer']}, the champion on {ev['champion_closer']} "
+                                 f"(Wilcoxon: challenger better p = {ev['p_challenger_better']:.3g}, worse p = "
+                                 f"{ev['p_challenger_worse']:.3g}).</p>")
+            fb = None
+        else:
+            m = d["mcnemar"]
+            parts.append(f"<p>Paired comparison on {d['test_examples']} test examples: only the champion right on "
+                         f"{m['only_champion_right']}, only the challenger right on {m['only_challenger_right']} "
+                         f"(McNemar exact p = {m['p_value']:.3g}). Feedback examples used: "
+                         f"{ctx.get('feedback_examples', 0)}.</p>")
         if fb:
             parts.append(f"<p>On {fb['n']} held-out feedback examples: champion {fb['champion_accuracy']:.4f}, "
                          f"challenger {fb['challenger_accuracy']:.4f} (challenger better p = "
@@ -174,9 +199,13 @@ def write_report(path: str | Path, ctx: dict[str, Any]) -> Path:
         parts.append("<h2>Monitoring when retraining started</h2>" + _monitor_plot(mon))
     parts.append("<h2>Requirements</h2>" + _gate_table(ctx["gate"]))
     parts.append("<h2>Test metrics</h2>" + _metrics_table(ctx["metrics"]))
-    plots = [_confusion(ctx["metrics"]["confusion_matrix"], names, "Confusion matrix (test)")]
+    score = "validation " + ctx.get("score_name", "val accuracy").removeprefix("val ")
+    if ctx.get("predicted") is not None:
+        plots = [_scatter(*ctx["predicted"], "Predicted vs true (test)")]
+    else:
+        plots = [_confusion(ctx["metrics"]["confusion_matrix"], names, "Confusion matrix (test)")]
     if ctx.get("history"):
-        plots.insert(0, _learning_curves(ctx["history"]))
+        plots.insert(0, _learning_curves(ctx["history"], score))
     if ctx.get("leaderboard"):
         plots.append(_tradeoff_plot(ctx["leaderboard"], ctx.get("requirements")))
     parts.append("<div class='grid'>" + "".join(plots) + "</div>")
@@ -186,7 +215,8 @@ def write_report(path: str | Path, ctx: dict[str, Any]) -> Path:
                  _fmt(r.get("featurize_s")) + " / " + _fmt(r.get("search_s")), html.escape(r.get("decision", ""))]
                 for r in ctx["leaderboard"]]
         parts.append("<h2>Technology selection (validation split)</h2>"
-                     + _table(["candidate", "pretrained", "val accuracy", "p95 ms", "size MB", "parameters", "trials",
+                     + _table(["candidate", "pretrained", ctx.get("score_name", "val accuracy"), "p95 ms", "size MB",
+                               "parameters", "trials",
                                "features / search s", "decision"], rows))
         if ctx.get("selection_warning"):
             parts.append(f"<p class='fail'>{html.escape(ctx['selection_warning'])}</p>")
@@ -218,8 +248,9 @@ def write_report(path: str | Path, ctx: dict[str, Any]) -> Path:
                      + "".join(f" {label} {html.escape(str(rep[key]))}." for key, label in (
                          ("image_format", "Image format"), ("text", "Texts:"), ("audio", "Clips:"),
                          ("table", "Table:")) if rep.get(key)) + "</p>")
-        split_rows = [[s] + [c.get(n, 0) for n in names] for s, c in rep["split_counts"].items()]
-        parts.append(_table(["split", *map(html.escape, names)], split_rows))
+        cols = names if ctx.get("predicted") is None else ["rows"]
+        split_rows = [[s] + [c.get(n, 0) for n in cols] for s, c in rep["split_counts"].items()]
+        parts.append(_table(["split", *map(html.escape, cols)], split_rows))
         if rep["dropped"]:
             parts.append(_table(["dropped file", "reason"],
                                 [[html.escape(d["file"]), html.escape(d["reason"])] for d in rep["dropped"][:200]]))

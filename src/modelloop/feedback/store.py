@@ -27,7 +27,7 @@ from ..errors import NotFoundError, StoreError
 __all__ = ["FeedbackStore", "open_store", "SCHEMA_VERSION", "FEEDBACK_KINDS", "TEXT_DTYPE", "wilson_interval"]
 
 SCHEMA_VERSION = 2
-FEEDBACK_KINDS = ("label", "thumbs", "rating")
+FEEDBACK_KINDS = ("label", "thumbs", "rating", "click")
 TEXT_DTYPE = "utf-8"  # input_dtype of a text input: its UTF-8 bytes
 
 _meta = sa.MetaData()

@@ -1,10 +1,12 @@
-"""Gradient-boosted trees as a torch module: scikit-learn's HistGradientBoostingClassifier, no pickle.
+"""Gradient-boosted trees as a torch module: scikit-learn's HistGradientBoostingClassifier (or
+...Regressor), no pickle.
 
 :class:`HGBNet` holds a fitted ensemble as plain tensors (one row of node arrays per tree) and
 evaluates every tree for every row at once: each step moves all (row, tree) pairs one level down,
 so the Python loop runs ``depth`` times, never once per row or per tree. Its logits equal
 scikit-learn's ``decision_function`` (binary: ``logits[:, 1] - logits[:, 0]``; multi-class: the
-logits themselves), within float32 rounding of the sum.
+logits themselves), within float32 rounding of the sum; a regression ensemble's single output
+equals the regressor's ``predict``.
 
 ``fit_direct`` fits the scikit-learn estimator on the given features and copies its trees into the
 module's buffers; the loop calls it instead of the gradient-descent trainer. Buffers take the
@@ -56,10 +58,11 @@ class HGBNet(nn.Module):
             so latency measured on an unfitted module is close to the fitted one's.
     """
 
-    def __init__(self, in_shape: tuple[int, ...], num_classes: int, **params: Any) -> None:
+    def __init__(self, in_shape: tuple[int, ...], num_classes: int, regression: bool = False, **params: Any) -> None:
         super().__init__()
         self.in_features = math.prod(in_shape)
-        self.num_classes = int(num_classes)
+        self.regression = bool(regression)
+        self.num_classes = 1 if self.regression else int(num_classes)
         s = _settings(params)
         per_round = 1 if self.num_classes == 2 else self.num_classes
         trees, nodes = int(s["max_iter"]) * per_round, 2 * int(s["max_leaf_nodes"]) - 1
@@ -113,7 +116,7 @@ class HGBNet(nn.Module):
         raw = self.baseline.expand(n, per_round).clone()        # (N, K') K' = 1 (binary) or K
         raw.index_add_(1, self.tree_class, leaf)
         raw = raw.to(torch.float32)
-        if per_round == 1:                                      # binary: softmax([0, r]) = sigmoid(r)
+        if per_round == 1 and not self.regression:              # binary: softmax([0, r]) = sigmoid(r)
             return torch.cat([torch.zeros_like(raw), raw], dim=1)
         return raw
 
@@ -124,7 +127,7 @@ class HGBNet(nn.Module):
         Raises:
             ValueError: the estimator uses categorical splits, or its class count differs.
         """
-        if len(clf.classes_) != self.num_classes:
+        if not self.regression and len(clf.classes_) != self.num_classes:
             raise ValueError(f"estimator: received {len(clf.classes_)} classes; expected {self.num_classes}")
         rounds = clf._predictors
         per_round = 1 if self.num_classes == 2 else self.num_classes
@@ -169,11 +172,13 @@ class HGBNet(nn.Module):
             ``{"best_val_accuracy", "history": [{"epoch": 1, "train_loss", "val_loss",
             "val_accuracy"}], "rounds"}``.
         """
-        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
         s = _settings(params)
         xtr, ytr = train[0].flatten(1).double().numpy(), train[1].numpy()
         xva, yva = val[0].flatten(1).double().numpy(), val[1].numpy()
+        if self.regression:
+            return self._fit_regression(xtr, ytr, xva, yva, s, seed, HistGradientBoostingRegressor)
         clf = HistGradientBoostingClassifier(
             max_iter=int(s["max_iter"]), learning_rate=float(s["learning_rate"]),
             max_leaf_nodes=int(s["max_leaf_nodes"]), max_depth=s["max_depth"],
@@ -202,6 +207,33 @@ class HGBNet(nn.Module):
         row = {"epoch": 1, "train_loss": _ce(tr_logits, ytr), "val_loss": _ce(va_logits, yva) if len(yva) else 0.0,
                "val_accuracy": va_acc}
         return {"best_val_accuracy": va_acc, "history": [row], "rounds": len(clf._predictors)}
+
+
+    def _fit_regression(self, xtr, ytr, xva, yva, s: dict[str, Any], seed: int, estimator) -> dict[str, Any]:
+        """The regressor's half of :meth:`fit_direct`: rounds chosen by validation squared error,
+        scored by R² (``best_val_accuracy`` holds the validation R²)."""
+        from threadpoolctl import threadpool_limits
+
+        from ..evaluate.metrics import r2_score
+
+        reg = estimator(max_iter=int(s["max_iter"]), learning_rate=float(s["learning_rate"]),
+                        max_leaf_nodes=int(s["max_leaf_nodes"]), max_depth=s["max_depth"],
+                        min_samples_leaf=int(s["min_samples_leaf"]), l2_regularization=float(s["l2_regularization"]),
+                        early_stopping=False, categorical_features=None, random_state=seed)
+        ytr64, yva64 = ytr.astype(np.float64), yva.astype(np.float64)
+        with threadpool_limits(limits=1, user_api="openmp"):
+            reg.fit(xtr, ytr64)
+            if len(yva):
+                losses = [float(np.mean((p - yva64) ** 2)) for p in reg.staged_predict(xva)]
+                reg._predictors = reg._predictors[: int(np.argmin(losses)) + 1]
+        self.load_sklearn(reg)
+        with torch.inference_mode():
+            tr = self(torch.from_numpy(xtr)).double().numpy()[:, 0]
+            va = self(torch.from_numpy(xva)).double().numpy()[:, 0]
+        r2 = r2_score(yva64, va) if len(yva) else 0.0
+        row = {"epoch": 1, "train_loss": float(np.mean((tr - ytr64) ** 2)),
+               "val_loss": float(np.mean((va - yva64) ** 2)) if len(yva) else 0.0, "val_accuracy": r2}
+        return {"best_val_accuracy": r2, "history": [row], "rounds": len(reg._predictors)}
 
 
 def _ce(logits: np.ndarray, y: np.ndarray) -> float:

@@ -87,6 +87,11 @@ class LoadedModel:
         return self.manifest.get("task", "image-classification")
 
     @property
+    def regression(self) -> bool:
+        """One value per input (``predict_proba`` then gives (N, 1) values, not probabilities)."""
+        return bool(self.manifest.get("model", {}).get("target"))
+
+    @property
     def normalizer(self) -> Normalizer:
         """The pixel statistics of an image model trained from scratch."""
         return self.featurizer.normalizer
@@ -96,22 +101,27 @@ class LoadedModel:
         return self.featurizer.transform(x)
 
     def predict_proba(self, x: Any) -> torch.Tensor:
-        """Raw inputs (N items) -> (N, K) probabilities, through the serving backend."""
+        """Raw inputs (N items) -> (N, K) probabilities, through the serving backend; for a
+        regression model (N, 1) predicted values."""
         if self.run is not None:
             if isinstance(x, (torch.Tensor, np.ndarray)):
                 arr = x.numpy() if isinstance(x, torch.Tensor) else x
                 x = np.ascontiguousarray(arr, dtype=np.float32)
             return torch.from_numpy(self.run(x))
-        return torch.softmax(batched_logits(self.model, self.features(x)), dim=1)
+        out = batched_logits(self.model, self.features(x))
+        return out.float() if self.regression else torch.softmax(out, dim=1)
 
 
-def featurizer_runner(model: torch.nn.Module, featurizer: Any) -> Callable[[Any], np.ndarray]:
-    """The torch serving function of a model whose featurizer is not exportable (texts, pretrained)."""
+def featurizer_runner(model: torch.nn.Module, featurizer: Any, regression: bool = False
+                      ) -> Callable[[Any], np.ndarray]:
+    """The torch serving function of a model whose featurizer is not exportable (texts, pretrained,
+    tables): probabilities (N, K), or values (N, 1) for regression."""
 
     def run(x: Any) -> np.ndarray:
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(x)
-        return torch.softmax(batched_logits(model, featurizer.transform(x)), dim=1).numpy()
+        out = batched_logits(model, featurizer.transform(x))
+        return out.float().numpy() if regression else torch.softmax(out, dim=1).numpy()
 
     return run
 
@@ -144,7 +154,7 @@ def load_artifact(folder: Path, backend_override: str | None = None, threads: in
     names = list(pre["class_names"])
     if not getattr(featurizer, "exportable", False):
         return LoadedModel(manifest["version"], manifest, model, fmt, featurizer, names, "torch",
-                           featurizer_runner(model, featurizer))
+                           featurizer_runner(model, featurizer, bool(manifest["model"].get("target"))))
     backend = (manifest.get("serving") or {}).get("backend", "torch")
     if backend_override is not None:
         backend = backend_override

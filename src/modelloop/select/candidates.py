@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..models import build_model, count_parameters
-from ..spec import Spec
+from ..spec import LOWER_IS_BETTER, Spec
 from ..tasks import Candidate, featurizer_from_config
 from .search import CandidateSearch
 
@@ -70,8 +70,11 @@ def prepare_features(candidate: Candidate, train_x: Any, val_x: Any, cache_dir: 
 
 def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tensor], val: tuple[Any, torch.Tensor],
                       num_classes: int, spec: Spec, timeout_s: float, run_dir: Path, cache_dir: Path | None,
-                      progress=None) -> dict[str, Any]:
+                      progress=None, target: dict[str, float] | None = None) -> dict[str, Any]:
     """Search each candidate; measure latency and size of its best trial; choose one.
+
+    ``target`` (regression: the training targets' mean and std) makes every candidate predict one
+    value; ``val_accuracy`` in its rows is then the validation R².
 
     Returns the selection record (JSON-able: ``leaderboard`` (one row per candidate), ``trials``
     (every trial), ``chosen`` (the candidate name), ``best_family``, ``best_params``, ``warning``)
@@ -102,7 +105,8 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
             "feat": feat, "feat_s": time.perf_counter() - t, "train": (ftr, ytr),
             "val": (fva, yva) if fva is not None else (ftr, ytr),
             "base": {"input_shape": list(ftr.shape[1:]), "num_classes": num_classes,
-                     "featurizer": dict(cand.featurizer), "candidate": cand.name},
+                     "featurizer": dict(cand.featurizer), "candidate": cand.name,
+                     **({"target": target} if target else {})},
             "shift": spec.data.augmentation.shift if cand.featurizer["kind"] == "pixels" else 0,
             "trials": 1,
         }
@@ -156,33 +160,38 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
 def choose(rows: list[dict[str, Any]], spec: Spec) -> tuple[dict[str, Any], str | None]:
     """Mark each row with whether it meets the requirements and why; return the chosen row and a warning.
 
-    Quality is validation accuracy against ``requirements.target + selection.quality_margin``
-    (for the accuracy metric; other metrics are checked on the test split by the gate).
+    Quality is validation accuracy (R² for regression) against ``requirements.target +
+    selection.quality_margin`` (other metrics are checked on the test split by the gate). For an
+    error metric (rmse, mae) there is no validation score to hold against the target, so the most
+    accurate candidate (best validation R²) is taken.
     """
     req, sel = spec.requirements, spec.selection
-    need = req.target + sel.quality_margin
+    score = "val R²" if spec.task == "tabular-regression" else "val accuracy"
+    need = None if req.metric in LOWER_IS_BETTER else req.target + sel.quality_margin
     for r in rows:
         misses = []
-        if r["val_accuracy"] is None or r["val_accuracy"] < need:
-            misses.append(f"val accuracy {r['val_accuracy'] or 0:.4f} < {need:.4f}")
+        if r["val_accuracy"] is None or (need is not None and r["val_accuracy"] < need):
+            misses.append(f"{score} {r['val_accuracy'] or 0:.4f} < {need if need is not None else 0:.4f}")
         if req.p95_latency_ms is not None and r["p95_ms"] > req.p95_latency_ms:
             misses.append(f"p95 {r['p95_ms']:.2f} ms > {req.p95_latency_ms} ms")
         if req.max_model_size_mb is not None and r["size_mb"] > req.max_model_size_mb:
             misses.append(f"size {r['size_mb']:.2f} MB > {req.max_model_size_mb} MB")
         r["meets_requirements"] = not misses
         r["misses"] = misses
-    best = max(rows, key=lambda r: (r["val_accuracy"] or 0.0, -r["p95_ms"]))
+    best = max(rows, key=lambda r: (r["val_accuracy"] if r["val_accuracy"] is not None else float("-inf"),
+                                    -r["p95_ms"]))
     ok = [r for r in rows if r["meets_requirements"]]
     warning = None
-    if sel.choose == "best":
+    if sel.choose == "best" or need is None:
         chosen = best
-        why = "best validation accuracy (selection.choose: best)"
+        why = (f"best {score} (selection.choose: best)" if need is not None
+               else f"best {score} (requirements.metric {req.metric} has no validation target)")
     elif ok:
         chosen = min(ok, key=lambda r: (r["p95_ms"], r["size_mb"]))
         why = "cheapest (lowest p95 latency) of those meeting every requirement"
     else:
         chosen = best
-        why = "best validation accuracy: no candidate meets every requirement"
+        why = f"best {score}: no candidate meets every requirement"
         warning = ("no candidate meets every requirement (" + "; ".join(
             f"{r['candidate']}: {', '.join(r['misses'])}" for r in rows) + "); took the most accurate")
     for r in rows:
@@ -191,6 +200,6 @@ def choose(rows: list[dict[str, Any]], spec: Spec) -> tuple[dict[str, Any], str 
         elif not r["meets_requirements"]:
             r["decision"] = "misses " + ", ".join(r["misses"])
         else:
-            r["decision"] = ("meets the requirements but is slower or larger" if sel.choose == "cheapest"
-                             else "lower validation accuracy")
+            r["decision"] = ("meets the requirements but is slower or larger"
+                             if sel.choose == "cheapest" and need is not None else f"lower {score}")
     return chosen, warning

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 import uuid
@@ -29,6 +30,8 @@ from ..data.image import decode_image, parse_pixels
 from ..errors import InputError, ModelloopError
 from ..feedback import PredictionWriter, prediction_row
 from ..loop import Loop
+from ..recommendation.serve import attach as attach_recommendation
+from ..recommendation.serve import router as recommendation_router
 from ..registry import LoadedModel
 from .batching import MicroBatcher
 from .metrics import ServerMetrics
@@ -133,6 +136,9 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
     holder = ModelHolder(loop, backend, cfg.threads, on_load=lambda m: metrics.serving(m.version, m.backend))
     keys: KeyRing = load_keys(cfg.keys, loop.paths.state / "keys.json")
     writer_box: dict[str, PredictionWriter] = {}
+    rec = attach_recommendation(loop, metrics, keys, writer_box)  # None unless task is recommendation
+    if rec is not None:
+        holder = rec.holder
 
     def forward(x: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
         model = holder.get()
@@ -221,6 +227,8 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
         ``{"instances": [[...], ...]}`` (a list), or multipart field ``file`` (one or more files).
         Text models take ``{"text": ...}``; audio models ``{"samples": [...], "sample_rate": 16000}``
         or uploaded WAV/FLAC/OGG clips in field ``file`` (an unusable clip: 422 naming the file)."""
+        if rec is not None:
+            rec.refuse_predict()
         t0 = time.perf_counter()
         batcher.arriving()
         queued = False
@@ -240,10 +248,16 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
         out, rows = [], []
         for xi, p in zip(x, res.probs, strict=True):
             pid = uuid.uuid4().hex
-            scores = {n: float(v) for n, v in zip(names, p, strict=True)}
-            label = names[int(p.argmax())]
-            out.append({"prediction_id": pid, "label": label, "scores": scores, "model_version": model.version,
-                        "latency_ms": latency_ms})
+            if model.regression:  # one number: the label the store keeps is the value, 6 significant digits
+                value = float(p[0])
+                label, scores = f"{value:.6g}", {names[0]: value}
+                out.append({"prediction_id": pid, "value": value, "label": label, "model_version": model.version,
+                            "latency_ms": latency_ms})
+            else:
+                scores = {n: float(v) for n, v in zip(names, p, strict=True)}
+                label = names[int(p.argmax())]
+                out.append({"prediction_id": pid, "label": label, "scores": scores, "model_version": model.version,
+                            "latency_ms": latency_ms})
             rows.append(prediction_row(pid, model.version, xi, label, scores, latency_ms))
         writer_box["w"].put(rows)
         if shadow.active():
@@ -257,12 +271,24 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
     def feedback(body: FeedbackIn, request: Request) -> FeedbackOut:
         """Give the correct label for a prediction (client key). Unknown ``prediction_id``: 404;
         a label the model does not know: 422."""
+        if rec is not None:
+            return rec.feedback(body, request)
         keys.require(request, "client")
         writer_box["w"].flush()  # a prediction answered a moment ago is committed before we look
         pred = loop.store.get_prediction(body.prediction_id)
-        classes = loop.registry.manifest(pred["model_version"])["class_names"]
+        manifest = loop.registry.manifest(pred["model_version"])
+        classes = manifest["class_names"]
         label = pred["label"] if body.label is None else str(body.label)
-        if label not in classes:
+        if manifest["model"].get("target"):  # regression: the label is the true value
+            try:
+                number = float(label)
+            except ValueError:
+                number = float("nan")
+            if isinstance(body.label, bool) or not math.isfinite(number):
+                raise InputError(f"field 'label': received {body.label!r}; expected the true value of "
+                                 f"{classes[0]!r}, a finite number")
+            label = f"{number:.6g}"
+        elif label not in classes:
             raise InputError(f"field 'label': received {body.label!r}; expected one of {', '.join(classes)}")
         fid = loop.store.add_feedback(body.prediction_id, label, client=keys.fingerprint(key_from_request(request)),
                                       kind=body.kind, value=body.value)
@@ -378,5 +404,6 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
     def index() -> FileResponse:
         return FileResponse(UI_DIR / "index.html")
 
+    app.include_router(recommendation_router(loop, rec, cfg.open_predict))
     app.mount("/ui", StaticFiles(directory=UI_DIR), name="ui")
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
 
 
 class PredictResponse(BaseModel):
@@ -18,10 +18,12 @@ class PredictResponse(BaseModel):
 class FeedbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prediction_id: str = Field(min_length=1, max_length=64)
-    kind: Literal["label", "thumbs", "rating"] = Field("label", description=(
-        "label: the correct class; thumbs: value +1 (right) or -1 (wrong); rating: value 1-5."))
-    label: str | int | None = Field(None, description="The correct class name (kind label); an integer is "
-                                                       "read as its text.")
+    kind: Literal["label", "thumbs", "rating", "click"] = Field("label", description=(
+        "label: the correct class; thumbs: value +1 (right) or -1 (wrong); rating: value 1-5; click "
+        "(recommendation): the user clicked the item named in label."))
+    label: StrictStr | StrictInt | StrictFloat | None = Field(None, description=(
+        "The correct class name (kind label); an integer is read as its text. Regression models: the true "
+        "value, a number."))
     value: float | None = Field(None, description="thumbs: +1 or -1; rating: 1 to 5.")
 
     @model_validator(mode="after")

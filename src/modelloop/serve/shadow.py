@@ -84,7 +84,7 @@ class ShadowScorer:
                     probs = model.run(np.ascontiguousarray(np.concatenate([xs for _, xs in items]), dtype=np.float32))
                 now = time.time()
                 rows = [{"prediction_id": pid, "model_version": model.version,
-                         "label": model.class_names[int(p.argmax())],
+                         "label": f"{float(p[0]):.6g}" if model.regression else model.class_names[int(p.argmax())],
                          "scores": json.dumps(dict(zip(model.class_names, map(float, p), strict=True))),
                          "created_at": now} for pid, p in zip(ids, probs, strict=True)]
                 self._loop.store.log_many([], shadow_rows=rows)

@@ -38,7 +38,9 @@ class Task(ABC):
     """Everything task-specific the loop needs; about six methods."""
 
     name: str
-    input_kind: str  # "image" | "text" | "audio"
+    input_kind: str  # "image" | "text" | "audio" | "tabular"
+    #: "classification" (outputs: class probabilities) or "regression" (one number per input)
+    problem: str = "classification"
     candidates: dict[str, Candidate]
     default_candidates: tuple[str, ...]
 
@@ -73,7 +75,8 @@ class Task(ABC):
         return {}
 
 
-TASK_NAMES = ("image-classification", "text-classification", "audio-classification", "tabular-classification")
+TASK_NAMES = ("image-classification", "text-classification", "audio-classification", "tabular-classification",
+              "tabular-regression", "recommendation")
 
 
 def get_task(name: str) -> Task:
@@ -93,4 +96,12 @@ def get_task(name: str) -> Task:
         from .tabular_classification import TabularClassification
 
         return TabularClassification()
+    if name == "tabular-regression":
+        from .tabular_regression import TabularRegression
+
+        return TabularRegression()
+    if name == "recommendation":
+        from .recommendation import Recommendation
+
+        return Recommendation()
     raise ValueError(f"task {name!r}: unknown; expected one of {', '.join(TASK_NAMES)}")

@@ -115,8 +115,16 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
+def _is_regression(y: torch.Tensor) -> bool:
+    """Targets (N,) float are values to regress; (N,) int64 are classes, (N, K) float soft classes."""
+    return y.is_floating_point() and y.dim() == 1
+
+
 def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Hard labels (N,) int64 -> cross-entropy; soft targets (N, K) float -> soft cross-entropy."""
+    """Hard labels (N,) int64 -> cross-entropy; soft targets (N, K) float -> soft cross-entropy;
+    values (N,) float -> mean squared error of the single output (N, 1)."""
+    if _is_regression(y):
+        return F.mse_loss(logits.float()[:, 0], y.float())
     if y.is_floating_point():
         return soft_cross_entropy(logits, y)
     return F.cross_entropy(logits.float(), y)
@@ -146,10 +154,19 @@ class Trainer:
                   channels_last: bool = False) -> tuple[float, float]:
         """(mean loss, accuracy) in fp32 — the precision the weights are kept and served in.
 
-        y: (N,) int64 class indices, or (N, K) float class probabilities (accuracy against the argmax).
+        y: (N,) int64 class indices, or (N, K) float class probabilities (accuracy against the argmax),
+        or (N,) float values: then (mean squared error, R²) — R² plays accuracy's part (higher is better).
         """
         device = device or torch.device("cpu")
         model.eval()
+        if _is_regression(y):
+            with torch.inference_mode():
+                pred = torch.cat([model(self._to_device(x[i : i + 1024], device, channels_last)).float()[:, 0].cpu()
+                                  for i in range(0, len(x), 1024)]) if len(x) else torch.zeros(0)
+            yv = y.float()
+            sse = float(((pred - yv) ** 2).sum())
+            sst = float(((yv - yv.mean()) ** 2).sum()) if len(yv) else 0.0
+            return sse / max(len(yv), 1), (1.0 - sse / sst) if sst > 0 else 0.0
         with torch.inference_mode():
             losses, correct = 0.0, 0
             for i in range(0, len(x), 1024):
@@ -235,7 +252,7 @@ class Trainer:
 
         t0 = time.perf_counter()
         start_epoch, history = 0, []
-        best = {"acc": -1.0, "loss": float("inf"), "epoch": -1, "state": _cpu_state(model)}
+        best = {"acc": float("-inf"), "loss": float("inf"), "epoch": -1, "state": _cpu_state(model)}
         bad_epochs, elapsed_before, saved_plan = 0, 0.0, None
         # Early stopping first anneals: when validation stops improving, the learning rate decays to
         # zero over a few more epochs (a plateau at a high rate is noise, not convergence), then stops.

@@ -1,0 +1,35 @@
+"""Tabular regression: rows of numeric and categorical columns with a numeric target -> a number.
+
+Everything about rows is shared with :class:`~.tabular_classification.TabularClassification`
+(the same featurizer learned on the training split, the same request bodies and stored rows);
+only the target differs. The candidates predict one value: a linear model, an MLP, and
+scikit-learn's HistGradientBoostingRegressor evaluated as torch tensors. The networks learn the
+target standardized by the training split's mean and standard deviation, which their artifact
+keeps, so they answer in the target's units. Metrics: RMSE, MAE and R²; the gate compares
+champion and challenger on paired squared errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data.tabular import prepare_regression_dataset
+from ..spec import DataSpec
+from .base import Candidate
+from .tabular_classification import _TAB, TabularClassification
+
+__all__ = ["TabularRegression"]
+
+
+class TabularRegression(TabularClassification):
+    name = "tabular-regression"
+    problem = "regression"
+    candidates = {
+        "linear": Candidate("linear", "linear", dict(_TAB), about="linear regression on the featurized row"),
+        "mlp": Candidate("mlp", "mlp", dict(_TAB), about="one hidden layer on the featurized row"),
+        "hgb": Candidate("hgb", "hgb", dict(_TAB),
+                         about="histogram gradient-boosted regression trees (scikit-learn), evaluated in torch"),
+    }
+
+    def prepare(self, data: DataSpec, base_dir: Path):
+        return prepare_regression_dataset(data, base_dir)
