@@ -42,7 +42,7 @@ from scipy.stats import binomtest
 from .spec import LOWER_IS_BETTER, GateSpec, Requirements
 
 __all__ = ["check_requirements", "paired_evidence", "drop_lower_bound", "judge", "compare", "paired_errors",
-           "compare_regression"]
+           "compare_regression", "conclude"]
 
 
 def check_requirements(req: Requirements, metrics: dict[str, Any], latency: dict[str, float] | None,
@@ -110,6 +110,19 @@ def drop_lower_bound(only_champion: int, only_challenger: int, n: int, confidenc
     return d - float(norm.ppf(confidence)) * var ** 0.5
 
 
+def conclude(reasons: list[str], test: dict[str, Any], feedback: dict[str, Any] | None) -> tuple[str, list[str]]:
+    """The decision from the reasons against the challenger (none: promoted), and where it was
+    significantly better (``feedback`` None when there was too little to count). A promotion's
+    reason is appended to ``reasons``."""
+    better = [name for name, ev in (("test split", test), ("held-out feedback", feedback))
+              if ev is not None and ev["significantly_better"]]
+    if reasons:
+        return "rejected", better
+    reasons.append("meets requirements and is not worse than the champion"
+                   + (f"; significantly better on {' and '.join(better)}" if better else ""))
+    return "promoted", better
+
+
 def feedback_disagreement_limit(gate: GateSpec, test: dict[str, Any]) -> float:
     """The share of held-out feedback labels that may contradict both models before the hold-out is
     suspect: the configured share, or twice the share of test examples both models get wrong when
@@ -158,14 +171,9 @@ def judge(req: Requirements, gate: GateSpec, class_names: list[str], challenger_
             reasons.append(f"feedback looks unreliable: {rate:.0%} of held-out feedback labels contradict both "
                            f"models (> {limit:.0%}), {claims[top]} of {c} of them claiming "
                            f"class {class_names[top]!r} (targeted p = {p_targeted:.2g}); possible poisoning")
-    promoted = not reasons
-    better = [s for s, ev in (("test split", test), ("held-out feedback", feedback if enough_feedback else None))
-              if ev is not None and ev["significantly_better"]]
-    if promoted:
-        reasons.append("meets requirements and is not worse than the champion"
-                       + (f"; significantly better on {' and '.join(better)}" if better else ""))
+    decision, better = conclude(reasons, test, feedback if enough_feedback else None)
     return {
-        "decision": "promoted" if promoted else "rejected",
+        "decision": decision,
         "reasons": reasons,
         "metric": req.metric,
         "confidence": gate.confidence,
@@ -273,14 +281,9 @@ def compare_regression(req: Requirements, champion: dict[str, Any], challenger: 
             reasons.append(f"feedback looks unreliable: {rate:.0%} of held-out feedback values lie more than 3 test "
                            f"RMSEs from both models (> {limit:.0%}), {max(sides)} of {c} of them {side} the "
                            f"predictions (targeted p = {p_targeted:.2g}); possible poisoning")
-    promoted = not reasons
-    better = [name for name, ev in (("test split", test), ("held-out feedback", feedback if enough else None))
-              if ev is not None and ev["significantly_better"]]
-    if promoted:
-        reasons.append("meets requirements and is not worse than the champion"
-                       + (f"; significantly better on {' and '.join(better)}" if better else ""))
+    decision, better = conclude(reasons, test, feedback if enough else None)
     return {
-        "decision": "promoted" if promoted else "rejected", "kind": "regression", "reasons": reasons,
+        "decision": decision, "kind": "regression", "reasons": reasons,
         "metric": req.metric, "confidence": gate.confidence, "significantly_better_on": better,
         "test": test, "feedback": feedback, "requirements": challenger_requirements,
         "champion_value": champion[req.metric], "challenger_value": challenger[req.metric],

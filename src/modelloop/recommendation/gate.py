@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from scipy.stats import binomtest, wilcoxon
 
+from ..gate import conclude
 from .config import K
 from .core import top_lists
 
@@ -147,16 +148,12 @@ def judge(spec, champ_model, chall_model, champ_m: dict[str, Any], chall_m: dict
         reasons.append(f"significantly worse on held-out feedback: ranks the clicked item lower in "
                        f"{fb['champion_ranks_higher']} of {decided} slates (sign test p = "
                        f"{fb['p_challenger_worse']:.3g})")
-    promoted = not reasons
-    better = [s for s, ev in (("test split", test), ("held-out feedback", fb if enough else None))
-              if ev is not None and ev["significantly_better"]]
-    if promoted:
-        reasons.append("meets requirements and is not worse than the champion"
-                       + (f"; significantly better on {' and '.join(better)}" if better else "")
-                       + ("" if enough else f"; {fb['n']} held-out clicks (< {gate.min_feedback_for_evidence}): "
-                          "feedback evidence not used"))
+    decision, better = conclude(reasons, test, fb if enough else None)
+    if decision == "promoted" and not enough:
+        reasons[-1] += (f"; {fb['n']} held-out clicks (< {gate.min_feedback_for_evidence}): feedback evidence "
+                        "not used")
     metric = spec.requirements.metric
-    return {"decision": "promoted" if promoted else "rejected", "reasons": reasons, "metric": metric,
+    return {"decision": decision, "reasons": reasons, "metric": metric,
             "confidence": gate.confidence, "significantly_better_on": better, "test": test, "feedback": fb,
             "requirements": chall_req, "champion_value": champ_m[metric], "challenger_value": chall_m[metric],
             "test_examples": test["n_users"], "margin": gate.max_accuracy_drop}

@@ -20,7 +20,6 @@ another task they answer 409 naming the task.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from typing import Any
@@ -30,42 +29,19 @@ from fastapi.responses import JSONResponse
 
 from ..errors import InputError, ModelloopError, NotFoundError
 from ..feedback import prediction_row
-from .core import RecModel, _check_k, load_version, rec_spec
+from .core import _check_k, load_version, rec_spec
 
-__all__ = ["attach", "RecService", "RecHolder", "router"]
+__all__ = ["attach", "RecService", "rec_holder", "router"]
 
 log = logging.getLogger(__name__)
 
 
-class RecHolder:
-    """The champion recommender, reloaded when the registry's aliases change (like ``ModelHolder``)."""
+def rec_holder(loop, on_load=None):
+    """The champion recommender, reloaded when the registry's aliases change (a ``ModelHolder``
+    with the recommender loader)."""
+    from ..serve.app import ModelHolder
 
-    def __init__(self, loop, on_load=None) -> None:
-        self._loop = loop
-        self._lock = threading.Lock()
-        self._mtime = -1
-        self._model: RecModel | None = None
-        self._on_load = on_load
-
-    def get(self) -> RecModel:
-        mtime = self._loop.registry.state_mtime()
-        if mtime != self._mtime:
-            with self._lock:
-                if mtime != self._mtime:
-                    version = self._loop.registry.champion()
-                    if version is not None and (self._model is None or self._model.version != version):
-                        self._model = load_version(self._loop.registry, version)
-                        log.info("serving recommender %s", version)
-                        if self._on_load:
-                            self._on_load(self._model)
-                    self._mtime = mtime
-        if self._model is None:
-            raise ModelloopError("no champion model to serve yet; run 'modelloop run DIR' first")
-        return self._model
-
-    @property
-    def loaded(self) -> RecModel | None:
-        return self._model
+    return ModelHolder(loop, on_load=on_load, load=lambda version: load_version(loop.registry, version))
 
 
 class RecService:
@@ -76,7 +52,7 @@ class RecService:
         self.keys = keys
         self.metrics = metrics
         self.writer_box = writer_box
-        self.holder = RecHolder(loop, on_load=lambda m: metrics.serving(m.version, m.backend))
+        self.holder = rec_holder(loop, on_load=lambda m: metrics.serving(m.version, m.backend))
         self.max_k = rec_spec(loop.spec).max_k
         self._catalogues: dict[str, tuple[set[str], list[str]]] = {}
 

@@ -56,12 +56,15 @@ _PREDICT_BODY = {"requestBody": {"required": True, "content": {
 
 
 class ModelHolder:
-    """The champion, reloaded when the registry's aliases change."""
+    """The champion, reloaded when the registry's aliases change.
 
-    def __init__(self, loop: Loop, backend: str | None, threads: int, on_load=None) -> None:
+    ``load(version)`` builds what is served (default: the registry's ``LoadedModel`` with the
+    chosen backend); recommendation projects pass their own loader.
+    """
+
+    def __init__(self, loop: Loop, backend: str | None = None, threads: int = 1, on_load=None, load=None) -> None:
         self._loop = loop
-        self._backend = backend
-        self._threads = threads
+        self._load = load or (lambda version: loop.registry.load(version, backend=backend, threads=threads))
         self._lock = threading.Lock()
         self._mtime = -1
         self._model: LoadedModel | None = None
@@ -75,9 +78,9 @@ class ModelHolder:
                 if mtime != self._mtime:
                     version = self._loop.registry.champion()
                     if version is not None and (self._model is None or self._model.version != version):
-                        model = self._loop.registry.load(version, backend=self._backend, threads=self._threads)
+                        model = self._load(version)
                         self._model = model
-                        log.info("serving model %s (%s)", version, model.backend)
+                        log.info("serving model %s (%s)", version, getattr(model, "backend", "torch"))
                         if self._on_load:
                             self._on_load(model)
                     self._mtime = mtime
