@@ -74,3 +74,36 @@ def test_untrusted_clients_are_left_out(tmp_path):
     loop.spec.feedback.untrusted_clients = ["mallory"]
     split = loop.feedback_split(["even", "odd"], (1, 2, 2))
     assert pid not in split["train"][2] + split["holdout"][2]
+
+
+def test_a_regression_champion_with_larger_live_errors_is_rolled_back(tmp_path):
+    """Regression: live squared errors (served value vs the value fed back) of the new champion
+    against its predecessor's, by a one-sided Welch t-test."""
+    Project.init(tmp_path / "p", task="tabular-regression", data="builtin:diabetes")
+    loop = Loop(tmp_path / "p")
+    config = {"family": "linear", "input_shape": [3], "num_classes": 1, "params": {},
+              "target": {"mean": 150.0, "std": 70.0}}
+    manifest = {"model": config, "class_names": ["target"], "metrics": {"test": {"rmse": 50.0, "r2": 0.5}},
+                "dataset": {"fingerprint": "f", "base_fingerprint": "f", "source": "x"},
+                "requirements": {"passed": True}, "run_id": "r", "parent": None}
+    pre = {"featurizer": {"kind": "tabular"}, "class_names": ["target"]}
+    v1 = loop.registry.register(manifest, build_model(config), pre)
+    v2 = loop.registry.register(manifest, build_model(config), pre)
+    rng = np.random.default_rng(0)
+
+    def traffic(version: str, n: int, noise: float) -> None:
+        for truth in rng.uniform(50, 300, n):
+            pid = loop.store.log_prediction(model_version=version, x=np.zeros(1, np.float32),
+                                            label=f"{truth + rng.normal(0, noise):.6g}", scores={}, latency_ms=1.0)
+            loop.store.add_feedback(pid, f"{truth:.6g}", client="c1")
+
+    loop.registry.promote(v1)
+    traffic(v1, 40, 20.0)
+    loop.registry.promote(v2)
+    traffic(v2, 10, 80.0)
+    assert loop._rollback_check()["p_value"] is None  # too little feedback yet
+    traffic(v2, 30, 80.0)  # four times the error
+    res = loop.watch_once()
+    assert res["action"] == "rolled_back" and loop.registry.champion() == v1
+    rb = res["rollback"]
+    assert rb["measure"] == "live RMSE" and rb["champion_live"] > 2 * rb["predecessor_live"] and rb["p_value"] < 0.05

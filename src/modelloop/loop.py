@@ -760,13 +760,16 @@ class Loop:
         return json.loads(f.read_text()) if f.is_file() else {}
 
     def _rollback_check(self) -> dict[str, Any] | None:
-        """Is the champion's live accuracy significantly below its predecessor's?"""
+        """Is the champion's live accuracy significantly below its predecessor's (regression: its
+        live squared errors significantly above, by a one-sided Welch t-test)?"""
         from scipy.stats import norm as normal
 
         history = self.registry.champion_history()
-        if len(history) < 2 or self.regression:  # regression: no live accuracy to compare (see live_error)
+        if len(history) < 2:
             return None
         cur, prev = history[-1], history[-2]
+        if self.regression:
+            return self._rollback_check_errors(cur, prev)
         names = self.registry.manifest(cur)["class_names"]
         untrusted = self.spec.feedback.untrusted_clients
         a = self.store.feedback_stats(untrusted, model_version=cur, class_names=names)
@@ -785,6 +788,26 @@ class Loop:
         out["rollback"] = out["p_value"] < 1 - self.spec.gate.confidence
         return out
 
+    def _rollback_check_errors(self, cur: str, prev: str) -> dict[str, Any]:
+        from scipy.stats import ttest_ind
+
+        def squared_errors(version: str) -> np.ndarray:
+            rows = self.store.labelled(None, self.spec.feedback.untrusted_clients, model_version=version)
+            pairs = [(_as_number(r["predicted"]), _as_number(r["label"])) for r in rows]
+            return np.array([(p - t) ** 2 for p, t in pairs if p is not None and t is not None])
+
+        a, b = squared_errors(cur), squared_errors(prev)
+        out = {"champion": cur, "predecessor": prev, "measure": "live RMSE",
+               "champion_live": float(np.sqrt(a.mean())) if len(a) else None, "champion_n": len(a),
+               "predecessor_live": float(np.sqrt(b.mean())) if len(b) else None, "predecessor_n": len(b),
+               "p_value": None, "rollback": False}
+        need = self.spec.policy.rollback_min_feedback
+        if len(a) < need or len(b) < need:
+            return out
+        out["p_value"] = float(ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+        out["rollback"] = out["p_value"] < 1 - self.spec.gate.confidence
+        return out
+
     def watch_once(self, progress: Progress | None = None) -> dict[str, Any]:
         """One policy check: roll back a failing new champion, or retrain when a trigger fires."""
         pol = self.spec.policy
@@ -796,8 +819,8 @@ class Loop:
         if rb and rb["rollback"]:
             back = self.registry.rollback()
             self.registry.record({"event": "auto_rollback", **rb})
-            self._say(progress, f"[watch] rolled back {rb['champion']} -> {back}: live accuracy "
-                      f"{rb['champion_live']:.3f} vs {rb['predecessor_live']:.3f} (p = {rb['p_value']:.3g})")
+            self._say(progress, f"[watch] rolled back {rb['champion']} -> {back}: {rb.get('measure', 'live accuracy')} "
+                      f"{rb['champion_live']:.4g} vs {rb['predecessor_live']:.4g} (p = {rb['p_value']:.3g})")
             return {"action": "rolled_back", "champion": back, "rollback": rb, "triggers": {}}
         mon = self.monitor()
         target = pol.live_accuracy_floor if pol.live_accuracy_floor is not None else self.spec.requirements.target
