@@ -173,24 +173,16 @@ def _headline(m: dict[str, Any]) -> str:
 
 
 def _models_table(rows: list[dict[str, Any]]) -> Table:
-    if rows and rows[0].get("task") == "recommendation":
-        from .recommendation.cli import models_table
-
-        return models_table(rows)
-    t = Table(title="model versions")
-    regression = any(r.get("rmse") is not None for r in rows)
-    for col in ("version", "alias", "family", *(("RMSE", "R²") if regression else ("accuracy", "F1 macro")),
-                "parent", "feedback", "dataset", "gate", "created"):
-        t.add_column(col)
+    """Versions with the two test metrics their task is judged by (each row's ``headline``)."""
     import datetime as dt
 
-    def num(v: Any, fmt: str = ".4f") -> str:
-        return "-" if v is None else format(v, fmt)
-
+    t = Table(title="model versions")
+    names = [n for n, _ in rows[0]["headline"]] if rows else ["accuracy", "F1 macro"]
+    for col in ("version", "alias", "family", *names, "parent", "feedback", "dataset", "gate", "created"):
+        t.add_column(col)
     for r in rows:
         t.add_row(r["version"], ",".join(r["aliases"]), r["family"],
-                  *((num(r.get("rmse"), ".4g"), num(r.get("r2"))) if regression
-                    else (num(r.get("accuracy")), num(r.get("f1_macro")))),
+                  *("-" if v is None else f"{v:.4g}" if n == "RMSE" else f"{v:.4f}" for n, v in r["headline"]),
                   r["parent"] or "-", str(r["feedback_examples"]), r["dataset"], r["gate"] or "-",
                   dt.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M:%S"))
     return t

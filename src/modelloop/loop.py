@@ -588,6 +588,9 @@ class Loop:
                 "family": m["model"].get("candidate", m["model"]["family"]),
                 "accuracy": test.get("accuracy"), "f1_macro": test.get("f1_macro"), "parent": m.get("parent"),
                 **({k: test.get(k) for k in ("rmse", "mae", "r2")} if "rmse" in test else {}),
+                # the two test metrics tables show, named: accuracy and F1, or RMSE and R²
+                "headline": ([["RMSE", test.get("rmse")], ["R²", test.get("r2")]] if "rmse" in test
+                             else [["accuracy", test.get("accuracy")], ["F1 macro", test.get("f1_macro")]]),
                 "dataset": m["dataset"]["fingerprint"], "feedback_examples": m.get("feedback_examples", 0),
                 "created_at": m["created_at"], "requirements_passed": m["requirements"]["passed"],
                 "gate": (m.get("gate") or {}).get("decision"), "gate_reasons": (m.get("gate") or {}).get("reasons"),

@@ -73,6 +73,23 @@ def test_audio_project_runs_serves_and_learns_from_feedback(tmp_path, serve):
     r = server.client.post("/predict", json={"pixels": [1, 2]})
     assert r.status_code == 422 and "samples" in r.json()["detail"]
 
+    # The web UI in a real headless Chromium: only the upload pane, for audio clips; a clip predicts.
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.test_ui import CHROMIUM, FLAGS
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.wait_for_selector("#pane-upload:not(.hidden)")
+        assert page.is_hidden("#tab-draw") and ".wav" in page.get_attribute("#file", "accept")
+        page.set_input_files("#file", str(live_dir / "yes" / "en-gb_150_40.wav"))
+        page.click("#predict-file")
+        page.wait_for_function("!document.querySelector('#result').classList.contains('empty')")
+        assert page.text_content("#result").startswith(tuple(WORDS.split(","))) and page.is_hidden("#preview")
+        browser.close()
+
     auth = server.auth("client")
     right = 0
     for f in clips:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from rich.table import Table
 
-__all__ = ["headline", "models_table", "print_demo"]
+__all__ = ["headline", "print_demo"]
 
 
 def _num(v: Any, fmt: str = ".4f") -> str:
@@ -18,19 +17,6 @@ def headline(m: dict[str, Any]) -> str:
     """NDCG@10, precision@10, recall@10 (and RMSE on explicit ratings) in one line."""
     return (f"NDCG@10 {m['ndcg@10']:.4f}, precision@10 {m['precision@10']:.4f}, recall@10 {m['recall@10']:.4f}"
             + (f", RMSE {m['rmse']:.4f}" if m.get("rmse") is not None else ""))
-
-
-def models_table(rows: list[dict[str, Any]]) -> Table:
-    t = Table(title="model versions (recommendation)")
-    for col in ("version", "alias", "family", "NDCG@10", "precision@10", "recall@10", "RMSE", "parent", "feedback",
-                "dataset", "gate", "created"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(r["version"], ",".join(r["aliases"]), r["family"], _num(r["ndcg@10"]), _num(r["precision@10"]),
-                  _num(r["recall@10"]), _num(r.get("rmse")), r["parent"] or "-", str(r["feedback_examples"]),
-                  r["dataset"], r["gate"] or "-",
-                  dt.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M:%S"))
-    return t
 
 
 def print_demo(out, res: dict[str, Any]) -> None:

@@ -34,12 +34,17 @@ async function api(path, opts = {}) {
 }
 
 // ---- tabs
-document.querySelectorAll(".tab").forEach((b) => b.onclick = () => {
-  document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("active", t === b));
-  $("pane-draw").classList.toggle("hidden", b.dataset.tab !== "draw");
-  $("pane-upload").classList.toggle("hidden", b.dataset.tab !== "upload");
-  $("pane-text").classList.toggle("hidden", b.dataset.tab !== "text");
-});
+const TABS = ["draw", "upload", "text", "row", "user"];
+function openTab(name) {
+  document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("active", t.dataset.tab === name));
+  TABS.forEach((t) => $("pane-" + t).classList.toggle("hidden", t !== name));
+}
+document.querySelectorAll(".tab").forEach((b) => b.onclick = () => openTab(b.dataset.tab));
+// Show only the tabs of this model's inputs, and open the first.
+function onlyTabs(names) {
+  TABS.forEach((t) => $("tab-" + t).classList.toggle("hidden", !names.includes(t)));
+  openTab(names[0]);
+}
 
 // ---- drawing: white strokes on black, like the training digits
 const canvas = $("canvas"), ctx = canvas.getContext("2d");
@@ -89,11 +94,76 @@ $("predict-text").onclick = async () => {
   } catch (e) { showError(e); }
 };
 
+// ---- a table row (tabular models): one field per training column
+function buildRowForm(info) {
+  const form = $("row-form"); form.innerHTML = "";
+  const numeric = new Set(info.numeric || []), cats = info.categorical || {};
+  (info.columns || []).forEach((c) => {
+    const label = document.createElement("label"); label.textContent = c;
+    const input = document.createElement("input"); input.dataset.column = c; input.setAttribute("aria-label", c);
+    if (numeric.has(c)) { input.type = "number"; input.step = "any"; }
+    else if (cats[c]) {
+      const list = document.createElement("datalist"); list.id = "cats-" + form.children.length;
+      cats[c].forEach((v) => { const o = document.createElement("option"); o.value = v; list.append(o); });
+      input.setAttribute("list", list.id); label.append(list);
+    }
+    label.append(input); form.append(label);
+  });
+}
+function rowValues() {
+  const row = {};
+  $("row-form").querySelectorAll("input").forEach((i) => {
+    const v = i.value.trim();
+    row[i.dataset.column] = v === "" ? null : (i.type === "number" ? Number(v) : v);
+  });
+  return row;
+}
+$("predict-row").onclick = async () => {
+  try {
+    show(await api("/predict", { method: "POST", headers: { "content-type": "application/json", ...auth("client") },
+      body: JSON.stringify({ row: rowValues() }) }));
+  } catch (e) { showError(e); }
+};
+
+// ---- recommendation: a user's top items; clicking one sends the click as feedback
+$("recommend").onclick = async () => {
+  try {
+    const q = new URLSearchParams({ user: $("user-id").value.trim(), k: $("rec-k").value || "10" });
+    showRecs(await api("/recommend?" + q, { headers: auth("client") }));
+  } catch (e) { showError(e); }
+};
+function showRecs(res) {
+  state.last = res;
+  const el = $("result"); el.className = ""; el.innerHTML = "";
+  el.append(document.createTextNode(res.fallback ? "Most popular (new user)" : `For user ${res.user}`));
+  const small = document.createElement("small");
+  small.textContent = `model ${res.model_version} · ${res.latency_ms.toFixed(1)} ms`; el.append(small);
+  const list = $("scores"); list.innerHTML = "";
+  res.items.forEach((it) => {
+    const b = document.createElement("button"); b.className = "secondary rec";
+    b.textContent = it.title ? `${it.title} (${it.item})` : it.item;
+    b.onclick = async () => {
+      try {
+        await api("/feedback", { method: "POST", headers: { "content-type": "application/json", ...auth("client") },
+          body: JSON.stringify({ prediction_id: res.prediction_id, kind: "click", label: it.item }) });
+        b.classList.add("clicked"); flash("fb-status", `thanks: click on "${b.textContent}" stored`, "ok"); refresh();
+      } catch (e) { flash("fb-status", e.message, "err"); }
+    };
+    list.append(b);
+  });
+  $("feedback").classList.add("hidden");
+  $("fb-status").textContent = "";
+  $("feedback").after($("fb-status"));
+  refresh();
+}
+
 // ---- upload
 $("file").onchange = () => {
   const f = $("file").files[0];
   $("predict-file").disabled = !f;
-  if (f) { $("preview").src = URL.createObjectURL(f); $("preview").classList.remove("hidden"); }
+  const image = f && f.type.startsWith("image/");
+  if (image) $("preview").src = URL.createObjectURL(f);
+  $("preview").classList.toggle("hidden", !image);
 };
 $("predict-file").onclick = async () => {
   const fd = new FormData(); fd.append("file", $("file").files[0]);
@@ -105,6 +175,17 @@ function show(res) {
   state.last = res;
   const el = $("result"); el.className = "";
   el.innerHTML = ""; el.append(document.createTextNode(res.label));
+  if (res.value !== undefined) {  // regression: one number; feedback is the true value
+    const small = document.createElement("small");
+    small.textContent = `model ${res.model_version} · ${res.latency_ms.toFixed(1)} ms`; el.append(small);
+    $("scores").innerHTML = "";
+    $("fb-label").classList.add("hidden"); $("fb-value").classList.remove("hidden");
+    $("fb-value").value = res.value.toPrecision(6); $("fb-send").textContent = "Send true value";
+    $("feedback").classList.remove("hidden");
+    flash("fb-status", `prediction ${res.prediction_id.slice(0, 8)}…`);
+    refresh();
+    return;
+  }
   const small = document.createElement("small");
   small.textContent = `model ${res.model_version} · ${res.latency_ms.toFixed(1)} ms`; el.append(small);
   const scores = $("scores"); scores.innerHTML = "";
@@ -132,18 +213,24 @@ async function sendFeedback(label) {
     refresh();
   } catch (e) { flash("fb-status", e.message, "err"); }
 }
-$("fb-correct").onclick = () => sendFeedback(state.last.label);
-$("fb-send").onclick = () => sendFeedback($("fb-label").value);
+$("fb-correct").onclick = () => sendFeedback(state.last.value !== undefined ? state.last.value : state.last.label);
+$("fb-send").onclick = () => sendFeedback(state.last && state.last.value !== undefined
+  ? Number($("fb-value").value) : $("fb-label").value);
 
 // ---- models, counters, admin
 async function refresh() {
   try {
     const [models, stats] = await Promise.all([api("/models"), api("/stats")]);
     const tb = $("models").querySelector("tbody"); tb.innerHTML = "";
+    if (models.versions.length) {  // the two test metrics this task is judged by
+      $("h-m1").textContent = "test " + models.versions[0].headline[0][0];
+      $("h-m2").textContent = models.versions[0].headline[1][0];
+    }
+    const num = (v) => (v == null ? "–" : Number(v).toFixed(4));
     models.versions.slice().reverse().forEach((m) => {
       const tr = document.createElement("tr");
       const cells = [m.version, m.aliases.includes("champion") ? "champion" : "", m.family, m.backend,
-        m.accuracy.toFixed(4), m.f1_macro.toFixed(4), m.parent || "–", m.feedback_examples, m.gate || "–",
+        num(m.headline[0][1]), num(m.headline[1][1]), m.parent || "–", m.feedback_examples, m.gate || "–",
         new Date(m.created_at * 1000).toLocaleString()];
       cells.forEach((c, i) => { const td = document.createElement("td");
         if (i === 1 && c) { const b = document.createElement("span"); b.className = "badge"; b.textContent = c; td.append(b); }
@@ -231,10 +318,13 @@ async function init() {
   const info = await api("/info");
   state.classes = info.class_names; state.format = info.format;
   $("project").textContent = info.project;
-  if (info.input === "text") {  // a text model: the text pane replaces drawing and uploading
-    for (const id of ["tab-draw", "tab-upload", "pane-draw", "pane-upload"]) $(id).classList.add("hidden");
-    $("tab-text").classList.remove("hidden"); $("tab-text").classList.add("active");
-    $("pane-text").classList.remove("hidden");
+  if (info.input === "text") onlyTabs(["text"]);  // the text pane replaces drawing and uploading
+  else if (info.input === "row") { buildRowForm(info); onlyTabs(["row"]); }
+  else if (info.input === "user id") onlyTabs(["user"]);
+  else if (info.input === "audio") {
+    onlyTabs(["upload"]);
+    $("file").accept = ".wav,.flac,.ogg,audio/wav,audio/x-wav,audio/flac,audio/ogg";
+    $("file-hint").textContent = "Choose a clip (WAV, FLAC or OGG)";
   }
   if (info.format && info.format.channels * info.format.height * info.format.width !== 784) {
     $("draw-hint").textContent = `Drawings are scaled to ${info.format.width}×${info.format.height} for this model.`;
