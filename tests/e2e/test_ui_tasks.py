@@ -99,3 +99,4 @@ def test_recommender_ui_recommends_and_records_clicks(tmp_path, serve, page):
     page.fill("#user-id", "somebody-new")
     page.click("#recommend")
     page.wait_for_function("document.querySelector('#result').textContent.startsWith('Most popular')")
+    page.wait_for_function("document.querySelector('#c-requests').textContent === '2'")  # the counter counts them

@@ -345,7 +345,8 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
     def stats() -> dict[str, Any]:
         """Live counters for the web UI."""
         m = holder.loaded
-        return {"requests": metrics.total("/predict"), **metrics.recent_latency_ms(),
+        served = "/recommend" if loop.spec.task == "recommendation" else "/predict"
+        return {"requests": metrics.total(served), **metrics.recent_latency_ms(),
                 **loop.store.feedback_stats(), "feedback": loop.store.counts()["feedback"],
                 "model_version": m and m.version, "backend": m and m.backend,
                 "uptime_s": time.time() - metrics.started, "predict_open": cfg.open_predict}

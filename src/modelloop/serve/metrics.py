@@ -12,8 +12,8 @@ __all__ = ["ServerMetrics", "ENDPOINTS"]
 
 disable_created_metrics()  # the *_created series only add noise to every scrape
 
-ENDPOINTS = ("/predict", "/feedback", "/models", "/health", "/ready", "/metrics", "/stats", "/info", "/admin",
-             "/ui", "/docs", "/", "/openapi.json")
+ENDPOINTS = ("/predict", "/recommend", "/similar", "/feedback", "/models", "/health", "/ready", "/metrics", "/stats",
+             "/info", "/admin", "/ui", "/docs", "/", "/openapi.json")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5,
                     1.0, 2.5, 5.0)
 
@@ -49,13 +49,13 @@ class ServerMetrics:
                                    "Wilson interval.", ["version", "bound"], registry=r)
         self.drift = Gauge("modelloop_drift", "Input drift of the last monitor run (MMD² statistic, threshold, "
                            "detected 0/1).", ["quantity"], registry=r)
-        self._recent = deque(maxlen=2000)  # (time, seconds) of recent predict requests
+        self._recent = deque(maxlen=2000)  # (time, seconds) of recent predict/recommend requests
         self.started = time.time()
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()
         self.latency.labels(endpoint).observe(seconds)
-        if endpoint == "/predict":
+        if endpoint in ("/predict", "/recommend"):
             self._recent.append((time.time(), seconds))
 
     def on_batch(self, size: int, seconds: float) -> None:
