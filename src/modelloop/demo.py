@@ -173,18 +173,23 @@ def _audio_case(directory: Path) -> tuple[dict[str, Any], Traffic]:
                     lambda i: {"samples": _read_wav(clips[i]), "sample_rate": SAMPLE_RATE}))
 
 
+def _write_table(path: Path, table, rows, target: str) -> Path:
+    """The table's ``rows`` (indices) as a CSV with the target in column ``target``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = table.columns
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow([*columns, target])
+        w.writerows([*(table.rows[i][c] for c in columns), table.labels[i]] for i in rows)
+    return path
+
+
 def _tabular_case(directory: Path) -> tuple[dict[str, Any], Traffic]:
     from .data.tabular import load_tabular_builtin
 
     table = load_tabular_builtin("breast-cancer")
     train, rest = _split(table.labels, 0.7)
-    path = directory / "data" / "cells.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = table.columns
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow([*columns, "label"])
-        w.writerows([*(table.rows[i][c] for c in columns), table.labels[i]] for i in train)
+    path = _write_table(directory / "data" / "cells.csv", table, train, "label")
     return ({"data": str(path), "name": "cells"},
             Traffic([table.labels[i] for i in rest], lambda i: {"row": table.rows[rest[i]]}))
 
@@ -196,13 +201,7 @@ def _regression_case(directory: Path) -> tuple[dict[str, Any], Traffic]:
     order = np.random.default_rng(_DATA_SEED).permutation(len(table.rows))
     cut = round(0.7 * len(order))
     train, rest = np.sort(order[:cut]), np.sort(order[cut:])
-    path = directory / "data" / "patients.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = table.columns
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow([*columns, "progression"])
-        w.writerows([*(table.rows[i][c] for c in columns), table.labels[i]] for i in train)
+    path = _write_table(directory / "data" / "patients.csv", table, train, "progression")
     return ({"data": str(path), "name": "patients", "label_column": "progression"},
             Traffic([table.labels[i] for i in rest], lambda i: {"row": table.rows[rest[i]]}))
 
