@@ -42,7 +42,7 @@ from scipy.stats import binomtest
 from .spec import LOWER_IS_BETTER, GateSpec, Requirements
 
 __all__ = ["check_requirements", "paired_evidence", "drop_lower_bound", "judge", "compare", "paired_errors",
-           "compare_regression", "conclude"]
+           "compare_regression", "conclude", "missed_requirements"]
 
 
 def check_requirements(req: Requirements, metrics: dict[str, Any], latency: dict[str, float] | None,
@@ -110,6 +110,12 @@ def drop_lower_bound(only_champion: int, only_challenger: int, n: int, confidenc
     return d - float(norm.ppf(confidence)) * var ** 0.5
 
 
+def missed_requirements(challenger_requirements: dict[str, Any]) -> list[str]:
+    """The first reasons against a challenger: the requirements it misses (none: an empty list)."""
+    failed = [c["name"] for c in challenger_requirements["checks"] if not c["passed"]]
+    return ["challenger misses requirements: " + ", ".join(failed)] if failed else []
+
+
 def conclude(reasons: list[str], test: dict[str, Any], feedback: dict[str, Any] | None) -> tuple[str, list[str]]:
     """The decision from the reasons against the challenger (none: promoted), and where it was
     significantly better (``feedback`` None when there was too little to count). A promotion's
@@ -134,10 +140,7 @@ def feedback_disagreement_limit(gate: GateSpec, test: dict[str, Any]) -> float:
 def judge(req: Requirements, gate: GateSpec, class_names: list[str], challenger_requirements: dict[str, Any],
           test: dict[str, Any], feedback: dict[str, Any] | None) -> dict[str, Any]:
     """The decision from the evidence of :func:`paired_evidence` on the test split and the feedback hold-out."""
-    reasons: list[str] = []
-    if not challenger_requirements["passed"]:
-        failed = [c["name"] for c in challenger_requirements["checks"] if not c["passed"]]
-        reasons.append("challenger misses requirements: " + ", ".join(failed))
+    reasons = missed_requirements(challenger_requirements)
     if test["significantly_worse"]:
         reasons.append(f"significantly worse on the test split (McNemar p = {test['p_challenger_worse']:.3g})")
     drop = test["champion_accuracy"] - test["challenger_accuracy"]
@@ -253,10 +256,7 @@ def compare_regression(req: Requirements, champion: dict[str, Any], challenger: 
     """Champion vs challenger for regression: the same four rules as :func:`judge`, on squared errors."""
     gate = gate or GateSpec()
     test = paired_errors(y_true, champion_pred, challenger_pred, gate.confidence)
-    reasons: list[str] = []
-    if not challenger_requirements["passed"]:
-        failed = [c["name"] for c in challenger_requirements["checks"] if not c["passed"]]
-        reasons.append("challenger misses requirements: " + ", ".join(failed))
+    reasons = missed_requirements(challenger_requirements)
     if test["significantly_worse"]:
         reasons.append(f"significantly worse on the test split (Wilcoxon p = {test['p_challenger_worse']:.3g})")
     bound = test["rmse_ratio_lower_bound"]

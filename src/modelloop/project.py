@@ -44,18 +44,17 @@ def _check_source(source: str, base: Path, task: str = "image-classification") -
     if task in ("tabular-classification", "tabular-regression"):
         from .data.tabular import REGRESSION_BUILTINS, TABULAR_BUILTINS, TABULAR_SUFFIXES
 
-        if task == "tabular-regression":
-            TABULAR_BUILTINS = REGRESSION_BUILTINS  # noqa: N806
+        builtins = REGRESSION_BUILTINS if task == "tabular-regression" else TABULAR_BUILTINS
         path = Path(source) if Path(source).is_absolute() else base / source
         if source.startswith("builtin:"):
-            if source.removeprefix("builtin:") not in TABULAR_BUILTINS:
+            if source.removeprefix("builtin:") not in builtins:
                 raise DataError(f"data source {source!r}: unknown built-in dataset for {task}; expected one of "
-                                + ", ".join(f"builtin:{n}" for n in TABULAR_BUILTINS))
+                                + ", ".join(f"builtin:{n}" for n in builtins))
         elif not path.is_file() or path.suffix.lower() not in TABULAR_SUFFIXES:
             raise DataError(f"data source {source!r}: {'no such file' if not path.is_file() else 'unsupported type'}; "
                             f"expected a {'/'.join(s.lstrip('.').upper() for s in TABULAR_SUFFIXES)} table with "
                             "feature columns and a target column, or "
-                            + ", ".join(f"builtin:{n}" for n in TABULAR_BUILTINS))
+                            + ", ".join(f"builtin:{n}" for n in builtins))
         return
     text = task == "text-classification"
     builtins = TEXT_BUILTINS if text else BUILTINS

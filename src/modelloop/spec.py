@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError
-from .recommendation.config import RecommendationSpec
+from .recommendation.config import RANKING_METRICS, RecommendationSpec
 
 __all__ = [
     "TASKS",
@@ -137,6 +137,12 @@ AUDIO_CANDIDATES = ("cnn", "ds-cnn")
 TABULAR_CANDIDATES = ("linear", "mlp", "hgb")
 CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
 REGRESSION_METRICS = ("r2", "rmse", "mae")
+#: task -> (what its metrics measure, the metrics, the default metric and target when unset)
+TASK_METRICS: dict[str, tuple[str, tuple[str, ...], str, float]] = {
+    "classification": ("classification", CLASSIFICATION_METRICS, "accuracy", 0.95),
+    "tabular-regression": ("regression", REGRESSION_METRICS, "r2", 0.5),
+    "recommendation": ("ranking", RANKING_METRICS, "ndcg@10", 0.05),
+}
 #: metrics where smaller is better (errors, in the target's units)
 LOWER_IS_BETTER = ("rmse", "mae")
 
@@ -329,18 +335,16 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> Spec:
+        """The requirement metric is one of the task's; left unset, it is the task's default."""
+        kind, metrics, default, target = TASK_METRICS.get(self.task, TASK_METRICS["classification"])
         req = self.requirements
-        if self.task == "tabular-regression":
-            if "metric" not in req.model_fields_set:  # the classification default means nothing here
-                req.metric = "r2"
-                if "target" not in req.model_fields_set:
-                    req.target = 0.5
-            if req.metric not in REGRESSION_METRICS:
-                raise ValueError(f"requirements.metric: {req.metric!r} is not a regression metric; "
-                                 f"expected one of {', '.join(REGRESSION_METRICS)}")
-        elif self.task.endswith("-classification") and req.metric not in CLASSIFICATION_METRICS:
-            raise ValueError(f"requirements.metric: {req.metric!r} is not a classification metric; "
-                             f"expected one of {', '.join(CLASSIFICATION_METRICS)}")
+        if "metric" not in req.model_fields_set and req.metric != default:  # accuracy means nothing here
+            req.metric = default
+            if "target" not in req.model_fields_set:
+                req.target = target
+        if req.metric not in metrics:
+            raise ValueError(f"requirements.metric: {req.metric!r} is not a {kind} metric for {self.task}; "
+                             f"expected one of {', '.join(metrics)}")
         return self
 
 

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from scipy.stats import binomtest, wilcoxon
 
-from ..gate import conclude
+from ..gate import conclude, missed_requirements
 from .config import K
 from .core import top_lists
 
@@ -128,10 +128,7 @@ def judge(spec, champ_model, chall_model, champ_m: dict[str, Any], chall_m: dict
           hold: pd.DataFrame, exclude: dict[str, set[str]], removed_from_test: int = 0) -> dict[str, Any]:
     """The decision and its evidence (see the module docs)."""
     gate = spec.gate
-    reasons: list[str] = []
-    if not chall_req["passed"]:
-        failed = [c["name"] for c in chall_req["checks"] if not c["passed"]]
-        reasons.append("challenger misses requirements: " + ", ".join(failed))
+    reasons = missed_requirements(chall_req)
     test = test_evidence(champ_per["ndcg"], chall_per["ndcg"], gate.confidence, seed=spec.seed)
     test["removed_feedback_pairs"] = removed_from_test
     if test["significantly_worse"]:

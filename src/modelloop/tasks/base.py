@@ -75,33 +75,25 @@ class Task(ABC):
         return {}
 
 
-TASK_NAMES = ("image-classification", "text-classification", "audio-classification", "tabular-classification",
-              "tabular-regression", "recommendation")
+
+
+#: task name -> (module in this package, class)
+_TASKS = {
+    "image-classification": ("image_classification", "ImageClassification"),
+    "text-classification": ("text_classification", "TextClassification"),
+    "audio-classification": ("audio_classification", "AudioClassification"),
+    "tabular-classification": ("tabular_classification", "TabularClassification"),
+    "tabular-regression": ("tabular_regression", "TabularRegression"),
+    "recommendation": ("recommendation", "Recommendation"),
+}
+TASK_NAMES = tuple(_TASKS)
 
 
 def get_task(name: str) -> Task:
-    if name == "image-classification":
-        from .image_classification import ImageClassification
+    """The task named ``name`` (its module is imported on first use)."""
+    import importlib
 
-        return ImageClassification()
-    if name == "text-classification":
-        from .text_classification import TextClassification
-
-        return TextClassification()
-    if name == "audio-classification":
-        from .audio_classification import AudioClassification
-
-        return AudioClassification()
-    if name == "tabular-classification":
-        from .tabular_classification import TabularClassification
-
-        return TabularClassification()
-    if name == "tabular-regression":
-        from .tabular_regression import TabularRegression
-
-        return TabularRegression()
-    if name == "recommendation":
-        from .recommendation import Recommendation
-
-        return Recommendation()
-    raise ValueError(f"task {name!r}: unknown; expected one of {', '.join(TASK_NAMES)}")
+    if name not in _TASKS:
+        raise ValueError(f"task {name!r}: unknown; expected one of {', '.join(TASK_NAMES)}")
+    module, cls = _TASKS[name]
+    return getattr(importlib.import_module(f".{module}", __package__), cls)()
