@@ -226,14 +226,19 @@ def test_fit_hands_back_cpu_contiguous_weights(seed_case, tmp_path):
     save_file(model.state_dict(), str(tmp_path / "w.safetensors"))  # refuses non-contiguous tensors
 
 
-def test_describe_and_result_stay_compatible(seed_case):
+@pytest.mark.parametrize("native_bf16", [True, False], ids=["cpu-with-bf16", "cpu-without-bf16"])
+def test_describe_and_result_stay_compatible(seed_case, monkeypatch, native_bf16):
+    # The rule, on either kind of CPU: with the thread count forced, a CPU without native bf16 has
+    # one plan (fp32) and nothing to choose ("config"); with native bf16 there are two, and a run
+    # this short is too little work to probe them ("default", which keeps fp32).
+    monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: native_bf16)
     (x, y), val = seed_case
     r = Trainer(TrainConfig(max_epochs=1, threads=1)).fit(linear(), (x[:64], y[:64]), val)
     d = describe(r)
     for key in ("best_epoch", "best_val_accuracy", "epochs_run", "stopped", "seconds",
                 "device", "precision", "threads", "channels_last", "plan"):
         assert key in d
-    assert d["precision"] == "fp32" and d["plan"] == "default"  # too little work to probe
+    assert d["precision"] == "fp32" and d["plan"] == ("default" if native_bf16 else "config")
     old_style = TrainResult({}, 1, 0.5, [], "max_epochs", 1.0)  # positional construction still works
     assert describe(old_style)["device"] == "cpu"
 

@@ -16,6 +16,8 @@ __all__ = [
     "InputError",
     "NotFoundError",
     "StoreError",
+    "StoreUnavailableError",
+    "BusyError",
 ]
 
 
@@ -54,3 +56,19 @@ class NotFoundError(ModelloopError):
 
 class StoreError(ModelloopError):
     """The feedback store cannot be opened or has an unsupported URL or schema."""
+
+
+class StoreUnavailableError(StoreError):
+    """The feedback store cannot be reached right now (a restart, an outage, a lock held too long).
+
+    The server answers 503 with ``Retry-After``; nothing is stored, so the caller may send again.
+    """
+
+    http_status = 503
+    retry_after_s = 5
+
+
+class BusyError(ModelloopError):
+    """Another process holds the project's writer lock (a run, retrain or registry change)."""
+
+    http_status = 409

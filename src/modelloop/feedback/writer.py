@@ -8,6 +8,7 @@ prediction up, and shutdown calls it before exiting).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -60,11 +61,23 @@ class PredictionWriter:
         self._thread = threading.Thread(target=self._run, name="modelloop-prediction-writer", daemon=True)
         self._thread.start()
 
-    def put(self, rows: list[dict[str, Any]]) -> None:
+    def put(self, rows: list[dict[str, Any]]) -> int:
+        """Queue rows; returns the count of rows submitted so far, these included."""
         with self._done:
             self._submitted += len(rows)
-        for r in rows:
-            self._q.put(r)
+            target = self._submitted
+            for r in rows:
+                self._q.put(r)
+        return target
+
+    async def commit(self, rows: list[dict[str, Any]]) -> None:
+        """Queue rows and return once they are committed (many requests share one commit)."""
+        target = self.put(rows)
+        await asyncio.to_thread(self._wait, target)
+
+    def _wait(self, target: int, timeout: float = 30.0) -> None:
+        with self._done:
+            self._done.wait_for(lambda: self._committed >= target, timeout=timeout)
 
     def flush(self, timeout: float = 10.0) -> None:
         """Block until every row put so far is committed."""

@@ -184,7 +184,9 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
     @app.exception_handler(ModelloopError)
     async def _modelloop_error(_: Request, exc: ModelloopError) -> JSONResponse:
         status = 503 if type(exc) is ModelloopError else exc.http_status
-        return JSONResponse(status_code=status, content={"detail": str(exc)})
+        retry = getattr(exc, "retry_after_s", None)
+        return JSONResponse(status_code=status, content={"detail": str(exc)},
+                            headers={"Retry-After": str(retry)} if retry else None)
 
     def _model_for_parsing() -> LoadedModel:
         return holder.loaded or holder.get()
@@ -262,7 +264,7 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
                 out.append({"prediction_id": pid, "label": label, "scores": scores, "model_version": model.version,
                             "latency_ms": latency_ms})
             rows.append(prediction_row(pid, model.version, xi, label, scores, latency_ms))
-        writer_box["w"].put(rows)
+        await writer_box["w"].commit(rows)  # answered only once the rows are committed
         if shadow.active():
             shadow.submit([o["prediction_id"] for o in out], x)
         metrics.predictions.labels(model.version).inc(len(out))
