@@ -37,12 +37,19 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
 
 from .spec import LOWER_IS_BETTER, GateSpec, Requirements
 
 __all__ = ["check_requirements", "paired_evidence", "drop_lower_bound", "judge", "compare", "paired_errors",
            "compare_regression", "conclude", "missed_requirements"]
+
+
+def binomtest(k: int, n: int, p: float, alternative: str):
+    """``scipy.stats.binomtest``, imported when a gate first needs it: scipy.stats adds about a
+    second to every command's start-up otherwise."""
+    from scipy.stats import binomtest as _binomtest
+
+    return _binomtest(k, n, p, alternative=alternative)
 
 
 def check_requirements(req: Requirements, metrics: dict[str, Any], latency: dict[str, float] | None,

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 __all__ = ["classification_metrics", "regression_metrics", "r2_score", "measure_latency"]
 
@@ -22,6 +21,8 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
         A JSON-able dict. ``roc_auc`` is binary AUC for two classes, one-vs-rest macro AUC for
         more, and None when a class is absent from ``y_true``.
     """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
     k = len(class_names)

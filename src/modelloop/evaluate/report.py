@@ -9,11 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 __all__ = ["write_report"]
 
 _CSS = """
@@ -28,7 +23,18 @@ code{background:#f3f5fa;padding:0 .25rem}
 """
 
 
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, imported on first use (it costs ~0.5 s at start-up)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _png(fig) -> str:
+    plt = _pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
@@ -36,6 +42,7 @@ def _png(fig) -> str:
 
 
 def _learning_curves(history: list[dict[str, float]], score: str = "validation accuracy") -> str:
+    plt = _pyplot()
     fig, ax1 = plt.subplots(figsize=(5.5, 3.4))
     ep = [h["epoch"] for h in history]
     ax1.plot(ep, [h["train_loss"] for h in history], label="train loss", color="#3366cc")
@@ -51,6 +58,7 @@ def _learning_curves(history: list[dict[str, float]], score: str = "validation a
 
 
 def _confusion(cm: list[list[int]], names: list[str], title: str) -> str:
+    plt = _pyplot()
     k = len(names)
     fig, ax = plt.subplots(figsize=(max(3.2, 0.45 * k + 2), max(3.0, 0.45 * k + 1.6)))
     ax.imshow(cm, cmap="Blues")
@@ -69,6 +77,7 @@ def _confusion(cm: list[list[int]], names: list[str], title: str) -> str:
 
 def _scatter(y: Any, pred: Any, title: str) -> str:
     """Predicted against true values (regression), with the identity line."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(3.6, 3.4))
     ax.scatter(y, pred, s=10, alpha=0.7, color="#3366cc")
     lo, hi = float(min(min(y), min(pred))), float(max(max(y), max(pred)))
@@ -82,6 +91,7 @@ def _scatter(y: Any, pred: Any, title: str) -> str:
 def _tradeoff_plot(rows: list[dict[str, Any]], req: dict[str, Any] | None) -> str:
     """Validation accuracy against p95 single-item latency, one point per candidate, with the
     requirement lines (quality target, latency budget)."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
     for r in rows:
         colour = "#109618" if r.get("meets_requirements") else "#dc3912"
@@ -105,6 +115,7 @@ def _tradeoff_plot(rows: list[dict[str, Any]], req: dict[str, Any] | None) -> st
 
 
 def _monitor_plot(mon: dict[str, Any]) -> str:
+    plt = _pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(7.0, 2.8))
     d = mon["drift"]
     if d.get("statistic") is not None:

@@ -24,16 +24,17 @@ Both models are compared on data neither trained on, paired:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
-from scipy.stats import binomtest, wilcoxon
 
-from ..gate import conclude, missed_requirements
+from ..gate import binomtest, conclude, missed_requirements
 from .config import K
 from .core import top_lists
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["judge", "test_evidence", "slate_evidence"]
 
@@ -44,6 +45,8 @@ def test_evidence(champ: np.ndarray, chall: np.ndarray, confidence: float, seed:
     diff = champ - chall  # > 0: champion better
     nonzero = int(np.sum(diff != 0))
     if nonzero:
+        from scipy.stats import wilcoxon
+
         p_worse = float(wilcoxon(chall, champ, alternative="less", zero_method="wilcox").pvalue)
         p_better = float(wilcoxon(chall, champ, alternative="greater", zero_method="wilcox").pvalue)
     else:

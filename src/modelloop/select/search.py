@@ -13,13 +13,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
 import torch
 
 from ..models import build_model, count_parameters
 from ..train import TrainConfig, Trainer
+
+if TYPE_CHECKING:
+    import optuna
 
 __all__ = ["CandidateSearch", "SearchResult", "DEFAULTS"]
 
@@ -109,6 +111,8 @@ class CandidateSearch:
     def run(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
             model_base: dict[str, Any], storage_path: Path | None = None, progress=None) -> SearchResult:
         """Run (or resume) the search. ``model_base`` holds input_shape and num_classes."""
+        import optuna  # imported here: it costs every command's start-up a second otherwise
+
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = f"sqlite:///{storage_path}" if storage_path is not None else None
         study = optuna.create_study(
