@@ -2,9 +2,15 @@
 
 Both servers run on loopback, one at a time, driven by wrk (Debian ``wrk``) with the same JSON
 request (one 28x28 digit) at concurrency 1 and 32, for a bounded time each. Prints requests/s,
-p50 and p99 for each and the ratios modelloop / minimal.
+p50 and p99 for each and the ratios modelloop / minimal, with the load average and CPU model.
 
     python bench/serve.py [--project DIR] [--seconds 10] [--backends recorded,torch]
+                          [--acks commit,before-commit]
+
+``--acks`` adds variants of each modelloop server by when a prediction is answered: ``commit``
+(the default and the contract: after its row is committed, group commit) and ``before-commit``
+(``MODELLOOP_ACK=before-commit``: answered when queued, committed a moment later; not durable,
+the baseline that shows what durable acknowledgements cost).
 
 Without --project it trains a small seed-case project under bench/.work/ first.
 """
@@ -53,8 +59,9 @@ def build_project(directory: Path) -> Path:
     return directory
 
 
-def start(cmd: list[str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start(cmd: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})})
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -96,13 +103,29 @@ def wrk(port: int, body_file: Path, connections: int, seconds: int) -> dict[str,
     return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": int(errors.group(1)) if errors else 0}
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "CPU model unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--project", type=Path, default=ROOT / "bench" / ".work" / "seed-case")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--backends", default="recorded,torch",
                     help="modelloop variants: 'recorded' (the backend chosen at registration) and/or backend names")
+    ap.add_argument("--acks", default="commit",
+                    help="modelloop variants by when a prediction is answered: 'commit' (after its row is "
+                         "committed) and/or 'before-commit' (when queued; not durable, a baseline)")
     args = ap.parse_args()
+    acks = args.acks.split(",")
+    if not set(acks) <= {"commit", "before-commit"}:
+        sys.exit(f"--acks: received {args.acks!r}; expected commit and/or before-commit")
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk (or: make bench-serve)")
     project = build_project(args.project)
@@ -117,11 +140,14 @@ def main() -> None:
     body = tmp / "body.json"
     body.write_text(json.dumps({"pixels": np.asarray(x[0]).reshape(-1).astype(int).tolist()}))
 
-    servers = [("minimal FastAPI (torch eager)", None)]
+    servers = [("minimal FastAPI (torch eager)", None, None)]
     for b in args.backends.split(","):
-        servers.append((f"modelloop serve ({recorded if b == 'recorded' else b})", None if b == "recorded" else b))
+        for ack in acks:
+            label = (recorded if b == "recorded" else b) + (", ack before commit" if ack == "before-commit" else "")
+            servers.append((f"modelloop serve ({label})", None if b == "recorded" else b, ack))
+    load_before = os.getloadavg()
     results: dict[tuple[str, int], dict[str, float]] = {}
-    for i, (name, backend) in enumerate(servers):
+    for i, (name, backend, ack) in enumerate(servers):
         port = free_port()
         if i == 0:
             cmd = [sys.executable, str(ROOT / "bench" / "minimal_server.py"), str(version_dir), str(port)]
@@ -129,7 +155,7 @@ def main() -> None:
             cmd = [str(BIN / "modelloop"), "serve", str(project), "--port", str(port)]
             if backend:
                 cmd += ["--backend", backend]
-        proc = start(cmd, port)
+        proc = start(cmd, port, {"MODELLOOP_ACK": ack} if ack else None)
         try:
             for c in (1, 32):
                 results[(name, c)] = wrk(port, body, c, args.seconds)
@@ -137,11 +163,13 @@ def main() -> None:
         finally:
             stop(proc)
     base = servers[0][0]
+    load_after = os.getloadavg()
     print(f"\nServing benchmark: seed-case CNN ({champion}, recorded backend {recorded}), wrk {args.seconds}s per "
-          f"cell, loopback, {os.cpu_count()} cores\n")
+          f"cell, loopback, {os.cpu_count()} cores ({_cpu_model()}), load average (1/5/15 min) "
+          f"{'/'.join(f'{v:.2f}' for v in load_before)} before, {'/'.join(f'{v:.2f}' for v in load_after)} after\n")
     print("| server | concurrency | requests/s | p50 ms | p99 ms | errors | throughput vs minimal |")
     print("|---|---|---|---|---|---|---|")
-    for name, _ in servers:
+    for name, _, _ in servers:
         for c in (1, 32):
             r = results[(name, c)]
             ratio = r["rps"] / results[(base, c)]["rps"]

@@ -7,12 +7,24 @@ label, or a ``rating`` (1-5) — and never overwrites: each submission is a new 
 training the latest label-bearing row of a prediction counts (history kept). Feedback from
 clients the project marks untrusted is stored but left out of training and evaluation.
 Challengers in shadow mode log their answers in ``shadow_predictions``, next to the champion's.
+
+Durability: a write method returns only after its transaction is committed (SQLite runs with
+``synchronous=FULL``, so a commit survives a power cut, not only a crash of the process).
+Writing predictions is idempotent on their id, so a batch that is retried after an ambiguous
+commit, or replayed from the writer's spool, is stored once. A SQLite file is created readable
+by its owner only (0600), with its ``-wal`` and ``-shm`` files: it holds users' inputs.
+
+Outages: once the schema is open, a store that cannot be reached or written right now (a
+PostgreSQL restart, a network outage, SQLite's ``database is locked`` after ``busy_timeout_ms``)
+raises :class:`~modelloop.errors.StoreUnavailableError` (HTTP 503 with ``Retry-After``) from any
+method; opening a store that cannot be reached raises :class:`~modelloop.errors.StoreError`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import uuid
 from collections.abc import Iterable
@@ -22,7 +34,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from ..errors import NotFoundError, StoreError
+from ..errors import NotFoundError, StoreError, StoreUnavailableError
 
 __all__ = ["FeedbackStore", "open_store", "SCHEMA_VERSION", "FEEDBACK_KINDS", "TEXT_DTYPE", "wilson_interval"]
 
@@ -95,16 +107,49 @@ def normalize_url(url: str) -> str:
     return url
 
 
-class FeedbackStore:
-    """Prediction log and feedback store over one database URL."""
+def _owner_only(db_path: str | None) -> None:
+    """Create the SQLite file ``db_path`` (and tighten an existing one, its -wal and -shm) to 0600.
 
-    def __init__(self, url: str) -> None:
+    SQLite gives the -wal and -shm files it creates the mode of the database file."""
+    if not db_path or db_path == ":memory:" or db_path.startswith("file:"):
+        return
+    path = os.path.abspath(db_path)
+    if not os.path.isdir(os.path.dirname(path)):
+        return  # SQLite reports the missing folder when it connects
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
+        except FileNotFoundError:
+            pass
+        except PermissionError:  # another user's file: leave its mode to its owner
+            pass
+
+
+class FeedbackStore:
+    """Prediction log and feedback store over one database URL.
+
+    Args:
+        url: ``sqlite:///PATH`` or ``postgresql://USER@HOST:PORT/DB``.
+        busy_timeout_ms: SQLite only: how long a write waits for another process's lock before
+            the store reports itself unavailable.
+        connect_timeout_s: PostgreSQL only: how long connecting may take before the store reports
+            itself unavailable.
+
+    Raises:
+        StoreError: the URL is unsupported, or the database cannot be reached or migrated.
+    """
+
+    def __init__(self, url: str, *, busy_timeout_ms: int = 10000, connect_timeout_s: int = 5) -> None:
         self.url = url
         try:
             if url.startswith("sqlite"):
+                _owner_only(sa.engine.make_url(url).database)
                 self.engine = sa.create_engine(url)
             else:
-                self.engine = sa.create_engine(normalize_url(url), pool_size=5, max_overflow=10, pool_pre_ping=True)
+                self.engine = sa.create_engine(normalize_url(url), pool_size=5, max_overflow=10, pool_pre_ping=True,
+                                               connect_args={"connect_timeout": connect_timeout_s})
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
             raise StoreError(f"feedback store URL {url!r}: {e}; expected sqlite:///PATH or "
                              "postgresql://USER@HOST:PORT/DB") from None
@@ -114,8 +159,8 @@ class FeedbackStore:
             def _pragmas(dbapi_conn, _record):  # noqa: ANN001
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute("PRAGMA busy_timeout=10000")
+                cur.execute("PRAGMA synchronous=FULL")  # a commit is on disk before it is acknowledged
+                cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
         try:
@@ -123,6 +168,17 @@ class FeedbackStore:
         except sa.exc.OperationalError as e:
             raise StoreError(f"feedback store {self._safe_url()}: cannot connect or write "
                              f"({str(e.orig).strip().splitlines()[0]}); expected a reachable database") from None
+
+        @event.listens_for(self.engine, "handle_error")
+        def _unavailable(ctx):  # noqa: ANN001
+            # Connection refused or lost, server shutting down, SQLite lock held too long: the
+            # caller may retry; integrity and programming errors pass through unchanged.
+            err = ctx.sqlalchemy_exception
+            if ctx.is_disconnect or isinstance(err, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+                cause = str(ctx.original_exception).strip().splitlines()
+                raise StoreUnavailableError(
+                    f"feedback store {self._safe_url()}: unavailable ({cause[0] if cause else type(err).__name__}); "
+                    f"expected a reachable database, retry in {StoreUnavailableError.retry_after_s} s") from err
 
     def _safe_url(self) -> str:
         return repr(sa.engine.make_url(normalize_url(self.url)).render_as_string(hide_password=True))
@@ -151,6 +207,15 @@ class FeedbackStore:
             else:
                 c.execute(_info.update().where(_info.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
+    def ping(self) -> None:
+        """Return if the store takes a write right now (a no-op update, so a SQLite lock counts).
+
+        Raises:
+            StoreUnavailableError: it does not.
+        """
+        with self.engine.begin() as c:
+            c.execute(_info.update().where(_info.c.key == "schema_version").values(value=_info.c.value))
+
     def schema_version(self) -> int:
         with self.engine.connect() as c:
             return int(c.execute(sa.select(_info.c.value).where(_info.c.key == "schema_version")).scalar_one())
@@ -169,11 +234,27 @@ class FeedbackStore:
         return pid
 
     def log_many(self, rows: list[dict[str, Any]], shadow_rows: list[dict[str, Any]] | None = None) -> None:
+        """Store prediction rows (and shadow answers) in one transaction, committed on return.
+
+        A prediction whose id is already stored is left as it is, so a retried or replayed batch
+        is stored once.
+
+        Raises:
+            StoreUnavailableError: the store cannot be reached or written right now; nothing of
+                this call is stored unless a retry finds it committed.
+        """
         with self.engine.begin() as c:
             if rows:
-                c.execute(predictions.insert(), rows)
+                c.execute(self._insert_predictions(), rows)
             if shadow_rows:
                 c.execute(shadow_predictions.insert(), shadow_rows)
+
+    def _insert_predictions(self) -> sa.Insert:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(predictions).on_conflict_do_nothing(index_elements=["id"])
 
     def add_feedback(self, prediction_id: str, label: str, client: str | None = None, kind: str = "label",
                      value: float | None = None) -> int:

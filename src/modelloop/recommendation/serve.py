@@ -10,7 +10,9 @@ another task they answer 409 naming the task.
   items: [{item, score, title}], fallback, latency_ms}``; ``fallback`` is ``"popularity"`` for a
   user the model has no history for (not an error). Each answer is logged in the feedback store
   as a prediction: its input is the request (user, k, exclude_seen), its label the first item,
-  its scores the served list in order (the *slate* the gate re-ranks).
+  its scores the served list in order (the *slate* the gate re-ranks). The answer is sent once
+  that row is committed (or, during a store outage, spooled: header ``X-Modelloop-Logged``), like
+  ``/predict``'s; 503 with ``Retry-After`` when it can be neither.
 - ``GET /similar?item=I&k=10`` -> the k items nearest to I (404 naming an unknown item).
 - ``POST /feedback`` on a recommendation: ``label`` is the item the user clicked or rated
   (``kind`` ``click``, ``label`` or ``rating`` with ``value``); an item outside the catalogue
@@ -24,7 +26,7 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..errors import InputError, ModelloopError, NotFoundError
@@ -57,7 +59,8 @@ class RecService:
         self._catalogues: dict[str, tuple[set[str], list[str]]] = {}
 
     # -- requests --------------------------------------------------------------------------
-    def recommend(self, user: str | None, k: Any, exclude_seen: Any) -> dict[str, Any]:
+    def recommend(self, user: str | None, k: Any, exclude_seen: Any, response: Response | None = None
+                  ) -> dict[str, Any]:
         t0 = time.perf_counter()
         if user is None or not str(user).strip():
             raise InputError("query parameter 'user': missing; expected a user id, e.g. /recommend?user=42&k=10")
@@ -85,7 +88,9 @@ class RecService:
                "fallback": fallback, "latency_ms": latency_ms}
         request = {"user": user, "k": k, "exclude_seen": excl, "fallback": fallback}
         row = prediction_row(pid, m.version, request, items[0][0] if items else "", dict(items), latency_ms)
-        self.writer_box["w"].put([row])
+        logged = self.writer_box["w"].commit_blocking([row])  # on a worker thread: wait for the commit
+        if response is not None:
+            response.headers["X-Modelloop-Logged"] = logged
         self.metrics.predictions.labels(m.version).inc()
         return out
 
@@ -125,7 +130,7 @@ class RecService:
         from ..serve.security import key_from_request
 
         self.keys.require(request, "client")
-        self.writer_box["w"].flush()
+        self.writer_box["w"].flush()  # spooled predictions are in the store before we look (503 while it is down)
         pred = self.loop.store.get_prediction(body.prediction_id)
         if body.label is None:
             raise InputError("field 'label': missing; expected the id of the item the user clicked or rated")
@@ -152,13 +157,14 @@ def router(loop, service: RecService | None, open_predict: bool = True) -> APIRo
             "expected POST /predict")})
 
     @r.get("/recommend")
-    def recommend(request: Request, user: str | None = None, k: str = "10", exclude_seen: str = "true"):
+    def recommend(request: Request, response: Response, user: str | None = None, k: str = "10",
+                  exclude_seen: str = "true"):
         """Top-k items for a user (a user without history gets the most popular items, ``fallback``)."""
         if service is None:
             return _wrong_task("/recommend")
         if not open_predict:
             service.keys.require(request, "client")
-        return service.recommend(user, k, exclude_seen)
+        return service.recommend(user, k, exclude_seen, response)
 
     @r.get("/similar")
     def similar(request: Request, item: str | None = None, k: str = "10"):
