@@ -159,3 +159,28 @@ def postgres():
     server = PostgresServer()
     yield server
     server.stop()
+
+
+# -- running on several workers (``make test`` runs two with pytest-xdist) ----------------------
+# Heaviest first, so the longest file does not start last and leave one worker idle at the end.
+_FIRST = ("demo-project", "tests/e2e/test_loop_scenarios.py", "tests/e2e/test_mnist784.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep each test file on one worker, so its module fixtures are built once, and the files that
+    use the session's demo project together on one worker, so it is built once; e2e files first."""
+    by_file: dict[str, str] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        if "demo_run" in getattr(item, "fixturenames", ()):
+            by_file[path] = "demo-project"
+        by_file.setdefault(path, path)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(by_file[item.nodeid.split("::")[0]]))
+
+    def rank(item) -> tuple[int, int]:
+        group = by_file[item.nodeid.split("::")[0]]
+        first = _FIRST.index(group) if group in _FIRST else len(_FIRST)
+        return (first, 0 if "/e2e/" in group or group == "demo-project" else 1)
+
+    items.sort(key=rank)  # stable: the order inside a file is kept

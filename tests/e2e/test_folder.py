@@ -76,7 +76,7 @@ def test_interrupted_run_resumes(tmp_path, mnist):
     data = write_digit_folder(tmp_path / "photos", mnist, digits=(2, 5), per_class=250, size=32, colour=False)
     project = tmp_path / "proj"
     cli_json("init", project, "--data", data, "--target", "0.5")
-    _quick(project, candidates=("cnn",), max_epochs=60, patience=60)
+    _quick(project, candidates=("cnn",), max_epochs=15, patience=15)  # long enough to be killed mid-training
     runs = project / ".modelloop" / "runs"
     proc = subprocess.Popen([MODELLOOP, "run", str(project)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Kill the run hard once final training has written a few checkpoints.
