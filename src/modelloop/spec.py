@@ -46,7 +46,8 @@ FAMILIES = ("linear", "mlp", "cnn")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Every number in a spec is finite: a target of NaN would pass every comparison's negation.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SplitSpec(_Strict):
@@ -219,6 +220,15 @@ class ServingSpec(_Strict):
     ``max_batch_size`` / ``max_wait_ms``: adaptive micro-batching; a request alone never waits
     longer than ``max_wait_ms`` for company (and not at all when nothing else is in flight).
     ``open_predict``: predict without a key. Feedback and admin calls always need one.
+
+    Limits on what one request may make the server do (each refusal is a 422 naming the file or
+    field, what was received and the limit; a body over ``max_body_bytes`` is a 413):
+    ``max_image_pixels`` per uploaded image (width x height, read from the header before any
+    decoding; at most Pillow's decompression-bomb threshold), ``max_files`` uploads per request,
+    ``max_audio_seconds`` and ``max_audio_sample_rate`` per clip (from the header for files),
+    ``max_text_chars`` per text, ``max_row_fields`` per table row. ``decode_threads``: worker
+    threads that decode uploads and parse large bodies, off the event loop (more requests wait
+    their turn instead of competing for memory).
     """
 
     backends: list[Literal["torch", "torch-bf16", "onnxruntime", "onnxruntime-int8"]] = [
@@ -229,6 +239,13 @@ class ServingSpec(_Strict):
     threads: int = Field(1, ge=1, le=64)
     open_predict: bool = True
     max_body_bytes: int = Field(10_000_000, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=64, le=89_478_485)
+    max_files: int = Field(64, ge=1, le=1024)
+    max_audio_seconds: float = Field(60.0, gt=0, le=3600)
+    max_audio_sample_rate: int = Field(192_000, ge=8000, le=384_000)
+    max_text_chars: int = Field(10_000, ge=1, le=1_000_000)
+    max_row_fields: int = Field(1000, ge=1, le=100_000)
+    decode_threads: int = Field(2, ge=1, le=64)
     cors_origins: list[str] = []
     keys: KeysSpec = KeysSpec()
 

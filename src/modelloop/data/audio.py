@@ -38,9 +38,9 @@ import torch.nn.functional as F
 
 from ..errors import DataError, InputError
 
-__all__ = ["SAMPLE_RATE", "CLIP_SAMPLES", "AUDIO_SUFFIXES", "decode_audio", "read_audio", "resample",
-           "trim_silence", "fix_length", "preprocess", "load_audio_folder", "augment_waveforms",
-           "prepare_audio_dataset", "parse_samples"]
+__all__ = ["SAMPLE_RATE", "CLIP_SAMPLES", "AUDIO_SUFFIXES", "MAX_SECONDS", "MAX_SAMPLE_RATE",
+           "audio_info", "decode_audio", "read_audio", "resample", "trim_silence", "fix_length", "preprocess",
+           "load_audio_folder", "augment_waveforms", "prepare_audio_dataset", "parse_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,18 @@ CLIP_SAMPLES = 16_000  # 1 s
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 #: libsndfile container formats accepted (WAVEX is WAV with a multichannel header)
 _FORMATS = {"WAV": "WAV", "WAVEX": "WAV", "FLAC": "FLAC", "OGG": "OGG"}
+#: default longest clip in seconds and highest sample rate in Hz a request may carry
+#: (``serving.max_audio_seconds``, ``serving.max_audio_sample_rate``); a clip decodes to at most
+#: their product in samples, all channels together
 MAX_SECONDS = 60.0
+MAX_SAMPLE_RATE = 192_000
+MIN_SAMPLE_RATE = 4000
 _EXPECTED = "a WAV, FLAC or OGG audio clip"
 
 
 # -- decoding --------------------------------------------------------------------------------
-def _decode(data: bytes) -> tuple[np.ndarray, int]:
-    """Bytes -> (mono float32 samples, sample rate). Raises ValueError saying what is wrong."""
+def _check_header(data: bytes, max_seconds: float = MAX_SECONDS, max_sample_rate: int = MAX_SAMPLE_RATE):
+    """Read a clip's header (no samples decoded) and check it. Raises ValueError saying what is wrong."""
     import soundfile as sf
 
     if len(data) == 0:
@@ -66,10 +71,45 @@ def _decode(data: bytes) -> tuple[np.ndarray, int]:
         raise ValueError(f"corrupt or not an audio file ({e})") from None
     if info.format not in _FORMATS:
         raise ValueError(f"unsupported format {info.format!r}")
-    if info.frames == 0:
+    if info.frames <= 0:
         raise ValueError("zero-length clip (0 samples)")
-    if info.frames / info.samplerate > MAX_SECONDS:
-        raise ValueError(f"clip of {info.frames / info.samplerate:.1f} s is longer than {MAX_SECONDS:.0f} s")
+    if not MIN_SAMPLE_RATE <= info.samplerate <= max_sample_rate:
+        raise ValueError(f"sample rate of {info.samplerate} Hz, outside {MIN_SAMPLE_RATE}-{max_sample_rate} Hz "
+                         "(serving.max_audio_sample_rate)")
+    if info.frames / info.samplerate > max_seconds:
+        raise ValueError(f"clip of {info.frames / info.samplerate:.1f} s is longer than {max_seconds:g} s "
+                         "(serving.max_audio_seconds)")
+    budget = int(max_seconds * max_sample_rate)
+    if info.channels < 1 or info.frames * info.channels > budget:
+        raise ValueError(f"{info.channels} channels of {info.frames} samples, more than the {budget} samples a "
+                         "clip may decode to (serving.max_audio_seconds x serving.max_audio_sample_rate)")
+    return info
+
+
+def audio_info(data: bytes, name: str = "upload", max_seconds: float = MAX_SECONDS,
+               max_sample_rate: int = MAX_SAMPLE_RATE):
+    """A clip's header (``soundfile.info``), checked before any sample is decoded.
+
+    Raises:
+        InputError: empty, corrupt, an unsupported format, zero-length, longer than
+            ``max_seconds``, a sample rate outside 4000-``max_sample_rate`` Hz or more than
+            ``max_seconds`` x ``max_sample_rate`` samples over all channels; the message names ``name``.
+    """
+    try:
+        return _check_header(data, max_seconds, max_sample_rate)
+    except ValueError as e:
+        raise InputError(f"audio file {name!r}: {e}; expected {_EXPECTED}") from None
+
+
+def _decode(data: bytes, max_seconds: float = MAX_SECONDS,
+            max_sample_rate: int = MAX_SAMPLE_RATE) -> tuple[np.ndarray, int]:
+    """Bytes -> (mono float32 samples, sample rate). Raises ValueError saying what is wrong.
+
+    The header is checked first (length, rate, channels), so an oversized clip is never decoded.
+    """
+    import soundfile as sf
+
+    _check_header(data, max_seconds, max_sample_rate)
     try:
         x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (frames, channels)
     except (sf.LibsndfileError, RuntimeError) as e:
@@ -81,20 +121,22 @@ def _decode(data: bytes) -> tuple[np.ndarray, int]:
     return x.mean(axis=1), int(sr)
 
 
-def decode_audio(data: bytes, name: str = "upload") -> tuple[np.ndarray, int]:
+def decode_audio(data: bytes, name: str = "upload", max_seconds: float = MAX_SECONDS,
+                 max_sample_rate: int = MAX_SAMPLE_RATE) -> tuple[np.ndarray, int]:
     """Decode one WAV/FLAC/OGG clip -> (mono float32 samples (T,), sample rate).
 
     Raises:
-        InputError: empty, zero-length, corrupt, too long (over 60 s) or an unsupported format;
-            the message names ``name``.
+        InputError: empty, zero-length, corrupt, too long (over ``max_seconds``), a sample rate
+            over ``max_sample_rate``, or an unsupported format; the message names ``name``.
     """
     try:
-        return _decode(data)
+        return _decode(data, max_seconds, max_sample_rate)
     except ValueError as e:
         raise InputError(f"audio file {name!r}: {e}; expected {_EXPECTED}") from None
 
 
-def read_audio(source: bytes | str | Path, name: str | None = None) -> np.ndarray:
+def read_audio(source: bytes | str | Path, name: str | None = None, max_seconds: float = MAX_SECONDS,
+               max_sample_rate: int = MAX_SAMPLE_RATE) -> np.ndarray:
     """A clip (bytes or a file path) -> the model's input, float32 (1, CLIP_SAMPLES) at 16 kHz.
 
     Raises:
@@ -106,7 +148,7 @@ def read_audio(source: bytes | str | Path, name: str | None = None) -> np.ndarra
         if not path.is_file():
             raise InputError(f"audio file {name!r}: no such file; expected {_EXPECTED}")
         source = path.read_bytes()
-    x, sr = decode_audio(source, name or "upload")
+    x, sr = decode_audio(source, name or "upload", max_seconds, max_sample_rate)
     return preprocess(x, sr)
 
 
@@ -193,32 +235,46 @@ def preprocess(x: np.ndarray, sr: int, vad: bool = True) -> np.ndarray:
     return fix_length(x)[None]
 
 
-def parse_samples(samples: Any, sample_rate: Any, field: str = "samples") -> np.ndarray:
+def parse_samples(samples: Any, sample_rate: Any, field: str = "samples", max_seconds: float = MAX_SECONDS,
+                  max_sample_rate: int = MAX_SAMPLE_RATE) -> np.ndarray:
     """JSON samples (a list of numbers, -1..1) at ``sample_rate`` -> float32 (1, CLIP_SAMPLES).
 
     Raises:
-        InputError: ``samples`` is not a non-empty list of finite numbers or is too long, or the
-            sample rate is not an integer 4000-192000.
+        InputError: ``samples`` is not a non-empty flat list of finite numbers (booleans and
+            strings are not samples) or is longer than ``max_seconds``, or the sample rate is not
+            an integer from 4000 to ``max_sample_rate``.
     """
+    from .image import json_type
+
     rate_field = "sample_rate" if field == "samples" else field.replace("samples", "sample_rate")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 4000 <= sample_rate <= 192_000:
-        raise InputError(f"field {rate_field!r}: received {sample_rate!r}; expected an integer sample rate in Hz "
-                         "between 4000 and 192000 (e.g. 16000)")
+    got = json_type(sample_rate)
+    if isinstance(sample_rate, float) and sample_rate.is_integer() and abs(sample_rate) < 1e9:
+        sample_rate = int(sample_rate)  # 16000.0 is an integer in JSON
+    if (isinstance(sample_rate, bool) or not isinstance(sample_rate, int)
+            or not MIN_SAMPLE_RATE <= sample_rate <= max_sample_rate):
+        raise InputError(f"field {rate_field!r}: received {got}; expected an integer sample rate in Hz "
+                         f"between {MIN_SAMPLE_RATE} and {max_sample_rate} (e.g. 16000)")
     if not isinstance(samples, list) or not samples:
-        got = "an empty list" if isinstance(samples, list) else type(samples).__name__
+        got = "an empty list" if isinstance(samples, list) else json_type(samples)
         raise InputError(f"field {field!r}: received {got}; expected a non-empty list of audio samples "
                          "(numbers from -1 to 1)")
-    if len(samples) > MAX_SECONDS * sample_rate:
+    if len(samples) > max_seconds * sample_rate:
         raise InputError(f"field {field!r}: received {len(samples)} samples ({len(samples) / sample_rate:.1f} s); "
-                         f"expected at most {MAX_SECONDS:.0f} s of audio")
+                         f"expected at most {max_seconds:g} s of audio (serving.max_audio_seconds)")
+    bad = next((i for i, v in enumerate(samples)
+                if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number))), None)
+    if bad is not None:
+        bad = samples[bad]
+        raise InputError(f"field {field!r}: received {json_type(bad)} among the samples; expected a flat list of "
+                         "finite numbers (audio samples from -1 to 1)")
     try:
-        x = np.asarray(samples, dtype=np.float32)
-    except (TypeError, ValueError):
+        x = np.asarray(samples, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
         x = None
     if x is None or x.ndim != 1 or not np.isfinite(x).all():
         raise InputError(f"field {field!r}: received something other than a flat list of finite numbers; "
                          "expected audio samples from -1 to 1")
-    return preprocess(x, sample_rate)
+    return preprocess(x.astype(np.float32), sample_rate)
 
 
 # -- folders and datasets --------------------------------------------------------------------

@@ -3,11 +3,19 @@
 Everything is brought to one :class:`ImageFormat` (channels, height, width) with pixel values
 0-255, the scale the JSON API also speaks. Unreadable files are either dropped and reported or
 raised, as the spec's ``on_bad_file`` says.
+
+Uploaded images are bounded before they are decoded: Pillow opens lazily, so the header's width
+and height are checked against a pixel limit (``serving.max_image_pixels``) first, and a small
+file that would decode to gigabytes (a 12000x12000 palette PNG is 17 KB) is refused without
+being decoded. Decoding then does no more than the model needs: JPEG decodes at a reduced scale,
+palette and 1-bit images go straight to the channels the model takes, and a large image is
+shrunk (box-averaged) before its transparency is composited.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +26,16 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError, InputError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageFormat", "decode_image", "load_image_folder", "parse_pixels"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "ImageFormat", "decode_image", "decode_images", "open_image",
+           "load_image_folder", "parse_pixels", "json_type"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+#: Pillow formats an upload may be (what the suffixes above mean); others are never parsed
+UPLOAD_FORMATS = ("PNG", "JPEG", "BMP")
+#: default largest upload, width x height (``serving.max_image_pixels``)
+MAX_IMAGE_PIXELS = 40_000_000
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;gray"}
+_EXPECTED = "a PNG, JPEG or BMP image"
 
 
 @dataclass(frozen=True)
@@ -47,13 +61,29 @@ def _is_gray(img: Image.Image) -> bool:
 
 
 def _to_array(img: Image.Image, fmt: ImageFormat) -> np.ndarray:
-    """PIL image -> uint8 array (C, H, W) in ``fmt``."""
-    if img.mode in ("RGBA", "LA", "P"):
+    """PIL image -> uint8 array (C, H, W) in ``fmt``.
+
+    Work is bounded by what the model needs: palette and 1-bit images go straight to the channels
+    needed (never a full-size RGBA of a gray palette), and an image at least four times the
+    model's size on an axis is box-reduced before its transparency is composited and it is resized.
+    """
+    want = "L" if fmt.channels == 1 else "RGB"
+    if img.mode == "P":
+        alpha = "transparency" in img.info or (img.palette is not None and img.palette.mode == "RGBA")
+        img = img.convert(("LA" if want == "L" else "RGBA") if alpha else want)
+    elif img.mode == "1":
+        img = img.convert("L")
+    elif img.mode not in ("L", "LA", "RGB", "RGBA"):
+        img = img.convert(want)
+    xf, yf = img.width // (2 * fmt.width), img.height // (2 * fmt.height)
+    if xf > 1 or yf > 1:
+        img = img.reduce((max(1, xf), max(1, yf)))
+    if img.mode in ("RGBA", "LA"):
         # Composite transparency on white, the usual background of a drawn or scanned image.
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(bg, rgba)
-    img = img.convert("L" if fmt.channels == 1 else "RGB")
+    img = img.convert(want)
     if img.size != (fmt.width, fmt.height):
         img = img.resize((fmt.width, fmt.height), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
@@ -66,17 +96,75 @@ def _open(data: bytes, name: str) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"not a readable PNG/JPEG/BMP image ({e.__class__.__name__}: {e})") from None
     return img
 
 
-def decode_image(data: bytes, fmt: ImageFormat, name: str = "upload") -> np.ndarray:
-    """Decode one uploaded image to a uint8 array (C, H, W) in ``fmt``. Raises InputError."""
+def _megapixels(n: int) -> str:
+    return f"{n / 1e6:.3g} megapixels"
+
+
+def open_image(data: bytes, name: str = "upload", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open an upload lazily (its header only) and check its size before anything is decoded.
+
+    Raises:
+        InputError: empty, not a PNG/JPEG/BMP, or more than ``max_pixels`` pixels (including
+            Pillow's decompression-bomb refusal); the message names ``name`` and the size.
+    """
+    limit = f"expected at most {_megapixels(max_pixels)} (serving.max_image_pixels)"
+    if len(data) == 0:
+        raise InputError(f"file {name!r}: empty file (0 bytes); expected {_EXPECTED}")
     try:
-        return _to_array(_open(data, name), fmt)
-    except ValueError as e:
-        raise InputError(f"file {name!r}: {e}; expected a PNG, JPEG or BMP image") from None
+        img = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
+    except Image.DecompressionBombError as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"an image of {_megapixels(int(found.group(1)))}" if found else "an image too large to decode"
+        raise InputError(f"file {name!r}: {size}, refused as a decompression bomb; {limit}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"file {name!r}: not a readable PNG/JPEG/BMP image ({e.__class__.__name__}: {e}); "
+                         f"expected {_EXPECTED}") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise InputError(f"file {name!r}: a {w}×{h} image ({_megapixels(w * h)}); {limit}")
+    if w < 1 or h < 1:
+        raise InputError(f"file {name!r}: a {w}×{h} image (no pixels); expected {_EXPECTED}")
+    return img
+
+
+def _decode_opened(img: Image.Image, fmt: ImageFormat, name: str) -> np.ndarray:
+    if img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when the model needs far fewer pixels
+        img.draft(None, (2 * fmt.width, 2 * fmt.height))
+    try:
+        img.load()
+        return _to_array(img, fmt)
+    except Image.DecompressionBombError as e:  # pragma: no cover - open_image refuses these first
+        raise InputError(f"file {name!r}: refused as a decompression bomb ({e}); expected {_EXPECTED}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"file {name!r}: not a readable PNG/JPEG/BMP image ({e.__class__.__name__}: {e}); "
+                         f"expected {_EXPECTED}") from None
+
+
+def decode_image(data: bytes, fmt: ImageFormat, name: str = "upload",
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode one uploaded image to a uint8 array (C, H, W) in ``fmt``.
+
+    Raises:
+        InputError: unreadable, not a PNG/JPEG/BMP, or larger than ``max_pixels`` (checked from
+            the header, before decoding); the message names ``name``.
+    """
+    return _decode_opened(open_image(data, name, max_pixels), fmt, name)
+
+
+def decode_images(files: list[tuple[str, bytes]], fmt: ImageFormat,
+                  max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode uploads ``[(name, bytes), ...]`` -> uint8 (n, C, H, W) in ``fmt``.
+
+    Every file's header is checked before any file is decoded, so a request holding one
+    oversized image does no decoding work at all. Raises InputError as :func:`decode_image`.
+    """
+    opened = [(name, open_image(data, name, max_pixels)) for name, data in files]
+    return np.stack([_decode_opened(img, fmt, name) for name, img in opened])
 
 
 @dataclass
@@ -150,8 +238,52 @@ def load_image_folder(
     return FolderImages(x, y, [c.name for c in class_dirs], [f for _, _, f in opened], fmt, dropped)
 
 
+def json_type(v: Any) -> str:
+    """How a JSON value is named in messages: its type, and the value itself only when short."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"a boolean ({str(v).lower()})"
+    if isinstance(v, str):
+        return f"a string ({v!r})" if len(v) <= 20 else f"a string of {len(v)} characters"
+    if isinstance(v, dict):
+        return "an object"
+    if isinstance(v, list):
+        return f"an array of {len(v)} items"
+    if isinstance(v, (int, float)):
+        return f"the number {v!r}" if len(repr(v)) <= 30 else f"an integer of {len(str(abs(v)))} digits"
+    return type(v).__name__
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _non_number(value: list, max_numbers: int, max_depth: int = 3) -> str | None:
+    """What is wrong with nested lists of numbers (deeper than ``max_depth``, more than
+    ``max_numbers`` numbers, or a leaf that is not a number), or None. Stops at the first problem."""
+    stack, count = [(value, 1)], 0
+    while stack:
+        items, depth = stack.pop()
+        if depth > max_depth:
+            return f"an array nested deeper than {max_depth} levels"
+        for v in items:
+            if isinstance(v, list):
+                stack.append((v, depth + 1))
+            elif _is_number(v):
+                count += 1
+            else:
+                return f"a non-numeric value, {json_type(v)}, where a number belongs"
+        if count > max_numbers:
+            return f"more than {max_numbers} numbers"
+    return None
+
+
 def parse_pixels(value: Any, fmt: ImageFormat, field: str = "pixels") -> np.ndarray:
     """JSON pixels -> float32 (C, H, W). Accepts a flat list of C*H*W numbers, [H][W] (gray) or [C][H][W].
+
+    Only numbers count as pixels: booleans, strings (even "12") and nulls are refused, as are
+    values outside 0-255 and more numbers than the model's format holds.
 
     Raises InputError naming the field, what was received and what was expected.
     """
@@ -159,18 +291,23 @@ def parse_pixels(value: Any, fmt: ImageFormat, field: str = "pixels") -> np.ndar
                 + (f"[{fmt.height}][{fmt.width}]" if fmt.channels == 1 else
                    f"[{fmt.channels}][{fmt.height}][{fmt.width}]"))
     if not isinstance(value, list):
-        raise InputError(f"field {field!r}: received {type(value).__name__}; expected a JSON array of {expected}")
+        raise InputError(f"field {field!r}: received {json_type(value)}; expected a JSON array of {expected}")
+    problem = _non_number(value, fmt.size)
+    if problem:
+        raise InputError(f"field {field!r}: received {problem}; expected {expected}")
     try:
-        arr = np.asarray(value, dtype=np.float32)
-    except (ValueError, TypeError):
-        raise InputError(f"field {field!r}: received a ragged or non-numeric array; expected {expected}") from None
+        arr = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        raise InputError(f"field {field!r}: received a ragged array (rows of different lengths); "
+                         f"expected {expected}") from None
     if arr.size == fmt.size and arr.ndim == 1:
         arr = arr.reshape(fmt.channels, fmt.height, fmt.width)
     elif arr.shape == (fmt.height, fmt.width) and fmt.channels == 1:
         arr = arr[None]
     elif arr.shape != (fmt.channels, fmt.height, fmt.width):
         raise InputError(f"field {field!r}: received an array of shape {list(arr.shape)}; expected {expected}")
-    if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255:
-        bad = arr[~np.isfinite(arr) | (arr < 0) | (arr > 255)][0]
-        raise InputError(f"field {field!r}: received a value of {bad!r}; expected pixel values from 0 to 255")
-    return arr
+    bad = ~np.isfinite(arr) | (arr < 0) | (arr > 255)
+    if bad.any():
+        raise InputError(f"field {field!r}: received a value of {float(arr[bad][0]):.6g}; expected pixel values "
+                         "from 0 to 255")
+    return arr.astype(np.float32)

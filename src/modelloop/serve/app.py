@@ -4,6 +4,11 @@ Routes stay thin: they check the key, parse and validate the request, then hand 
 micro-batcher (predict), the feedback store or the loop. The champion is re-read when the
 registry's aliases change, so a promotion or rollback takes effect on the next batch without a
 restart; every batch runs on one model, and each answer names the version that computed it.
+
+Uploads are decoded, and large JSON bodies parsed, in a few worker threads
+(``serving.decode_threads``) after their size was checked from the header, so the event loop
+keeps answering (``/health`` included) while a request is refused or decoded. Every limit a
+request meets is a 422 naming the file or field; an oversized body is a 413.
 """
 
 from __future__ import annotations
@@ -18,15 +23,19 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import orjson
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..data.audio import read_audio
-from ..data.image import decode_image, parse_pixels
+from ..data.audio import audio_info, read_audio
+from ..data.image import decode_images, parse_pixels
 from ..errors import InputError, ModelloopError
 from ..feedback import PredictionWriter, prediction_row
 from ..loop import Loop
@@ -44,15 +53,61 @@ __all__ = ["create_app", "parse_pixels"]
 
 log = logging.getLogger(__name__)
 UI_DIR = Path(__file__).parent / "ui"
-MAX_ITEMS = 1024
+#: JSON bodies up to this size are parsed on the event loop (cheaper than a thread hop); larger
+#: ones, and every audio body (resampling, voice detection), in a worker thread
+INLINE_JSON_BYTES = 64 * 1024
 
-_PREDICT_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"oneOf": [
-        {"type": "object", "required": ["pixels"], "properties": {"pixels": {"type": "array"}}},
-        {"type": "object", "required": ["instances"], "properties": {"instances": {"type": "array"}}},
-        {"type": "array"}]}},
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+_ERRORS = {"application/json": {"schema": {"type": "object", "properties": {"detail": {}}}}}
+#: documented answers besides 200 (FastAPI documents 422 for routes with a declared body)
+_STORE_DOWN = {503: {"description": "The feedback store cannot be reached right now; nothing was stored, send "
+                                    "again after Retry-After seconds.", "content": _ERRORS}}
+_NO_MODEL = {503: {"description": "No champion model to serve yet (run 'modelloop run DIR'), or the feedback "
+                                  "store cannot be reached right now (Retry-After).", "content": _ERRORS}}
+_LIMITED = {413: {"description": "The request body is larger than serving.max_body_bytes.", "content": _ERRORS}}
+
+
+def _predict_body(json_schema: dict[str, Any], uploads: bool) -> dict[str, Any]:
+    """The OpenAPI description of /predict: the task's JSON body, and file uploads for images and audio."""
+    content: dict[str, Any] = {"application/json": {"schema": json_schema}}
+    if uploads:
+        content["multipart/form-data"] = {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}}}}}
+    return {"requestBody": {"required": True, "content": content},
+            "responses": {"422": {"description": "An input the model cannot take; the message names the field "
+                                                 "or file, what was received and what was expected.",
+                                  "content": _ERRORS},
+                          "415": {"description": "Neither JSON nor a file upload.", "content": _ERRORS},
+                          **{str(k): v for k, v in {**_NO_MODEL, **_LIMITED}.items()}}}
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """A value echoed in an error, made safe for JSON and short: non-finite numbers as their
+    names, long texts, big arrays and objects summarised."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else ("NaN" if math.isnan(value) else
+                                                   "Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, int):
+        return value if abs(value) < 10**15 else f"an integer of {len(str(abs(value)))} digits"
+    if isinstance(value, str):
+        return value if len(value) <= 200 else f"a text of {len(value)} characters"
+    if isinstance(value, (list, tuple)):
+        if len(value) > 10 or depth >= 3:
+            return f"an array of {len(value)} items"
+        return [_json_safe(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        if len(value) > 10 or depth >= 3:
+            return f"an object of {len(value)} fields"
+        return {str(k)[:100]: _json_safe(v, depth + 1) for k, v in value.items()}
+    text = str(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _short(name: str | None) -> str:
+    """An uploaded file's name for messages, cut short."""
+    name = name or "file"
+    return name if len(name) <= 100 else name[:100] + "..."
 
 
 class ModelHolder:
@@ -151,10 +206,16 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
                            cfg.max_wait_ms if max_wait_ms is None else max_wait_ms, on_batch=metrics.on_batch)
     jobs = RetrainJobs(loop.paths.root)
     shadow = ShadowScorer(loop, cfg.threads)
+    decoders: dict[str, anyio.CapacityLimiter] = {}
+
+    async def off_loop(fn, *args):
+        """``fn(*args)`` in one of ``serving.decode_threads`` worker threads (others wait their turn)."""
+        return await anyio.to_thread.run_sync(fn, *args, limiter=decoders["limiter"])
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        writer_box["w"] = PredictionWriter(loop.store)
+        decoders["limiter"] = anyio.CapacityLimiter(cfg.decode_threads)
+        writer_box["w"] = PredictionWriter(loop.store, spool_dir=loop.paths.state)  # spool: store outages
         batcher.start()
         try:
             holder.get()
@@ -188,45 +249,88 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
         return JSONResponse(status_code=status, content={"detail": str(exc)},
                             headers={"Retry-After": str(retry)} if retry else None)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's answer to a declared JSON body that is not UTF-8: a bad input like any other
+            return JSONResponse(status_code=422, content={"detail": "request body: not valid JSON or not UTF-8; "
+                                                                    "expected a JSON object"})
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, but never a 500: what the client sent is echoed only when JSON can carry
+        it (NaN and Infinity by name) and when it is short."""
+        errors = []
+        for e in list(exc.errors())[:20]:
+            item = {"type": e.get("type"), "loc": [_json_safe(p) for p in e.get("loc", ())],
+                    "msg": str(e.get("msg", ""))[:500]}
+            if "input" in e:
+                item["input"] = _json_safe(e["input"])
+            if e.get("ctx"):
+                item["ctx"] = _json_safe(e["ctx"])
+            errors.append(item)
+        return JSONResponse(status_code=422, content={"detail": errors})
+
     def _model_for_parsing() -> LoadedModel:
         return holder.loaded or holder.get()
 
     # -- predictions -------------------------------------------------------------------------
+    def _parse_json(raw: bytes, model: LoadedModel) -> tuple[Any, bool]:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            example = {"text": '{"text": "..."}', "audio": '{"samples": [...], "sample_rate": 16000}',
+                       "tabular": '{"row": {"column": value, ...}}'}.get(loop.task.input_kind, '{"pixels": [...]}')
+            raise InputError(f"request body: not valid JSON or not UTF-8 ({e}); expected {example} (numbers "
+                             "are finite: NaN and Infinity are not JSON)") from None
+        return loop.task.parse_json(body, model, cfg)
+
+    def _decode_clips(files: list[tuple[str, bytes]]) -> np.ndarray:
+        """Uploaded clips -> (n, 1, T) float32; every header is checked before any clip is decoded."""
+        bounds = (cfg.max_audio_seconds, cfg.max_audio_sample_rate)
+        for name, data in files:
+            audio_info(data, name, *bounds)
+        return np.stack([read_audio(data, name, *bounds) for name, data in files])
+
     async def _inputs(request: Request, model: LoadedModel) -> tuple[Any, bool]:
         """(raw inputs: pixels (n, C, H, W) float32, a list of texts, or waveforms (n, 1, T) float32,
         whether the caller sent a list)."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
-            try:
-                body = orjson.loads(await request.body())
-            except orjson.JSONDecodeError as e:
-                example = {"text": '{"text": "..."}', "audio": '{"samples": [...], "sample_rate": 16000}',
-                           "tabular": '{"row": {"column": value, ...}}'}.get(
-                    loop.task.input_kind, '{"pixels": [...]}')
-                raise InputError(f"request body: not valid JSON or not UTF-8 ({e}); expected {example}") from None
-            return loop.task.parse_json(body, model)
+            raw = await request.body()
+            if len(raw) > INLINE_JSON_BYTES or loop.task.input_kind == "audio":
+                return await off_loop(_parse_json, raw, model)
+            return _parse_json(raw, model)
         if ctype == "multipart/form-data" and loop.task.input_kind not in ("image", "audio"):
             like = '{"text": "..."}' if loop.task.input_kind == "text" else '{"row": {"column": value, ...}}'
             raise InputError(f"content type {ctype!r}: file uploads are for image and audio models; this "
                              f"{loop.spec.task} model expects application/json like {like}")
         if ctype == "multipart/form-data":
-            form = await request.form()
+            try:
+                form = await request.form()
+            except StarletteHTTPException as e:  # Starlette's refusal of malformed multipart data (400)
+                raise InputError(f"request body: not valid multipart form data ({str(e.detail)[:200]}); expected "
+                                 "files in form field 'file'") from None
             uploads = [u for u in form.getlist("file") if not isinstance(u, str)]
             what = "audio clips (WAV/FLAC/OGG)" if loop.task.input_kind == "audio" else "image files"
             if not uploads:
-                raise InputError(f"form field 'file': missing; received fields {sorted(form.keys())}; "
+                fields = sorted(str(k)[:40] for k in list(form.keys())[:10])
+                raise InputError(f"form field 'file': missing; received fields {fields}; "
                                  f"expected one or more {what} in field 'file'")
-            if len(uploads) > MAX_ITEMS:
-                raise InputError(f"form field 'file': received {len(uploads)} files; expected at most {MAX_ITEMS}")
+            if len(uploads) > cfg.max_files:
+                raise InputError(f"form field 'file': received {len(uploads)} files; expected at most "
+                                 f"{cfg.max_files} (serving.max_files)")
+            files = [(_short(u.filename), await u.read()) for u in uploads]
             if loop.task.input_kind == "audio":  # decoded, resampled to 16 kHz, trimmed: (1, T) float32 each
-                xs = [read_audio(await u.read(), u.filename or "file") for u in uploads]
-                return np.stack(xs), len(uploads) > 1
-            xs = [decode_image(await u.read(), model.fmt, u.filename or "file").astype(np.float32) for u in uploads]
-            return np.stack(xs), len(uploads) > 1
-        raise HTTPException(status_code=415, detail=f"content type {ctype or '(none)'!r}: unsupported; expected "
+                return await off_loop(_decode_clips, files), len(files) > 1
+            xs = await off_loop(decode_images, files, model.fmt, cfg.max_image_pixels)
+            return xs.astype(np.float32), len(files) > 1
+        shown = ctype if len(ctype) <= 100 else ctype[:100] + "..."
+        raise HTTPException(status_code=415, detail=f"content type {shown or '(none)'!r}: unsupported; expected "
                                                     "application/json or multipart/form-data")
 
-    @app.post("/predict", openapi_extra=_PREDICT_BODY)
+    @app.post("/predict", openapi_extra=_predict_body({}, loop.task.input_kind in ("image", "audio")))
     async def predict(request: Request) -> Response:
         """Classify images: ``{"pixels": [...]}`` / a bare array (one image, values 0-255),
         ``{"instances": [[...], ...]}`` (a list), or multipart field ``file`` (one or more files).
@@ -264,22 +368,24 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
                 out.append({"prediction_id": pid, "label": label, "scores": scores, "model_version": model.version,
                             "latency_ms": latency_ms})
             rows.append(prediction_row(pid, model.version, xi, label, scores, latency_ms))
-        await writer_box["w"].commit(rows)  # answered only once the rows are committed
+        logged = await writer_box["w"].commit(rows)  # answered once the rows are committed (or spooled)
         if shadow.active():
             shadow.submit([o["prediction_id"] for o in out], x)
         metrics.predictions.labels(model.version).inc(len(out))
         payload = ({"predictions": out, "model_version": model.version, "batch_size": res.batch_size}
                    if as_list else out[0])
-        return Response(orjson.dumps(payload), media_type="application/json")
+        return Response(orjson.dumps(payload), media_type="application/json",
+                        headers={"X-Modelloop-Logged": logged})
 
-    @app.post("/feedback", response_model=FeedbackOut, status_code=201)
+    @app.post("/feedback", response_model=FeedbackOut, status_code=201,
+              responses={404: {"description": "No such prediction.", "content": _ERRORS}, **_STORE_DOWN, **_LIMITED})
     def feedback(body: FeedbackIn, request: Request) -> FeedbackOut:
         """Give the correct label for a prediction (client key). Unknown ``prediction_id``: 404;
         a label the model does not know: 422."""
         if rec is not None:
             return rec.feedback(body, request)
         keys.require(request, "client")
-        writer_box["w"].flush()  # a prediction answered a moment ago is committed before we look
+        writer_box["w"].flush()  # spooled predictions are in the store before we look (503 while it is down)
         pred = loop.store.get_prediction(body.prediction_id)
         manifest = loop.registry.manifest(pred["model_version"])
         classes = manifest["class_names"]
@@ -290,11 +396,12 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
             except ValueError:
                 number = float("nan")
             if isinstance(body.label, bool) or not math.isfinite(number):
-                raise InputError(f"field 'label': received {body.label!r}; expected the true value of "
+                raise InputError(f"field 'label': received {_json_safe(body.label)!r}; expected the true value of "
                                  f"{classes[0]!r}, a finite number")
             label = f"{number:.6g}"
         elif label not in classes:
-            raise InputError(f"field 'label': received {body.label!r}; expected one of {', '.join(classes)}")
+            raise InputError(f"field 'label': received {_json_safe(body.label)!r}; expected one of "
+                             f"{', '.join(classes)}")
         fid = loop.store.add_feedback(body.prediction_id, label, client=keys.fingerprint(key_from_request(request)),
                                       kind=body.kind, value=body.value)
         metrics.feedback.inc()
@@ -304,12 +411,13 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
     # -- status ------------------------------------------------------------------------------
     @app.get("/health")
     def health() -> dict[str, Any]:
-        """Liveness, the served version and the store's counts."""
+        """Liveness, the served version, the store's status (``ok`` | ``unavailable``), the predictions
+        waiting in the outage spool, and the store's counts."""
         m = holder.loaded
         return {"status": "ok", "model_version": loop.registry.champion(), "loaded_version": m and m.version,
-                "project": loop.spec.name, **loop.store.counts()}
+                "project": loop.spec.name, **writer_box["w"].status()}
 
-    @app.get("/ready")
+    @app.get("/ready", responses={503: {"description": "No model loaded yet.", "content": _ERRORS}})
     def ready() -> JSONResponse:
         """200 once a model is loaded and can answer; 503 before."""
         try:
@@ -412,4 +520,17 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
 
     app.include_router(recommendation_router(loop, rec, cfg.open_predict))
     app.mount("/ui", StaticFiles(directory=UI_DIR), name="ui")
+
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """The OpenAPI document, with /predict's JSON body as the served model takes it (its
+        pixel count, columns or sample limits), so clients and fuzzers see the real contract."""
+        doc = build_openapi()
+        model = None if rec is not None else holder.loaded
+        body = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+        body["schema"] = loop.task.request_schema(model, cfg)
+        return doc
+
+    app.openapi = openapi
     return app

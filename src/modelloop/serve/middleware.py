@@ -16,7 +16,14 @@ class _TooLarge(Exception):
 
 class GuardMiddleware:
     """Counts and times every HTTP request; answers 413 to a body over ``max_body_bytes``, whether
-    announced by Content-Length or discovered while streaming."""
+    announced by Content-Length or sent chunked without one, on every route.
+
+    A chunked body is read here, up to the limit, before the app runs (the app would hold it
+    whole anyway). Should a body still pass the limit while the app reads it, the error raised
+    inside the app may be turned by the framework into a 400 ("error parsing the body") or a
+    500: once the limit is passed, the middleware answers 413 itself and drops whatever response
+    the app then tries to send.
+    """
 
     def __init__(self, app, metrics: ServerMetrics, max_body_bytes: int) -> None:
         self.app = app
@@ -24,13 +31,27 @@ class GuardMiddleware:
         self.max_body = max_body_bytes
 
     async def _reject(self, send, received: int | None) -> None:
-        body = json.dumps({"detail": f"request body: received {received if received is not None else 'more than'}"
-                                     f"{'' if received is not None else ' ' + str(self.max_body)} bytes; "
-                                     f"expected at most {self.max_body} bytes"}).encode()
+        got = f"{received} bytes" if received is not None else f"more than {self.max_body} bytes"
+        body = json.dumps({"detail": f"request body: received {got}; expected at most {self.max_body} bytes "
+                                     "(serving.max_body_bytes)"}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
+
+    async def _read_all(self, receive) -> list[dict] | None:
+        """Every message of a body of unknown length, or None as soon as it passes the limit."""
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages
+            size += len(message.get("body", b""))
+            if size > self.max_body:
+                return None
+            if not message.get("more_body", False):
+                return messages
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -40,8 +61,15 @@ class GuardMiddleware:
         endpoint = endpoint_of(scope["path"])
         status = [500]
         started = [False]
+        too_large = [False]
 
         async def send_wrapper(message) -> None:
+            if too_large[0]:  # the app's answer to a body it could not finish reading: ours goes instead
+                if not started[0] and message["type"] == "http.response.start":
+                    started[0] = True
+                    status[0] = 413
+                    await self._reject(send, None)
+                return
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
                 started[0] = True
@@ -57,21 +85,47 @@ class GuardMiddleware:
             self.metrics.observe(endpoint, scope["method"], 413, time.perf_counter() - t0)
             return
 
+        source = receive
+        if length is None and any(k == b"transfer-encoding" for k, _ in scope["headers"]):
+            # A chunked body announces no length: read it here, up to the limit, before any route
+            # runs, so it is refused the same way on every route (even one that never reads it).
+            messages = await self._read_all(receive)
+            if messages is None:
+                status[0] = 413
+                await self._reject(send, None)
+                self.metrics.observe(endpoint, scope["method"], 413, time.perf_counter() - t0)
+                return
+            if messages[-1]["type"] == "http.request":
+                messages = [{"type": "http.request", "body": b"".join(m.get("body", b"") for m in messages),
+                             "more_body": False}]
+            replay = iter(messages)
+
+            async def source():
+                message = next(replay, None)
+                return message if message is not None else await receive()
+
         seen = [0]
 
         async def receive_wrapper():
-            message = await receive()
+            if too_large[0]:
+                raise _TooLarge
+            message = await source()
             if message["type"] == "http.request":
                 seen[0] += len(message.get("body", b""))
                 if seen[0] > self.max_body:
+                    too_large[0] = True
                     raise _TooLarge
             return message
 
         try:
             await self.app(scope, receive_wrapper, send_wrapper)
-        except _TooLarge:
-            if not started[0]:
+        except Exception:
+            if not too_large[0]:
+                raise
+            # _TooLarge itself, or whatever the app or framework made of it (a group of errors, ...)
+        finally:
+            if too_large[0] and not started[0]:
+                started[0] = True
                 status[0] = 413
                 await self._reject(send, None)
-        finally:
             self.metrics.observe(endpoint, scope["method"], status[0], time.perf_counter() - t0)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
+
+#: a number as JSON carries it: finite, never a boolean or a numeric string
+FiniteNumber = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 
 
 class PredictResponse(BaseModel):
@@ -16,15 +19,15 @@ class PredictResponse(BaseModel):
 
 
 class FeedbackIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    prediction_id: str = Field(min_length=1, max_length=64)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    prediction_id: StrictStr = Field(min_length=1, max_length=64)
     kind: Literal["label", "thumbs", "rating", "click"] = Field("label", description=(
         "label: the correct class; thumbs: value +1 (right) or -1 (wrong); rating: value 1-5; click "
         "(recommendation): the user clicked the item named in label."))
-    label: StrictStr | StrictInt | StrictFloat | None = Field(None, description=(
-        "The correct class name (kind label); an integer is read as its text. Regression models: the true "
-        "value, a number."))
-    value: float | None = Field(None, description="thumbs: +1 or -1; rating: 1 to 5.")
+    label: Annotated[StrictStr, Field(min_length=1, max_length=1000)] | StrictInt | FiniteNumber | None = Field(
+        None, description=("The correct class name (kind label); an integer is read as its text. Regression "
+                           "models: the true value, a finite number."))
+    value: FiniteNumber | None = Field(None, description="thumbs: +1 or -1; rating: 1 to 5 (a finite number).")
 
     @model_validator(mode="after")
     def _consistent(self) -> FeedbackIn:

@@ -16,9 +16,9 @@ import numpy as np
 
 from ..data.audio import CLIP_SAMPLES, SAMPLE_RATE, fix_length, parse_samples, prepare_audio_dataset
 from ..errors import InputError
-from ..spec import DataSpec
-from .base import Candidate, Task
-from .image_classification import _check_items
+from ..spec import DataSpec, ServingSpec
+from .base import Candidate, Task, fields_of
+from .image_classification import MAX_ITEMS, _check_items
 
 __all__ = ["AudioClassification"]
 
@@ -51,24 +51,38 @@ class AudioClassification(Task):
         x = np.stack(arrays)[:, None] if arrays else np.zeros((0, 1, CLIP_SAMPLES), np.float32)
         return torch.from_numpy(x), keep
 
-    def parse_json(self, body: Any, model) -> tuple[Any, bool]:
+    def parse_json(self, body: Any, model, limits: ServingSpec | None = None) -> tuple[Any, bool]:
+        from ..data.image import json_type
+
+        lim = limits or ServingSpec()
+        bounds = {"max_seconds": lim.max_audio_seconds, "max_sample_rate": lim.max_audio_sample_rate}
         if isinstance(body, dict) and "instances" in body:
             items = body["instances"]
             _check_items(items, "clips ({\"samples\": [...], \"sample_rate\": 16000})")
             out = []
             for i, it in enumerate(items):
                 if not isinstance(it, dict) or "samples" not in it:
-                    raise InputError(f"field 'instances[{i}]': received {type(it).__name__}; expected "
+                    raise InputError(f"field 'instances[{i}]': received {json_type(it)}; expected "
                                      "{\"samples\": [...], \"sample_rate\": 16000}")
                 out.append(parse_samples(it["samples"], it.get("sample_rate", SAMPLE_RATE),
-                                         f"instances[{i}].samples"))
+                                         f"instances[{i}].samples", **bounds))
             return np.stack(out), True
         if isinstance(body, dict) and "samples" in body:
-            return parse_samples(body["samples"], body.get("sample_rate", SAMPLE_RATE))[None], False
-        got = f"fields {sorted(body)}" if isinstance(body, dict) else type(body).__name__
+            return parse_samples(body["samples"], body.get("sample_rate", SAMPLE_RATE), **bounds)[None], False
+        got = f"fields {fields_of(body)}" if isinstance(body, dict) else json_type(body)
         raise InputError(f"request body: received {got}; expected {{\"samples\": [...], \"sample_rate\": 16000}} "
                          "(one clip, samples from -1 to 1), {\"instances\": [...]} (a list), or an uploaded "
                          "audio file in multipart field 'file'")
+
+    def request_schema(self, model, limits: ServingSpec | None = None) -> dict[str, Any]:
+        lim = limits or ServingSpec()
+        clip = {"type": "object", "required": ["samples"], "properties": {
+            "samples": {"type": "array", "minItems": 1, "items": {"type": "number", "minimum": -1, "maximum": 1},
+                        "description": f"mono samples, at most {lim.max_audio_seconds:g} s"},
+            "sample_rate": {"type": "integer", "minimum": 4000, "maximum": lim.max_audio_sample_rate,
+                            "default": SAMPLE_RATE}}}
+        return {"anyOf": [clip, {"type": "object", "required": ["instances"], "properties": {"instances": {
+            "type": "array", "minItems": 1, "maxItems": MAX_ITEMS, "items": clip}}}]}
 
     def describe_input(self, model) -> dict[str, Any]:
         return {"input": "audio", "sample_rate": SAMPLE_RATE, "clip_samples": CLIP_SAMPLES,

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..spec import DataSpec, Spec
+from ..spec import DataSpec, ServingSpec, Spec
 
-__all__ = ["Candidate", "Task", "get_task", "TASK_NAMES"]
+__all__ = ["Candidate", "Task", "get_task", "TASK_NAMES", "fields_of"]
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,27 @@ class Task(ABC):
         usable ones, which were usable). ``like`` is the dataset or model they must fit."""
 
     @abstractmethod
-    def parse_json(self, body: Any, model) -> tuple[Any, bool]:
-        """A JSON request body -> (raw batch, whether the caller sent a list). Raises InputError."""
+    def parse_json(self, body: Any, model, limits: ServingSpec | None = None) -> tuple[Any, bool]:
+        """A JSON request body -> (raw batch, whether the caller sent a list).
+
+        ``limits`` holds the request limits (``serving.max_text_chars``, ...; the defaults when
+        None). Only numbers count as numbers (never booleans or numeric strings where a number
+        belongs, and never NaN or infinity). Raises InputError naming the field.
+        """
 
     def describe_input(self, model) -> dict[str, Any]:
         return {}
 
+    def request_schema(self, model, limits: ServingSpec | None = None) -> dict[str, Any]:
+        """JSON Schema of a ``/predict`` JSON body for ``model`` (None: not loaded yet), for the
+        OpenAPI document; what :meth:`parse_json` takes."""
+        return {"type": "object"}
 
+
+def fields_of(body: dict) -> str:
+    """The field names of a request body for a message: a few, each cut short."""
+    names = sorted(str(k)[:40] for k in list(body)[:10])
+    return f"{names}" + (f" and {len(body) - 10} more" if len(body) > 10 else "")
 
 
 #: task name -> (module in this package, class)

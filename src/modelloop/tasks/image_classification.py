@@ -16,8 +16,8 @@ import numpy as np
 from ..data import prepare_dataset
 from ..data.image import parse_pixels
 from ..errors import InputError
-from ..spec import DataSpec
-from .base import Candidate, Task
+from ..spec import DataSpec, ServingSpec
+from .base import Candidate, Task, fields_of
 
 __all__ = ["ImageClassification", "FEW_PER_CLASS"]
 
@@ -76,7 +76,7 @@ class ImageClassification(Task):
         x = np.stack(arrays).astype(np.float32) if arrays else np.zeros((0, *shape), np.float32)
         return torch.from_numpy(x), keep
 
-    def parse_json(self, body: Any, model) -> tuple[Any, bool]:
+    def parse_json(self, body: Any, model, limits: ServingSpec | None = None) -> tuple[Any, bool]:
         fmt = model.fmt
         if isinstance(body, dict):
             if "instances" in body:
@@ -84,7 +84,7 @@ class ImageClassification(Task):
                 _check_items(items, "images")
                 return np.stack([parse_pixels(v, fmt, f"instances[{i}]") for i, v in enumerate(items)]), True
             if "pixels" not in body:
-                raise InputError(f"request body: received fields {sorted(body)}; expected a field 'pixels' "
+                raise InputError(f"request body: received fields {fields_of(body)}; expected a field 'pixels' "
                                  "(one image) or 'instances' (a list)")
             body = body["pixels"]
         return parse_pixels(body, fmt)[None], False
@@ -92,12 +92,29 @@ class ImageClassification(Task):
     def describe_input(self, model) -> dict[str, Any]:
         return {"format": model.fmt.to_dict()}
 
+    def request_schema(self, model, limits: ServingSpec | None = None) -> dict[str, Any]:
+        fmt = getattr(model, "fmt", None)
+        pixel = {"type": "number", "minimum": 0, "maximum": 255}
+        flat: dict[str, Any] = {"type": "array", "items": pixel, "description": "C*H*W pixel values, 0-255"}
+        nested = {"type": "array", "items": {"type": "array", "items": pixel}, "description": "[H][W] (gray)"}
+        if fmt is not None:
+            flat.update(minItems=fmt.size, maxItems=fmt.size)
+            nested.update(minItems=fmt.height, maxItems=fmt.height)
+            nested["items"].update(minItems=fmt.width, maxItems=fmt.width)
+        one = {"anyOf": [flat, nested]} if fmt is None or fmt.channels == 1 else flat
+        return {"anyOf": [
+            {"type": "object", "required": ["pixels"], "properties": {"pixels": one}},
+            {"type": "object", "required": ["instances"], "properties": {"instances": {
+                "type": "array", "minItems": 1, "maxItems": MAX_ITEMS, "items": one}}},
+            one]}
+
 
 MAX_ITEMS = 1024
 
 
-def _check_items(items: Any, what: str) -> None:
+def _check_items(items: Any, what: str, field: str = "instances") -> None:
+    from ..data.image import json_type
+
     if not isinstance(items, list) or not items or len(items) > MAX_ITEMS:
-        raise InputError(f"field 'instances': received {type(items).__name__} of "
-                         f"{len(items) if isinstance(items, list) else 'no'} items; expected a "
-                         f"list of 1 to {MAX_ITEMS} {what}")
+        got = f"an array of {len(items)} items" if isinstance(items, list) else json_type(items)
+        raise InputError(f"field {field!r}: received {got}; expected a list of 1 to {MAX_ITEMS} {what}")

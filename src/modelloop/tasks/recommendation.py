@@ -38,7 +38,7 @@ class Recommendation(Task):
     def collate(self, items: list[Any], like) -> tuple[Any, list[bool]]:
         return [], [False] * len(items)
 
-    def parse_json(self, body: Any, model) -> tuple[Any, bool]:
+    def parse_json(self, body: Any, model, limits=None) -> tuple[Any, bool]:
         raise InputError(PREDICT_HINT)
 
     def describe_input(self, model) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from typing import Any
 
 from ..data.tabular import prepare_tabular_dataset
 from ..errors import InputError
-from ..spec import DataSpec
-from .base import Candidate, Task
-from .image_classification import _check_items
+from ..spec import DataSpec, ServingSpec
+from .base import Candidate, Task, fields_of
+from .image_classification import MAX_ITEMS, _check_items
 
 __all__ = ["TabularClassification"]
 
@@ -71,17 +71,21 @@ class TabularClassification(Task):
                 rows.append(row)
         return rows, keep
 
-    def parse_json(self, body: Any, model) -> tuple[Any, bool]:
+    def parse_json(self, body: Any, model, limits: ServingSpec | None = None) -> tuple[Any, bool]:
+        from ..data.image import json_type
+
+        lim = limits or ServingSpec()
+        opts = {"strict": True, "max_fields": lim.max_row_fields, "max_chars": lim.max_text_chars}
         if isinstance(body, dict):
             if "instances" in body:
                 items = body["instances"]
                 _check_items(items, "rows")
-                return model.featurizer.coerce_rows(items, "instances"), True
+                return model.featurizer.coerce_rows(items, "instances", **opts), True
             if "row" in body:
-                return model.featurizer.coerce_rows([body["row"]], "row"), False
-            raise InputError(f"request body: received fields {sorted(body)}; expected a field 'row' "
+                return model.featurizer.coerce_rows([body["row"]], "row", **opts), False
+            raise InputError(f"request body: received fields {fields_of(body)}; expected a field 'row' "
                              "(one {column: value} object) or 'instances' (a list of them)")
-        raise InputError(f"request body: received {type(body).__name__}; expected {{\"row\": {{...}}}} or "
+        raise InputError(f"request body: received {json_type(body)}; expected {{\"row\": {{...}}}} or "
                          "{\"instances\": [{...}, ...]}")
 
     def describe_input(self, model) -> dict[str, Any]:
@@ -89,3 +93,17 @@ class TabularClassification(Task):
         return {"input": "row", "columns": feat.columns,
                 "numeric": [c["name"] for c in feat.numeric_],
                 "categorical": {c["name"]: c["categories"] for c in feat.categorical_}}
+
+    def request_schema(self, model, limits: ServingSpec | None = None) -> dict[str, Any]:
+        feat = getattr(model, "featurizer", None)
+        chars = (limits or ServingSpec()).max_text_chars
+        row: dict[str, Any] = {"type": "object", "description": "{column: value}; null for a missing value"}
+        if feat is not None and getattr(feat, "columns_", None):
+            numeric = {c["name"] for c in feat.numeric_}
+            row["required"] = feat.columns
+            row["properties"] = {
+                c: ({"type": ["number", "null"]} if c in numeric else
+                    {"type": ["string", "number", "boolean", "null"], "maxLength": chars}) for c in feat.columns}
+        return {"anyOf": [{"type": "object", "required": ["row"], "properties": {"row": row}},
+                          {"type": "object", "required": ["instances"], "properties": {"instances": {
+                              "type": "array", "minItems": 1, "maxItems": MAX_ITEMS, "items": row}}}]}

@@ -35,28 +35,42 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
-def _numeric(v: Any, where: str, column: str) -> float | None:
-    """A numeric cell -> float, or None when missing (null, NaN, an empty string)."""
+def _shown(v: Any) -> str:
+    """A received cell for a message: short values as they are, long strings by their length."""
+    if isinstance(v, str) and len(v) > 40:
+        return f"a string of {len(v)} characters"
+    shown = repr(v)
+    return f"{shown} ({type(v).__name__})" if len(shown) <= 60 else f"a {type(v).__name__} ({len(shown)} characters)"
+
+
+def _numeric(v: Any, where: str, column: str, strict: bool = False) -> float | None:
+    """A numeric cell -> float, or None when missing (null, NaN, an empty string).
+
+    ``strict`` (requests): an infinite value is refused rather than read as missing.
+    """
     if v is None:
         return None
+    f = None
     if _is_number(v):
         f = float(v)
-        return f if math.isfinite(f) else None
-    if isinstance(v, str):
+    elif isinstance(v, str):
         s = v.strip()
         if not s:
             return None
         try:
-            f = float(s)
+            f = float(s) if len(s) <= 100 else None
         except ValueError:
-            pass
-        else:
-            return f if math.isfinite(f) else None
-    raise InputError(f"{where}, column {column!r}: received {v!r} ({type(v).__name__}); expected a number or null "
-                     "(a numeric column)")
+            f = None
+    if f is None:
+        raise InputError(f"{where}, column {column!r}: received {_shown(v)}; expected a number or null "
+                         "(a numeric column)")
+    if math.isinf(f) and strict:
+        raise InputError(f"{where}, column {column!r}: received an infinite number; expected a finite number or "
+                         "null (a numeric column)")
+    return f if math.isfinite(f) else None
 
 
-def _category(v: Any, where: str, column: str) -> str | None:
+def _category(v: Any, where: str, column: str, max_chars: int | None = None) -> str | None:
     """A categorical cell -> its string form, or None when missing."""
     if v is None:
         return None
@@ -68,6 +82,9 @@ def _category(v: Any, where: str, column: str) -> str | None:
             return None
         return str(int(f)) if f.is_integer() else str(v)
     if isinstance(v, str):
+        if max_chars is not None and len(v) > max_chars:
+            raise InputError(f"{where}, column {column!r}: received a string of {len(v)} characters; expected at "
+                             f"most {max_chars} (serving.max_text_chars)")
         return v.strip() or None
     raise InputError(f"{where}, column {column!r}: received {type(v).__name__}; expected a string, a number or null "
                      "(a categorical column)")
@@ -111,12 +128,17 @@ class TabularFeaturizer(Featurizer):
         return (sum(1 + bool(c["indicator"]) for c in self.numeric_)
                 + sum(len(c["categories"]) + 2 for c in self.categorical_))
 
-    def coerce_rows(self, rows: Any, field: str = "row") -> list[dict[str, float | str | None]]:
+    def coerce_rows(self, rows: Any, field: str = "row", *, strict: bool = False, max_fields: int | None = None,
+                    max_chars: int | None = None) -> list[dict[str, float | str | None]]:
         """Check raw rows against the learned columns; numeric cells -> float/None, categorical -> str/None.
 
+        ``strict`` (a request, not training data): infinite numbers are refused instead of read
+        as missing; ``max_fields`` bounds the fields of one row and ``max_chars`` a text cell.
+
         Raises:
-            InputError: not a list of objects, a row missing a column, a non-numeric value in a
-                numeric column, or a value of the wrong type; the message names the row and column.
+            InputError: not a list of objects, a row missing a column or with too many fields, a
+                non-numeric value in a numeric column, or a value of the wrong type; the message
+                names the row and column.
         """
         if not self.columns_:
             raise ValueError("tabular featurizer: not fitted; call fit on the training rows first")
@@ -128,14 +150,17 @@ class TabularFeaturizer(Featurizer):
             where = f"field {field!r}" if len(rows) == 1 and field == "row" else f"field '{field}[{i}]'"
             if not isinstance(row, dict):
                 raise InputError(f"{where}: received {type(row).__name__}; expected an object {{column: value}}")
+            if max_fields is not None and len(row) > max_fields:
+                raise InputError(f"{where}: received an object of {len(row)} fields; expected at most {max_fields} "
+                                 f"(serving.max_row_fields; the model reads {len(self.columns_)} columns)")
             missing = [c for c in self.columns_ if c not in row]
             if missing:
                 shown = ", ".join(repr(c) for c in missing[:5]) + (f" and {len(missing) - 5} more"
                                                                     if len(missing) > 5 else "")
                 raise InputError(f"{where}: column {shown} missing; expected every column the model was trained on "
                                  f"({len(self.columns_)} columns; send null for an unknown value)")
-            out.append({c: (_numeric(row[c], where, c) if c in self._numeric else _category(row[c], where, c))
-                        for c in self.columns_})
+            out.append({c: (_numeric(row[c], where, c, strict) if c in self._numeric
+                            else _category(row[c], where, c, max_chars)) for c in self.columns_})
         return out
 
     def fit(self, x: list[dict[str, Any]]) -> TabularFeaturizer:

@@ -6,7 +6,8 @@ recompute them), both feature sets side by side + a linear head, and LoRA fine-t
 (opt-in: minutes per epoch on a CPU).
 
 Inputs are normalized like the training data (``data.text.normalize_text``) and truncated at
-``MAX_TEXT_CHARS`` characters; the encoders truncate again at their token limit.
+``MAX_TEXT_CHARS`` characters; the encoders truncate again at their token limit. A request text
+longer than ``serving.max_text_chars`` is refused before any work is done on it.
 """
 
 from __future__ import annotations
@@ -16,24 +17,31 @@ from typing import Any
 
 from ..data.dataset import prepare_text_dataset
 from ..errors import InputError
-from ..spec import DataSpec
-from .base import Candidate, Task
-from .image_classification import _check_items
+from ..spec import DataSpec, ServingSpec
+from .base import Candidate, Task, fields_of
+from .image_classification import MAX_ITEMS, _check_items
 
 __all__ = ["TextClassification", "parse_texts"]
 
 _MINILM = {"kind": "minilm", "encoder": "all-MiniLM-L6-v2", "max_length": 256}
 
 
-def parse_texts(values: list[Any], field: str) -> list[str]:
-    """Request texts -> normalized, truncated texts. Raises InputError for non-strings and empty texts."""
+def parse_texts(values: list[Any], field: str, max_chars: int | None = None) -> list[str]:
+    """Request texts -> normalized, truncated texts.
+
+    Raises InputError for non-strings, empty texts and texts longer than ``max_chars``.
+    """
+    from ..data.image import json_type
     from ..data.text import MAX_TEXT_CHARS, normalize_text
 
     out = []
     for i, v in enumerate(values):
         name = field if len(values) == 1 and field == "text" else f"{field}[{i}]"
         if not isinstance(v, str):
-            raise InputError(f"field {name!r}: received {type(v).__name__}; expected a string of text")
+            raise InputError(f"field {name!r}: received {json_type(v)}; expected a string of text")
+        if max_chars is not None and len(v) > max_chars:
+            raise InputError(f"field {name!r}: received a text of {len(v)} characters; expected at most {max_chars} "
+                             "characters (serving.max_text_chars)")
         t = normalize_text(v)
         if not t:
             raise InputError(f"field {name!r}: received an empty text; expected at least one non-space character")
@@ -74,21 +82,34 @@ class TextClassification(Task):
         keep = [isinstance(t, str) for t in items]
         return [t for t in items if isinstance(t, str)], keep
 
-    def parse_json(self, body: Any, model) -> tuple[Any, bool]:
+    def parse_json(self, body: Any, model, limits: ServingSpec | None = None) -> tuple[Any, bool]:
+        from ..data.image import json_type
+
+        max_chars = (limits or ServingSpec()).max_text_chars
         if isinstance(body, str):
-            return parse_texts([body], "text"), False
+            return parse_texts([body], "text", max_chars), False
         if isinstance(body, dict):
             if "instances" in body or "texts" in body:
                 key = "instances" if "instances" in body else "texts"
                 items = body[key]
-                _check_items(items, "texts")
-                return parse_texts(items, key), True
+                _check_items(items, "texts", key)
+                return parse_texts(items, key, max_chars), True
             if "text" in body:
-                return parse_texts([body["text"]], "text"), False
-            raise InputError(f"request body: received fields {sorted(body)}; expected a field 'text' "
+                return parse_texts([body["text"]], "text", max_chars), False
+            raise InputError(f"request body: received fields {fields_of(body)}; expected a field 'text' "
                              "(one text) or 'instances' (a list of texts)")
-        raise InputError(f"request body: received {type(body).__name__}; expected {{\"text\": \"...\"}} or "
+        raise InputError(f"request body: received {json_type(body)}; expected {{\"text\": \"...\"}} or "
                          "{\"instances\": [\"...\", ...]}")
 
     def describe_input(self, model) -> dict[str, Any]:
         return {"input": "text"}
+
+    def request_schema(self, model, limits: ServingSpec | None = None) -> dict[str, Any]:
+        # at least one character that normalization keeps (not whitespace, not a control character)
+        text = {"type": "string", "minLength": 1, "maxLength": (limits or ServingSpec()).max_text_chars,
+                "pattern": "[^\\s\\u0000-\\u001f\\u007f-\\u009f]"}
+        texts = {"type": "array", "minItems": 1, "maxItems": MAX_ITEMS, "items": text}
+        return {"anyOf": [{"type": "object", "required": ["text"], "properties": {"text": text}},
+                          {"type": "object", "required": ["instances"], "properties": {"instances": texts}},
+                          text]}
+
