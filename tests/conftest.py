@@ -152,6 +152,35 @@ def demo_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory):
+    """``tiny_project(task, dest, **serving)``: the cheapest trained project of ``task`` (see
+    ``tests/e2e/tiny_projects.py``), trained once per session and handed out as a private copy at
+    ``dest`` with the given ``serving`` fields set. For tests of the server, the store and the
+    registry rather than of learning; serving fields do not change what was trained."""
+    import shutil
+
+    import yaml
+
+    from tests.e2e.tiny_projects import build
+
+    root = tmp_path_factory.mktemp("tiny")
+    built: dict[str, Path] = {}
+
+    def make(task: str, dest: Path, **serving) -> Path:
+        if task not in built:
+            built[task] = build(task, root / task)
+        shutil.copytree(built[task], dest)
+        if serving:
+            spec_path = dest / "modelloop.yaml"
+            spec = yaml.safe_load(spec_path.read_text())
+            spec["serving"].update(serving)
+            spec_path.write_text(yaml.safe_dump(spec))
+        return dest
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def postgres():
     """A real PostgreSQL server on loopback for the whole session."""
     from tests.pg import PostgresServer
@@ -162,18 +191,21 @@ def postgres():
 
 
 # -- running on several workers (``make test`` runs two with pytest-xdist) ----------------------
+# Session fixtures worth building once: the files that use one run on the same worker.
+_SHARED = {"demo_run": "demo-project", "tiny_project": "tiny-projects"}
 # Heaviest first, so the longest file does not start last and leave one worker idle at the end.
 _FIRST = ("demo-project", "tests/e2e/test_loop_scenarios.py", "tests/e2e/test_mnist784.py")
 
 
 def pytest_collection_modifyitems(config, items):
     """Keep each test file on one worker, so its module fixtures are built once, and the files that
-    use the session's demo project together on one worker, so it is built once; e2e files first."""
+    use one of the session's shared projects together on one worker, so it is built once; e2e first."""
     by_file: dict[str, str] = {}
     for item in items:
         path = item.nodeid.split("::")[0]
-        if "demo_run" in getattr(item, "fixturenames", ()):
-            by_file[path] = "demo-project"
+        for fixture, group in _SHARED.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                by_file[path] = group
         by_file.setdefault(path, path)
     for item in items:
         item.add_marker(pytest.mark.xdist_group(by_file[item.nodeid.split("::")[0]]))
@@ -181,6 +213,6 @@ def pytest_collection_modifyitems(config, items):
     def rank(item) -> tuple[int, int]:
         group = by_file[item.nodeid.split("::")[0]]
         first = _FIRST.index(group) if group in _FIRST else len(_FIRST)
-        return (first, 0 if "/e2e/" in group or group == "demo-project" else 1)
+        return (first, 0 if "/e2e/" in group or group in _SHARED.values() else 1)
 
     items.sort(key=rank)  # stable: the order inside a file is kept

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.e2e.tiny_projects import TASKS, build
+from tests.e2e.tiny_projects import TASKS
 
 pytestmark = pytest.mark.slow
 
@@ -53,8 +53,8 @@ def _real_prediction(client: httpx.Client, task: str) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_no_server_errors_on_any_documented_operation(task, tmp_path, serve):
-    project = build(task, tmp_path)
+def test_no_server_errors_on_any_documented_operation(task, tmp_path, serve, tiny_project):
+    project = tiny_project(task, tmp_path / "proj")
     server = serve(project)
     doc = server.client.get("/openapi.json").json()
     pid, good_label = _real_prediction(server.client, task)

@@ -28,7 +28,6 @@ from modelloop.errors import InputError, SpecError
 from modelloop.feedback import FeedbackStore
 from modelloop.spec import parse_spec
 from tests.conftest import Server, cli
-from tests.e2e.tiny_projects import build
 
 pytestmark = pytest.mark.slow
 
@@ -140,13 +139,13 @@ def _counts(project: Path) -> dict:
 
 # -- servers -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def projects(tmp_path_factory):
+def projects(tmp_path_factory, tiny_project):
     root = tmp_path_factory.mktemp("hostile")
-    return {"image": build("image-classification", root / "image", max_files=4),
-            "text": build("text-classification", root / "text", max_text_chars=500),
-            "tabular": build("tabular-classification", root / "tabular", max_row_fields=50),
-            "audio": build("audio-classification", root / "audio", max_audio_seconds=5.0,
-                           max_audio_sample_rate=48_000)}
+    return {"image": tiny_project("image-classification", root / "image", max_files=4),
+            "text": tiny_project("text-classification", root / "text", max_text_chars=500),
+            "tabular": tiny_project("tabular-classification", root / "tabular", max_row_fields=50),
+            "audio": tiny_project("audio-classification", root / "audio", max_audio_seconds=5.0,
+                                  max_audio_sample_rate=48_000)}
 
 
 @pytest.fixture(scope="module")
