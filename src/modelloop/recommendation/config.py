@@ -55,7 +55,7 @@ DEFAULT_IMPLICIT = ("popularity", "bpr", "ease", "two-tower")
 class RecommendationSpec(BaseModel):
     """Columns of the interactions table, the optional item-text table, and the candidates."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # finite numbers only
 
     user_column: str = "user"
     item_column: str = "item"
