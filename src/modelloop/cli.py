@@ -1,7 +1,8 @@
 """The ``modelloop`` command line.
 
 Every command takes ``--json`` and then prints one JSON object to stdout; progress and logs go to
-stderr. Exit codes: 0 done, 1 a gate or requirement not met, 2 bad input or usage.
+stderr. Exit codes: 0 done, 1 a gate or requirement not met (or, for ``retrain``, nothing new to
+learn), 2 bad input or usage (or the project busy with another writer: the message names it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ err = Console(stderr=True)
 out = Console()
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="If another run, retrain or watch holds the project, wait "
+                                                      "for it instead of exiting with code 2.")]
 DirArg = Annotated[Path, typer.Argument(help="Project folder (holds modelloop.yaml).")]
 
 
@@ -124,12 +127,15 @@ def init(
 @app.command()
 @_command
 def run(directory: DirArg,
-        resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (one interrupted after "
+                                                               "registering its version is finished, not retrained).")
+                          ] = False,
+        wait: WaitOpt = False,
         as_json: JsonOpt = False) -> None:
     """Validate data, select and train a model, evaluate, gate and register it."""
     from .project import Project
 
-    res = Project(directory).run(resume=resume, progress=_progress)
+    res = Project(directory).run(resume=resume, progress=_progress, wait=wait)
     if as_json:
         _emit({k: res[k] for k in ("version", "run_id", "metrics", "val_metrics", "champion", "passed", "gate",
                                    "report", "family", "dataset", "latency", "size_mb")})
@@ -143,11 +149,23 @@ def run(directory: DirArg,
 
 @app.command()
 @_command
-def retrain(directory: DirArg, as_json: JsonOpt = False) -> None:
+def retrain(directory: DirArg,
+            force: Annotated[bool, typer.Option("--force", help="Retrain even when there is no feedback the latest "
+                                                                "version has not learned from.")] = False,
+            wait: WaitOpt = False,
+            as_json: JsonOpt = False) -> None:
     """Train a challenger on training data + feedback; promote it only if the gate passes."""
     from .project import Project
 
-    res = Project(directory).retrain(progress=_progress)
+    res = Project(directory).retrain(progress=_progress, force=force, wait=wait)
+    if res["decision"] == "skipped":  # nothing new to learn: say why, exit 1
+        if as_json:
+            _emit({k: res[k] for k in ("version", "parent", "decision", "reason", "feedback_rows",
+                                       "feedback_examples", "champion_version")})
+        else:
+            out.print(f"not retrained: {res['reason']}\nchampion: {res['champion_version']} "
+                      "(pass --force to retrain anyway)")
+        raise typer.Exit(1)
     if as_json:
         _emit({k: res[k] for k in ("version", "parent", "feedback_examples", "feedback_validation",
                                    "feedback_holdout", "decision",
@@ -419,20 +437,35 @@ def shadow(directory: DirArg, version: Annotated[str | None, typer.Argument(help
 def watch(directory: DirArg,
           once: Annotated[bool, typer.Option("--once", help="Run one policy check and exit.")] = False,
           interval: Annotated[float | None, typer.Option(help="Seconds between checks (policy.interval_s).")] = None,
+          force: Annotated[bool, typer.Option("--force", help="When a trigger fires, retrain even with no feedback the "
+                                                              "latest version has not learned from.")] = False,
+          wait: WaitOpt = False,
           as_json: JsonOpt = False) -> None:
-    """Retrain when feedback, drift or live accuracy says so; promote or roll back by the policy."""
+    """Retrain when feedback, drift or live accuracy says so; promote or roll back by the policy.
+
+    A round whose triggers fire but that has no new feedback to learn from does not retrain
+    (action "skipped", with the reason) unless --force. Without --once, a round that finds the
+    project busy with another writer is skipped, and the next round tries again.
+    """
     import time as _time
 
+    from .errors import BusyError
     from .project import Project
 
     while True:
         loop = Project(directory).loop  # re-read the spec and registry each round
-        res = loop.watch_once(progress=None if as_json else _progress)
+        try:
+            res = loop.watch_once(progress=None if as_json else _progress, force=force, wait=wait)
+        except BusyError as e:
+            if once:
+                raise
+            res = {"action": "busy", "reason": str(e), "champion": loop.registry.champion()}
         if as_json:
             _emit(res)
         else:
             out.print(f"watch: {res['action']}" + (f" -> {res.get('version')} {res.get('decision')}"
                                                   if res["action"] == "retrained" else "")
+                      + (f" ({res['reason']})" if res.get("reason") else "")
                       + f"; champion {res['champion']}")
         if once:
             return

@@ -3,6 +3,14 @@ retrain on feedback, promote and roll back.
 
 ``Loop`` works on a project folder holding ``modelloop.yaml``. It never prints; it logs, and
 reports progress through an optional callback the CLI turns into a display.
+
+One writer per project: a run, a retrain, a watch round and every registry change hold the
+project's writer lock (``registry/lock.py``); a second writer is refused with ``BusyError``
+naming the holder, or waits (``wait``). A version is registered complete, its report and gate
+included, and a run's state records it before the steps that follow (promotion, records); a
+crash anywhere leaves either no version or a complete one, and the next writer finishes what a
+crashed one registered (``_recover``); ``run --resume`` finishes its own run's version instead of
+training another.
 """
 
 from __future__ import annotations
@@ -10,9 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +39,9 @@ from .gate import check_requirements, compare, compare_regression, paired_errors
 from .models import batched_logits, build_model, count_parameters
 from .registry import LoadedModel, LocalRegistry
 from .registry.artifact import library_versions
+from .registry.lock import ProjectLock, Wait
 from .select.candidates import model_bytes, prepare_features, search_candidates, serving_latency
-from .settings import ProjectPaths
+from .settings import PRIVATE_FILE, ProjectPaths, private_dir, write_private
 from .spec import Spec, load_spec
 from .tasks import Task, featurizer_from_config, get_task
 from .train import TrainConfig, Trainer
@@ -85,6 +96,14 @@ def _cat(a: Any, b: Any) -> Any:
     return a + b if isinstance(a, list) else torch.cat([a.float(), b.float()])
 
 
+def _feedback_fingerprint(rows: Iterable[tuple[Any, Any]]) -> str:
+    """Which feedback a version learned from: a hash of its (prediction id, label) pairs, in any order."""
+    h = hashlib.sha256()
+    for pid, label in sorted((str(p), str(v)) for p, v in rows):
+        h.update(f"{pid}\t{label}\n".encode())
+    return h.hexdigest()[:16]
+
+
 class Loop:
     """The product loop on one project folder.
 
@@ -97,7 +116,12 @@ class Loop:
     def __init__(self, project_dir: str | Path) -> None:
         self.paths = ProjectPaths(project_dir)
         self.spec: Spec = load_spec(self.paths.root)
-        self.registry = LocalRegistry(self.paths.registry)
+        url = self.paths.store_url(self.spec.feedback.store_url)
+        shared = url.startswith(("postgresql", "postgres://"))
+        #: one writer per project: runs, retrains, watch rounds and registry changes hold it (see registry/lock.py)
+        self.lock = ProjectLock(self.paths.lock, name=self.spec.name, where=f"project {str(self.paths.root)!r}",
+                                pg=self._pg_engine if shared else None)
+        self.registry = LocalRegistry(self.paths.registry, lock=self.lock)
         self.task: Task = get_task(self.spec.task)
         self._store: FeedbackStore | None = None
         #: regression: one number per input, scored by R² (which plays validation accuracy's part)
@@ -122,6 +146,10 @@ class Loop:
             self._store = open_store(self.paths.store_url(self.spec.feedback.store_url))
         return self._store
 
+    def _pg_engine(self):
+        """The PostgreSQL feedback store's engine: the writer lock also takes an advisory lock there."""
+        return self.store.engine if self.store.dialect == "postgresql" else None
+
     def _say(self, progress: Progress | None, msg: str) -> None:
         if progress is None:
             log.info(msg)
@@ -133,7 +161,9 @@ class Loop:
     def _new_run(self) -> tuple[str, Path, dict[str, Any]]:
         run_id = time.strftime("r%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         run_dir = self.paths.runs / run_id
-        run_dir.mkdir(parents=True)
+        private_dir(self.paths.runs)
+        run_dir.mkdir(mode=0o700)
+        run_dir.chmod(0o700)
         state = {"run_id": run_id, "status": "running", "kind": "run", "started_at": time.time()}
         return run_id, run_dir, state
 
@@ -150,28 +180,46 @@ class Loop:
 
     @staticmethod
     def _save_state(run_dir: Path, state: dict[str, Any]) -> None:
-        tmp = run_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(run_dir / "state.json")
+        write_private(run_dir / "state.json", json.dumps(state, indent=2), fsync=True)
 
-    def run(self, resume: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    def run(self, resume: bool = False, progress: Progress | None = None, wait: Wait = False) -> dict[str, Any]:
         """Train, select, evaluate, gate and register a new version.
 
         With ``resume``, an interrupted run continues: same dataset snapshot, the finished part of
-        the search kept, training from its last checkpoint.
+        the search kept, training from its last checkpoint; a run interrupted after its version
+        was registered is finished (promotion, records), not trained again.
+
+        The run holds the project's writer lock from start to end (see ``registry/lock.py``):
+        another run, retrain, watch round or registry change on the project is refused, or waits
+        with ``wait`` (True: until free; a number: that many seconds).
 
         Returns a dict with ``version``, ``metrics`` (test split), ``champion`` (bool), ``passed``,
         ``gate``, ``report`` and more.
-        """
-        if self.spec.task == "recommendation":
-            from .recommendation import core as rec
 
-            return rec.run(self, resume=resume, progress=progress)
+        Raises:
+            BusyError: another writer holds the project's lock.
+        """
+        with self.lock.hold("run", wait=wait):
+            self._prepare_writer()
+            found = self._unfinished_run() if resume else None
+            if found is not None:
+                version = self._registered_version(found[0], found[2])
+                if version is not None:
+                    self._say(progress, f"[registry] {version} of run {found[0]} was registered before the "
+                              "interruption: finishing it")
+                    return self._complete(found[1], found[2], version, progress)
+            self._recover(progress)
+            if self.spec.task == "recommendation":
+                from .recommendation import core as rec
+
+                return rec.run(self, resume=resume, progress=progress)
+            if resume and found is None:
+                self._say(progress, "nothing to resume: no interrupted run in this project, starting a new run")
+            return self._run(found, progress)
+
+    def _run(self, found: tuple[str, Path, dict[str, Any]] | None, progress: Progress | None) -> dict[str, Any]:
         spec = self.spec
         t_start = time.perf_counter()
-        found = self._unfinished_run() if resume else None
-        if resume and found is None:
-            self._say(progress, "nothing to resume: no interrupted run in this project, starting a new run")
         run_id, run_dir, state = found if found else self._new_run()
         elapsed_before = float(state.get("elapsed_s", 0.0))
         budget = spec.requirements.time_budget_s
@@ -246,17 +294,14 @@ class Loop:
         # 5. evaluation, 6. gate, 7. registry, 8. report
         out = self._finish(model=model, config=config, feat=feat, ds=ds, run_id=run_id, train_result=result,
                            parent=None, feedback_examples=0, feedback_ids=[], selection=selection,
-                           fingerprint=ds.fingerprint, progress=progress, title="Training run")
-        gate = out["gate"]
-        if gate["passed"] and self.registry.champion() is None:
-            self.registry.promote(out["version"], reason="first version meeting the requirements")
-            out["champion"] = True
-        state.update(status="done", version=out["version"], elapsed_s=elapsed())
+                           fingerprint=ds.fingerprint, progress=progress, title="Training run",
+                           manifest_extra={"feedback_fingerprint": _feedback_fingerprint([])})
+        # The version exists, complete with its report and gate; what follows (promotion) is
+        # finished by a resume if this process dies now.
+        state.update(registered=out["version"], elapsed_s=elapsed())
         self._save_state(run_dir, state)
-        self._say(progress, f"[registry] registered {out['version']}"
-                  + (" as champion" if out["champion"] else "")
-                  + ("" if gate["passed"] else " (requirements not met)"))
-        return out
+        done = self._complete(run_dir, state, out["version"], progress)
+        return {**out, "champion": done["champion"]}
 
     def _distill(self, selection: dict[str, Any], teacher_cand, teacher_feat, teacher, teacher_val: float,
                  ds: Dataset, run_dir: Path, time_limit: float, progress: Progress | None):
@@ -346,7 +391,10 @@ class Loop:
     def _finish(self, *, model, config, feat, ds: Dataset, run_id: str, train_result, parent,
                 feedback_examples: int, feedback_ids: list[str], selection, fingerprint: str,
                 progress: Progress | None, title: str, decide=None, feedback_holdout: int = 0,
-                monitoring: dict[str, Any] | None = None, feedback_validation: int = 0) -> dict[str, Any]:
+                monitoring: dict[str, Any] | None = None, feedback_validation: int = 0,
+                manifest_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Evaluate, choose the serving backend and register the version, its report written
+        before the version appears (so no crash leaves a version without its report and gate)."""
         spec = self.spec
         xte, yte = ds.splits["test"]
         probs = _outputs(model, feat, xte, self.regression)
@@ -368,6 +416,7 @@ class Loop:
 
         # Optimization for serving: export and time each backend, keep the fastest that agrees.
         export_dir = self.paths.runs / run_id / "export"
+        shutil.rmtree(export_dir, ignore_errors=True)  # what an interrupted attempt exported is not this model's
         if feat.exportable:
             xva_raw = (xva if len(yva) else ds.splits["train"][0]).float().numpy()
             yva_labels = (yva if len(yva) else ds.splits["train"][1]).numpy()
@@ -382,7 +431,7 @@ class Loop:
         self._say(progress, f"[optimization] serving backend {serving['backend']}: " + ", ".join(
             f"{r['backend']} {r['p50_ms_batch1']:.2f} ms" if r["ok"] else f"{r['backend']} rejected"
             for r in serving["candidates"]))
-        extra = {p.name: p for p in export_dir.glob("*.onnx")}
+        onnx = {p.name: p for p in export_dir.glob("*.onnx")}
 
         manifest = {
             "task": spec.task, "name": spec.name, "model": config, "parameters": count_parameters(model),
@@ -399,27 +448,33 @@ class Loop:
             "training": describe(train_result), "spec": spec.to_dict(), "libraries": library_versions(),
         }
         manifest["serving"] = serving
+        manifest.update(manifest_extra or {})
         if decision is not None:
             manifest["gate"] = decision
         preprocessing = {"featurizer": feat.config(), "class_names": ds.class_names, "input": ds.kind}
         if ds.fmt is not None:
             preprocessing.update(format=ds.fmt.to_dict(), pixel_range=[0, 255])
-        version = self.registry.register(manifest, model, preprocessing, extra_files=extra)
-        if feedback_ids:
-            (self.paths.runs / run_id / "feedback_ids.json").write_text(json.dumps(feedback_ids))
-        report = write_report(self.paths.reports / f"{version}.html", {
-            "title": f"{title}: {spec.name} {version}", "version": version,
-            "family": config.get("candidate", config["family"]),
-            "fingerprint": fingerprint, "parent": parent, "class_names": ds.class_names, "metrics": metrics,
-            "score_name": self._score, "predicted": (yte.numpy(), probs) if self.regression else None,
-            "gate": gate, "history": train_result.history, "latency": latency,
-            "leaderboard": (selection or {}).get("leaderboard"), "trials": (selection or {}).get("trials"),
-            "selection_warning": (selection or {}).get("warning"), "excluded": (selection or {}).get("excluded"),
-            "requirements": spec.requirements.model_dump(),
-            "size_mb": size_mb, "data_report": ds.report.to_dict(), "decision": decision,
-            "feedback_examples": feedback_examples, "serving": serving, "monitor": monitoring,
-        })
-        self.registry.update_manifest(version, report=str(report))
+        if feedback_ids:  # lineage reads it; written first, since the version may be the last thing this process does
+            write_private(self.paths.runs / run_id / "feedback_ids.json", json.dumps(feedback_ids))
+
+        def complete(version: str) -> dict[str, Any]:
+            report = self._write_report(version, lambda path: write_report(path, {
+                "title": f"{title}: {spec.name} {version}", "version": version,
+                "family": config.get("candidate", config["family"]),
+                "fingerprint": fingerprint, "parent": parent, "class_names": ds.class_names, "metrics": metrics,
+                "score_name": self._score, "predicted": (yte.numpy(), probs) if self.regression else None,
+                "gate": gate, "history": train_result.history, "latency": latency,
+                "leaderboard": (selection or {}).get("leaderboard"), "trials": (selection or {}).get("trials"),
+                "selection_warning": (selection or {}).get("warning"), "excluded": (selection or {}).get("excluded"),
+                "requirements": spec.requirements.model_dump(),
+                "size_mb": size_mb, "data_report": ds.report.to_dict(), "decision": decision,
+                "feedback_examples": feedback_examples, "serving": serving, "monitor": monitoring,
+            }))
+            self._say(progress, f"[report] {version}: {report}")
+            return {"report": str(report)}
+
+        version = self.registry.register(manifest, model, preprocessing, extra_files=onnx, complete=complete)
+        report = self.registry.manifest(version)["report"]
         return {"version": version, "run_id": run_id, "parent": parent, "metrics": metrics,
                 "val_metrics": val_metrics, "latency": latency, "size_mb": size_mb, "gate": gate,
                 "passed": gate["passed"], "champion": False, "report": str(report),
@@ -461,18 +516,37 @@ class Loop:
             out[name] = (_take(x, mask), y[torch.from_numpy(mask)], list(ids_arr[mask]) if len(ids) else [])
         return out
 
-    def retrain(self, progress: Progress | None = None, promote: bool = True) -> dict[str, Any]:
+    def retrain(self, progress: Progress | None = None, promote: bool = True, force: bool = False,
+                wait: Wait = False) -> dict[str, Any]:
         """Train a challenger on the training split plus feedback-labelled inputs and gate it.
 
         Champion and challenger are compared on the frozen test split and on the feedback
         hold-out (see ``gate.py``). With ``promote``, a challenger the gate passes becomes
         champion; otherwise it gets the ``challenger`` alias and waits for ``promote``. The
         decision and its evidence are stored in the registry either way.
-        """
-        if self.spec.task == "recommendation":
-            from .recommendation import core as rec
 
-            return rec.retrain(self, progress=progress, promote=promote)
+        Nothing new, nothing trained: when the usable feedback is exactly what the champion, or
+        the latest challenger trained from it, was trained on (the same rows, the same labels),
+        a retrain would only repeat that training; it is skipped and the result says why
+        (``decision`` ``"skipped"``, ``reason``, ``version`` None), unless ``force``.
+
+        Holds the project's writer lock (see :meth:`run`); a retrain interrupted after its
+        version was registered is finished first (gate record, promotion).
+
+        Raises:
+            BusyError: another writer holds the project's lock.
+            RegistryError: no champion to retrain from.
+        """
+        with self.lock.hold("retrain", wait=wait):
+            self._prepare_writer()
+            self._recover(progress)
+            if self.spec.task == "recommendation":
+                from .recommendation import core as rec
+
+                return rec.retrain(self, progress=progress, promote=promote, force=force)
+            return self._retrain(progress, promote, force)
+
+    def _retrain(self, progress: Progress | None, promote: bool, force: bool) -> dict[str, Any]:
         champion = self.registry.champion()
         if champion is None:
             raise RegistryError(f"project {str(self.paths.root)!r}: no champion to retrain from; "
@@ -480,14 +554,19 @@ class Loop:
         parent = self.registry.load(champion)
         pm = parent.manifest
         ds = Dataset.load(self.paths.data, pm["dataset"]["base_fingerprint"])
+        fb = self.feedback_split(ds.class_names, ds)
+        xf, yf, fb_all = fb["train"]
+        xh, yh, hold_ids = fb["holdout"]
+        rows = len(fb_all) + len(hold_ids)
+        fb_fingerprint = _feedback_fingerprint(zip(fb_all + hold_ids, yf.tolist() + yh.tolist(), strict=True))
+        reason = None if force else self.nothing_new(champion, fb_fingerprint, rows)
+        if reason is not None:
+            return self._skipped(champion, reason, rows, progress)
         try:
             monitoring = self.monitor()  # what the loop saw when it decided to retrain, for the report
         except Exception as e:  # monitoring is evidence, never a reason to fail a retrain
             log.warning("monitor before retraining failed: %s", e)
             monitoring = None
-        fb = self.feedback_split(ds.class_names, ds)
-        xf, yf, fb_all = fb["train"]
-        xh, yh, hold_ids = fb["holdout"]
         # A slice of the training feedback joins the validation split, so early stopping picks an
         # epoch that suits the traffic being served now, not only the original data.
         in_val = torch.tensor([_is_holdout("validation:" + pid, 0.2) for pid in fb_all], dtype=torch.bool)
@@ -520,10 +599,11 @@ class Loop:
 
         run_id, run_dir, state = self._new_run()
         state.update(kind="retrain", parent=champion, dataset=ds.fingerprint, feedback_examples=len(fb_ids),
-                     feedback_validation=len(val_ids), feedback_holdout=len(hold_ids))
+                     feedback_validation=len(val_ids), feedback_holdout=len(hold_ids), promote=promote,
+                     feedback_fingerprint=fb_fingerprint)
         self._save_state(run_dir, state)
-        (run_dir / "holdout_ids.json").write_text(json.dumps(hold_ids))
-        (run_dir / "validation_ids.json").write_text(json.dumps(val_ids))
+        write_private(run_dir / "holdout_ids.json", json.dumps(hold_ids))
+        write_private(run_dir / "validation_ids.json", json.dumps(val_ids))
         result, model = self._train(config, train, val, run_dir, resume=False,
                                     time_limit=self.spec.requirements.time_budget_s, progress=progress)
 
@@ -555,24 +635,229 @@ class Loop:
                            parent=champion, feedback_examples=len(fb_ids), feedback_ids=fb_ids,
                            selection=None, fingerprint=fingerprint, progress=progress,
                            title="Retraining on feedback", decide=decide, feedback_holdout=len(hold_ids),
-                           monitoring=monitoring, feedback_validation=len(val_ids))
+                           monitoring=monitoring, feedback_validation=len(val_ids),
+                           manifest_extra={"feedback_fingerprint": fb_fingerprint})
         decision = out["decision"]
-        version = out["version"]
-        self.registry.record({"event": "gate", "version": version, "champion": champion,
-                              "decision": decision["decision"], "reasons": decision["reasons"]})
-        if decision["decision"] == "promoted":
-            if promote:
-                self.registry.promote(version, reason="gate passed after retraining on feedback")
-                out["champion"] = True
-            else:
-                self.registry.set_alias("challenger", version)
-        state.update(status="done", version=version)
+        state["registered"] = out["version"]
         self._save_state(run_dir, state)
-        self._say(progress, f"[gate] {version} {decision['decision']}: {'; '.join(decision['reasons'])}")
-        return {**out, "decision": decision["decision"], "evidence": decision, "feedback_holdout": len(hold_ids),
-                "feedback_validation": len(val_ids),
+        done = self._complete(run_dir, state, out["version"], progress)
+        return {**out, "champion": done["champion"], "decision": decision["decision"], "evidence": decision,
+                "feedback_holdout": len(hold_ids), "feedback_validation": len(val_ids),
                 "champion_metrics": champ_metrics, "challenger_metrics": out["metrics"],
                 "champion_version": self.registry.champion()}
+
+    # -- after a registration, and after a crash -----------------------------------------------
+    def nothing_new(self, champion: str, fingerprint: str, rows: int) -> str | None:
+        """Why a retrain from ``champion`` would learn nothing new, or None.
+
+        ``fingerprint`` identifies the usable labelled feedback now (:func:`_feedback_fingerprint`
+        of its prediction ids and labels). Nothing is new when it equals that of the latest version
+        trained from this lineage: the champion itself or its latest challenger (a rejected
+        challenger, retrained on the same rows, would come out the same). Versions registered
+        before fingerprints were recorded never count as "the same".
+        """
+        latest = self.registry.manifest(champion)
+        for m in self.registry.versions():
+            if m.get("parent") == champion and int(m["version"][1:]) > int(latest["version"][1:]):
+                latest = m
+        if latest.get("feedback_fingerprint") != fingerprint:
+            return None
+        used = f"{rows} labelled feedback rows, all already used" if rows else "no usable labelled feedback yet"
+        return f"no new feedback since {latest['version']} was trained ({used})"
+
+    def _skipped(self, champion: str, reason: str, rows: int, progress: Progress | None) -> dict[str, Any]:
+        self._say(progress, f"[retrain] nothing to do: {reason}; --force retrains anyway")
+        return {"version": None, "run_id": None, "parent": champion, "decision": "skipped", "reason": reason,
+                "evidence": {"decision": "skipped", "reasons": [reason]}, "feedback_rows": rows,
+                "feedback_examples": 0, "feedback_validation": 0, "feedback_holdout": 0, "champion": False,
+                "champion_version": champion, "report": None, "metrics": None, "passed": None,
+                "champion_metrics": None, "challenger_metrics": None}
+
+    def _prepare_writer(self) -> None:
+        """Under the writer lock: make the project's folders private, and remove what crashed
+        writers left half-written (temporary version folders, reports of versions that never
+        came to exist, temporary state files). Nothing here can belong to a live writer."""
+        self.paths.make_private()
+        self.registry.clean()
+        reports = self.paths.reports
+        for p in reports.iterdir():
+            stale_tmp = p.name.startswith(".") and p.name.endswith(".tmp")
+            orphan = (p.suffix == ".html" and p.stem.startswith("v") and p.stem[1:].isdigit()
+                      and not (self.registry.path(p.stem) / "manifest.json").is_file())
+            if stale_tmp or orphan:
+                p.unlink(missing_ok=True)
+        for p in self.paths.runs.glob("*/.*.tmp"):
+            p.unlink(missing_ok=True)
+
+    def _write_report(self, version: str, write: Callable[[Path], Any]) -> Path:
+        """``reports/VERSION.html``, mode 0600, atomically: ``write(path)`` writes a temporary
+        file, which is flushed to disk and renamed into place."""
+        private_dir(self.paths.reports)
+        final = self.paths.reports / f"{version}.html"
+        tmp = self.paths.reports / f".{version}.html.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            write(tmp)
+            os.chmod(tmp, PRIVATE_FILE)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return final
+
+    def _registered_version(self, run_id: str, state: dict[str, Any]) -> str | None:
+        """The version a run registered: the one its state names, else the one whose manifest
+        names the run (a crash can fall between the registration and the state's update)."""
+        v = state.get("registered")
+        if v and (self.registry.path(v) / "manifest.json").is_file():
+            return v
+        return next((m["version"] for m in self.registry.versions() if m.get("run_id") == run_id), None)
+
+    def _complete(self, run_dir: Path, state: dict[str, Any], version: str,
+                  progress: Progress | None) -> dict[str, Any]:
+        """The steps after a version is registered, each done once even when repeated after a
+        crash: the registration and gate records, the promotion (a run's first version meeting
+        the requirements; a retrain's challenger the gate passed, if its champion is still the
+        champion) or the challenger alias, and the run's state "done". Returns the run's result."""
+        m = self.registry.manifest(version)
+        events = [e for e in self.registry.events() if e.get("version") == version]
+        if not any(e.get("event") == "registered" for e in events):
+            self.registry.record({"event": "registered", "version": version, "parent": m.get("parent"),
+                                  "recovered": True})
+        champion = self.registry.champion()
+        passed = bool(m["requirements"]["passed"])
+        if state.get("kind", "run") != "retrain":
+            if passed and champion is None:
+                self.registry.promote(version, reason="first version meeting the requirements")
+            message = (f"[registry] registered {version}" + (" as champion" if self.registry.champion() == version
+                                                               else "") + ("" if passed else " (requirements not met)"))
+        else:
+            decision = m.get("gate") or {}
+            if not any(e.get("event") == "gate" for e in events):
+                self.registry.record({"event": "gate", "version": version, "champion": m.get("parent"),
+                                      "decision": decision.get("decision"), "reasons": decision.get("reasons", [])})
+            if decision.get("decision") == "promoted":
+                if not state.get("promote", True):
+                    if self.registry.alias("challenger") != version:
+                        self.registry.set_alias("challenger", version)
+                elif champion == m.get("parent"):
+                    self.registry.promote(version, reason="gate passed after retraining on feedback")
+                elif champion != version:  # someone promoted or rolled back since: that decision stands
+                    log.warning("%s passed the gate against %s, but the champion is now %s: not promoted",
+                                version, m.get("parent"), champion)
+                    self.registry.record({"event": "not_promoted", "version": version, "champion": champion,
+                                          "reason": f"the champion moved from {m.get('parent')} to {champion}"})
+            message = f"[gate] {version} {decision.get('decision')}: {'; '.join(decision.get('reasons', []))}"
+        state.update(status="done", version=version)
+        self._save_state(run_dir, state)
+        self._say(progress, message)
+        return {"version": version, "run_id": m.get("run_id"), "parent": m.get("parent"),
+                "metrics": m["metrics"]["test"], "val_metrics": m["metrics"].get("val"), "latency": m.get("latency"),
+                "size_mb": m.get("size_mb"), "gate": m["requirements"], "passed": passed,
+                "champion": self.registry.champion() == version, "report": m.get("report"),
+                "family": m["model"].get("candidate", m["model"].get("family")),
+                "dataset": m["dataset"]["fingerprint"], "feedback_examples": m.get("feedback_examples", 0),
+                "decision": m.get("gate"), "task": m.get("task")}
+
+    def recover(self, progress: Progress | None = None, wait: Wait = False) -> list[str]:
+        """What every writer does first, on its own: remove what crashed writers left
+        half-written and finish versions they registered (see :meth:`_recover`). Returns
+        :meth:`check`'s findings afterwards (empty: every promise kept).
+
+        Raises:
+            BusyError: another writer holds the project's lock.
+        """
+        with self.lock.hold("recover", wait=wait):
+            self._prepare_writer()
+            self._recover(progress)
+            return self.check()
+
+    def _recover(self, progress: Progress | None) -> None:
+        """Finish what crashed writers left. Called under the writer lock, so every run still
+        marked running belongs to a process that is gone: one that registered its version is
+        finished (:meth:`_complete`); an interrupted retrain is marked so; an interrupted run
+        stays resumable (``run --resume``)."""
+        if not self.paths.runs.is_dir():
+            return
+        by_run: dict[str, str] | None = None
+        for run_dir in sorted(self.paths.runs.iterdir()):
+            f = run_dir / "state.json"
+            try:
+                state = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            if state.get("status") != "running":
+                continue
+            if by_run is None:
+                by_run = {}
+                for m in self.registry.versions():
+                    by_run.setdefault(m.get("run_id"), m["version"])
+            version = state.get("registered")
+            if not (version and (self.registry.path(version) / "manifest.json").is_file()):
+                version = by_run.get(state.get("run_id"))
+            if version is not None:
+                self._say(progress, f"[registry] {version} of interrupted {state.get('kind', 'run')} "
+                          f"{state.get('run_id')} was registered: finishing it")
+                self._complete(run_dir, state, version, progress)
+            elif state.get("kind") != "run" or self.spec.task == "recommendation":
+                state["status"] = "interrupted"
+                self._save_state(run_dir, state)
+
+    def check(self, finished: bool = True) -> list[str]:
+        """What breaks the registry's promises, as sentences (empty: all kept). The promises: every
+        version is complete (manifest, weights, preprocessing) and has its report and its gate
+        (requirements checked; a retrained version's decision); the champion and every alias
+        point at such a version; no run registered two versions. With ``finished`` (and no writer
+        at work), also: no registered version waits for its run to finish, as one does between a
+        crash after its registration and the next writer (which finishes it)."""
+        from .registry.artifact import PREPROCESSING, WEIGHTS
+
+        problems: list[str] = []
+        seen_runs: dict[str, str] = {}
+        versions = self.registry.versions()
+        complete = set()
+        for m in versions:
+            v = m["version"]
+            folder = self.registry.path(v)
+            missing = [n for n in ("manifest.json", WEIGHTS, PREPROCESSING) if not (folder / n).is_file()]
+            if missing:
+                problems.append(f"{v}: missing {', '.join(missing)}")
+            report = self.paths.reports / f"{v}.html"
+            if not m.get("report") or not report.is_file():
+                problems.append(f"{v}: no report ({str(report)!r}, manifest {m.get('report')!r})")
+            if "passed" not in (m.get("requirements") or {}):
+                problems.append(f"{v}: no requirements check")
+            if m.get("parent") and "decision" not in (m.get("gate") or {}):
+                problems.append(f"{v}: retrained from {m['parent']} but no gate decision")
+            run_id = m.get("run_id")
+            if run_id in seen_runs:
+                problems.append(f"{v}: run {run_id} already registered {seen_runs[run_id]}")
+            seen_runs.setdefault(run_id, v)
+            if not missing:
+                complete.add(v)
+        state = self.registry._read_state()
+        for alias, v in state["aliases"].items():
+            if v not in complete:
+                problems.append(f"alias {alias} -> {v}: not a complete version")
+        for v in state["champion_history"]:
+            if v not in complete:
+                problems.append(f"champion history names {v}: not a complete version")
+        someone_else_writing = self.lock.holder() is not None and not self.lock.held_here()
+        if finished and not someone_else_writing and self.paths.runs.is_dir():
+            for f in self.paths.runs.glob("*/state.json"):
+                try:
+                    st = json.loads(f.read_text())
+                except ValueError:
+                    problems.append(f"{f}: unreadable")
+                    continue
+                if st.get("status") == "running" and st.get("run_id") in seen_runs:
+                    problems.append(f"{seen_runs[st['run_id']]}: registered, but its {st.get('kind')} "
+                                    f"{st['run_id']} never finished")
+        return problems
 
     # -- registry ----------------------------------------------------------------------------
     def models(self) -> list[dict[str, Any]]:
@@ -811,8 +1096,25 @@ class Loop:
         out["rollback"] = out["p_value"] < 1 - self.spec.gate.confidence
         return out
 
-    def watch_once(self, progress: Progress | None = None) -> dict[str, Any]:
-        """One policy check: roll back a failing new champion, or retrain when a trigger fires."""
+    def watch_once(self, progress: Progress | None = None, force: bool = False, wait: Wait = False) -> dict[str, Any]:
+        """One policy check: roll back a failing new champion, or retrain when a trigger fires.
+
+        Triggers: enough new labelled feedback (``policy.min_new_feedback``), input drift (only
+        with at least ``gate.min_feedback_for_evidence`` new labelled rows: drift without labels
+        gives a retrain nothing to learn the drifted inputs from), or live accuracy below the
+        floor. A fired trigger retrains only when there is feedback the latest version of this
+        lineage did not learn from (see :meth:`retrain`); otherwise the round's ``action`` is
+        ``"skipped"`` with the ``reason``, unless ``force``. Holds the writer lock for the round.
+
+        Raises:
+            BusyError: another writer holds the project's lock.
+        """
+        with self.lock.hold("watch", wait=wait):
+            self._prepare_writer()
+            self._recover(progress)
+            return self._watch_once(progress, force)
+
+    def _watch_once(self, progress: Progress | None, force: bool) -> dict[str, Any]:
         pol = self.spec.policy
         champion = self.registry.champion()
         if champion is None:
@@ -845,8 +1147,12 @@ class Loop:
             return out
         self._say(progress, f"[watch] retraining: {', '.join(fired)}")
         state = {**self._watch_state(), "last_retrain_at": time.time()}
-        res = self.retrain(progress=progress, promote=pol.promote == "auto")
-        (self.paths.state / "watch.json").write_text(json.dumps(state))
+        res = self.retrain(progress=progress, promote=pol.promote == "auto", force=force)
+        if res["decision"] == "skipped":
+            self._say(progress, f"[watch] not retrained: {res['reason']}")
+            out.update(action="skipped", reason=res["reason"], fired=fired)
+            return out
+        write_private(self.paths.state / "watch.json", json.dumps(state))
         self.registry.record({"event": "watch", "fired": fired, "version": res["version"],
                               "decision": res["decision"]})
         out.update(action="retrained", version=res["version"], decision=res["decision"],

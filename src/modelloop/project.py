@@ -127,11 +127,15 @@ class Project:
         return cls(path)
 
     # The loop's stages ----------------------------------------------------------------------
-    def run(self, resume: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-        return self.loop.run(resume=resume, progress=progress)
+    def run(self, resume: bool = False, progress: Progress | None = None, wait: bool | float = False
+            ) -> dict[str, Any]:
+        """See :meth:`Loop.run`; ``wait`` for another writer of the project (True: until it is done)."""
+        return self.loop.run(resume=resume, progress=progress, wait=wait)
 
-    def retrain(self, progress: Progress | None = None) -> dict[str, Any]:
-        return self.loop.retrain(progress=progress)
+    def retrain(self, progress: Progress | None = None, force: bool = False, wait: bool | float = False
+                ) -> dict[str, Any]:
+        """See :meth:`Loop.retrain`: skipped (``decision`` "skipped") with nothing new to learn, unless ``force``."""
+        return self.loop.retrain(progress=progress, force=force, wait=wait)
 
     def models(self) -> list[dict[str, Any]]:
         return self.loop.models()

@@ -1,11 +1,55 @@
-"""Where a project keeps its state. Overridable with environment variables (MODELLOOP_*)."""
+"""Where a project keeps its state. Overridable with environment variables (MODELLOOP_*).
+
+Project folders hold user data (training snapshots, inputs fed back, models trained on them)
+and secrets (API keys), so what modelloop creates in them is private to its owner: folders
+0700, files 0600, set explicitly (``mkdir(mode=...)`` then ``chmod``), whatever the umask.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["ProjectPaths"]
+__all__ = ["ProjectPaths", "private_dir", "write_private", "PRIVATE_DIR", "PRIVATE_FILE"]
+
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+
+
+def private_dir(path: str | Path) -> Path:
+    """Create ``path`` (and missing parents) readable only by its owner; tighten it if it exists."""
+    path = Path(path)
+    if not path.is_dir():
+        path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o777 != PRIVATE_DIR:
+        path.chmod(PRIVATE_DIR)
+    return path
+
+
+def write_private(path: str | Path, data: str | bytes, fsync: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically (a unique temporary file, then rename), mode 0600.
+
+    A reader sees the old content or the new, never a part; with ``fsync`` the content is on disk
+    before the rename, so a power cut cannot leave an empty file under the final name either.
+    """
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+        view = memoryview(raw)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 class ProjectPaths:
@@ -23,6 +67,14 @@ class ProjectPaths:
         self.registry = self.root / "registry"
         self.reports = self.root / "reports"
         self.feedback_db = self.root / "feedback.db"
+        #: the writer lock: one run, retrain, watch round or registry change at a time
+        self.lock = self.state / "writer.lock"
+
+    def make_private(self) -> None:
+        """Create (or tighten) the folders that hold user data: ``.modelloop/`` and its runs and
+        data, ``registry/``, ``reports/`` — mode 0700."""
+        for folder in (self.state, self.runs, self.data, self.registry, self.reports):
+            private_dir(folder)
 
     def store_url(self, configured: str | None = None) -> str:
         """``MODELLOOP_STORE_URL``, else the spec's ``feedback.store_url``, else SQLite in the project."""

@@ -58,6 +58,7 @@ from safetensors.torch import load_file
 from ..data.interactions import Interactions, load_interactions, load_movielens_100k, stratified_split
 from ..errors import DataError, InputError, RegistryError
 from ..registry.artifact import MANIFEST, PREPROCESSING, WEIGHTS, library_versions
+from ..settings import write_private
 from .config import K, RecommendationSpec, candidate_configs
 
 __all__ = ["run", "retrain", "models", "monitor", "load_version", "register_recommender", "RecModel", "load_data",
@@ -294,11 +295,25 @@ class RecModel:
         return text.split(" | ")[0] if text else None
 
 
-def register_recommender(registry, manifest: dict[str, Any], model, item_text: dict[str, str]) -> str:
+def register_recommender(registry, manifest: dict[str, Any], model, item_text: dict[str, str],
+                         complete: Callable[[str], dict[str, Any]] | None = None) -> str:
     """Register a fitted recommender: weights (safetensors, buffers included), its config with the
-    user and item vocabularies and the item texts (``preprocessing.json``), the manifest."""
+    user and item vocabularies and the item texts (``preprocessing.json``), the manifest.
+    ``complete(version)`` runs before the version appears (see ``LocalRegistry.register``)."""
     pre = {"recommender": model.get_config(), "input": "interactions", "item_text": dict(item_text)}
-    return registry.register(manifest, model, pre)
+    return registry.register(manifest, model, pre, complete=complete)
+
+
+def _register_with_report(loop, manifest: dict[str, Any], model, item_text: dict[str, str], title: str,
+                          progress: Progress | None) -> str:
+    """Register with the version's report written before the version appears."""
+
+    def complete(version: str) -> dict[str, Any]:
+        path = report_file(loop, version, f"{title}: {loop.spec.name} {version}", {**manifest, "version": version})
+        _say(progress, f"[report] {version}: {path}")
+        return {"report": path}
+
+    return register_recommender(loop.registry, manifest, model, item_text, complete=complete)
 
 
 def load_version(registry, version: str) -> RecModel:
@@ -329,6 +344,8 @@ def run(loop, resume: bool = False, progress: Progress | None = None) -> dict[st
     budget = spec.requirements.time_budget_s
     if resume:
         _say(progress, "[run] recommendation runs are short: starting a new run")
+    from ..loop import _feedback_fingerprint
+
     run_id, run_dir, state = loop._new_run()
 
     _say(progress, f"[data] loading and validating {spec.data.source}")
@@ -397,17 +414,12 @@ def run(loop, resume: bool = False, progress: Progress | None = None) -> dict[st
                          size_mb=size_mb, gate=gate, selection=selection, parent=None, feedback_examples=0,
                          feedback_holdout=0, train_interactions=len(full), test_interactions=len(splits["test"]),
                          fit_s=fit_s)
-    version = register_recommender(loop.registry, manifest, model, data.item_text)
-    report_path = write_report(loop, version, f"Training run: {spec.name} {version}",
-                               loop.registry.manifest(version))
-    champion = False
-    if gate["passed"] and loop.registry.champion() is None:
-        loop.registry.promote(version, reason="first version meeting the requirements")
-        champion = True
-    state.update(status="done", version=version, elapsed_s=time.perf_counter() - t0)
+    manifest["feedback_fingerprint"] = _feedback_fingerprint([])
+    version = _register_with_report(loop, manifest, model, data.item_text, "Training run", progress)
+    report_path = loop.registry.manifest(version)["report"]
+    state.update(registered=version, elapsed_s=time.perf_counter() - t0)
     loop._save_state(run_dir, state)
-    _say(progress, f"[registry] registered {version}" + (" as champion" if champion else "")
-         + ("" if gate["passed"] else " (requirements not met)"))
+    champion = loop._complete(run_dir, state, version, progress)["champion"]
     return {"version": version, "run_id": run_id, "parent": None, "metrics": test_metrics, "val_metrics": val_metrics,
             "latency": latency, "size_mb": size_mb, "gate": gate, "passed": gate["passed"], "champion": champion,
             "report": report_path, "family": best["candidate"], "dataset": fp, "feedback_examples": 0,
@@ -501,9 +513,13 @@ def _by_user(frame: pd.DataFrame) -> dict[str, set[str]]:
     return out
 
 
-def retrain(loop, progress: Progress | None = None, promote: bool = True) -> dict[str, Any]:
-    """Challenger of the champion's kind on train + validation + feedback; the ranking gate decides."""
-    from ..loop import _is_holdout
+def retrain(loop, progress: Progress | None = None, promote: bool = True, force: bool = False) -> dict[str, Any]:
+    """Challenger of the champion's kind on train + validation + feedback; the ranking gate decides.
+
+    Skipped (``decision`` ``"skipped"``) when the feedback is what the latest version of this
+    lineage learned from, unless ``force`` (see ``Loop.retrain``). The caller holds the writer lock.
+    """
+    from ..loop import _feedback_fingerprint, _is_holdout
     from .gate import judge
 
     spec = loop.spec
@@ -524,6 +540,11 @@ def retrain(loop, progress: Progress | None = None, promote: bool = True) -> dic
         click = float(np.percentile(base["rating"], 75)) if explicit else 1.0
     known = set(champ.model.items) | set(item_text) | set(base["item"].astype(str))
     fb, fb_counts = feedback_interactions(loop, known, click)
+    fb_fingerprint = _feedback_fingerprint((f"{p}\t{i}", float(r)) for p, i, r in
+                                           zip(fb["prediction_id"], fb["item"], fb["rating"], strict=True))
+    reason = None if force else loop.nothing_new(champion, fb_fingerprint, len(fb))
+    if reason is not None:
+        return loop._skipped(champion, reason, len(fb), progress)
     hold = np.array([_is_holdout(p, spec.feedback.holdout_fraction) for p in fb["prediction_id"]], dtype=bool)
     fb_train, fb_hold = fb[~hold].reset_index(drop=True), fb[hold].reset_index(drop=True)
     fb_ids = sorted(set(fb_train["prediction_id"]))
@@ -544,11 +565,11 @@ def retrain(loop, progress: Progress | None = None, promote: bool = True) -> dic
 
     run_id, run_dir, state = loop._new_run()
     state.update(kind="retrain", parent=champion, dataset=base_fp, feedback_examples=len(fb_ids),
-                 feedback_holdout=len(hold_ids))
+                 feedback_holdout=len(hold_ids), promote=promote, feedback_fingerprint=fb_fingerprint)
     loop._save_state(run_dir, state)
-    (run_dir / "holdout_ids.json").write_text(json.dumps(hold_ids))
-    (run_dir / "validation_ids.json").write_text(json.dumps([]))
-    (run_dir / "feedback_counts.json").write_text(json.dumps(fb_counts))
+    write_private(run_dir / "holdout_ids.json", json.dumps(hold_ids))
+    write_private(run_dir / "validation_ids.json", json.dumps([]))
+    write_private(run_dir / "feedback_counts.json", json.dumps(fb_counts))
     config = pm["model"]["config"]
     _say(progress, f"[training] challenger {pm['model']['candidate']} on {len(train_frame)} interactions")
     model, fit_s = _fit(config, Interactions(train_frame, item_text, base_fp), item_text)
@@ -582,22 +603,13 @@ def retrain(loop, progress: Progress | None = None, promote: bool = True) -> dic
                          test_interactions=len(gate_test), fit_s=fit_s, decision=decision)
     manifest["feedback"] = {**fb_counts, "train_interactions": len(fb_train), "holdout_interactions": len(fb_hold),
                             "click_rating": click}
-    version = register_recommender(loop.registry, manifest, model, item_text)
-    (run_dir / "feedback_ids.json").write_text(json.dumps(fb_ids))
-    report_path = write_report(loop, version, f"Retraining on feedback: {spec.name} {version}",
-                               loop.registry.manifest(version))
-    loop.registry.record({"event": "gate", "version": version, "champion": champion,
-                          "decision": decision["decision"], "reasons": decision["reasons"]})
-    is_champion = False
-    if decision["decision"] == "promoted":
-        if promote:
-            loop.registry.promote(version, reason="gate passed after retraining on feedback")
-            is_champion = True
-        else:
-            loop.registry.set_alias("challenger", version)
-    state.update(status="done", version=version)
+    manifest["feedback_fingerprint"] = fb_fingerprint
+    write_private(run_dir / "feedback_ids.json", json.dumps(fb_ids))  # lineage reads it
+    version = _register_with_report(loop, manifest, model, item_text, "Retraining on feedback", progress)
+    report_path = loop.registry.manifest(version)["report"]
+    state["registered"] = version
     loop._save_state(run_dir, state)
-    _say(progress, f"[gate] {version} {decision['decision']}: {'; '.join(decision['reasons'])}")
+    is_champion = loop._complete(run_dir, state, version, progress)["champion"]
     return {"version": version, "run_id": run_id, "parent": champion, "metrics": chall_m, "val_metrics": None,
             "latency": latency, "size_mb": size_mb, "gate": chall_req, "passed": chall_req["passed"],
             "champion": is_champion, "report": report_path, "family": pm["model"]["candidate"],
@@ -673,10 +685,8 @@ def _table(rows: list[list[Any]], head: list[str]) -> str:
             + "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows) + "</table>")
 
 
-def write_report(loop, version: str, title: str, m: dict[str, Any]) -> str:
-    """A small self-contained HTML report of a recommendation version; returns its path."""
-    path = loop.paths.reports / f"{version}.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
+def report_file(loop, version: str, title: str, m: dict[str, Any]) -> str:
+    """Write ``reports/VERSION.html`` (atomically, mode 0600) from manifest ``m``; returns its path."""
     test = m["metrics"]["test"]
     keys = ["ndcg@10", "precision@10", "recall@10", "hit_rate@10", "rmse", "mae", "users"]
     parts = [f"<h1>{html.escape(title)}</h1>",
@@ -703,12 +713,11 @@ def write_report(loop, version: str, title: str, m: dict[str, Any]) -> str:
         parts += ["<h2>Gate: challenger vs champion</h2>",
                   f"<p><b>{html.escape(gate['decision'])}</b>: {html.escape('; '.join(gate['reasons']))}</p>",
                   f"<pre>{html.escape(json.dumps({k: gate[k] for k in ('test', 'feedback')}, indent=2))}</pre>"]
-    path.write_text("<!doctype html><meta charset='utf-8'><title>" + html.escape(title)
-                    + "</title><style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto}"
-                      "table{border-collapse:collapse}td,th{border:1px solid #ccd;padding:.25rem .5rem}</style>"
-                    + "".join(parts))
-    loop.registry.update_manifest(version, report=str(path))
-    return str(path)
+    page = ("<!doctype html><meta charset='utf-8'><title>" + html.escape(title)
+            + "</title><style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto}"
+              "table{border-collapse:collapse}td,th{border:1px solid #ccd;padding:.25rem .5rem}</style>"
+            + "".join(parts))
+    return str(loop._write_report(version, lambda path: Path(path).write_text(page)))
 
 
 def _check_k(k: Any, max_k: int, field_name: str = "k") -> int:

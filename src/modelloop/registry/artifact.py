@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shutil
 from collections.abc import Callable
@@ -27,9 +28,10 @@ from ..data.image import ImageFormat
 from ..data.transforms import Normalizer
 from ..errors import RegistryError
 from ..models import batched_logits, build_model
+from ..settings import PRIVATE_DIR, PRIVATE_FILE
 
-__all__ = ["write_artifact", "load_artifact", "LoadedModel", "library_versions", "trainable_state", "featurizer_runner",
-           "read_featurizer"]
+__all__ = ["write_artifact", "seal", "fsync_dir", "load_artifact", "LoadedModel", "library_versions",
+           "trainable_state", "featurizer_runner", "read_featurizer"]
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +56,46 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def write_artifact(folder: Path, manifest: dict[str, Any], model: torch.nn.Module,
-                   preprocessing: dict[str, Any], extra_files: dict[str, Path] | None = None) -> None:
-    folder.mkdir(parents=True, exist_ok=False)
+                   preprocessing: dict[str, Any], extra_files: dict[str, Path] | None = None,
+                   fsync: bool = False) -> None:
+    """Write an artifact into a new folder (mode 0700, files 0600), the manifest last.
+
+    With ``fsync`` every file and the folder are on disk when this returns (the registry renames
+    the folder into place only then).
+    """
+    folder.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=False)
+    folder.chmod(PRIVATE_DIR)
     for name, src in (extra_files or {}).items():
         shutil.copyfile(src, folder / name)
     state = trainable_state(model)
     save_file(state, str(folder / WEIGHTS))
     (folder / PREPROCESSING).write_text(json.dumps(preprocessing, indent=2))
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    seal(folder, fsync)
+
+
+def seal(folder: Path, fsync: bool = True) -> None:
+    """Make every file of ``folder`` 0600 and, with ``fsync``, flush the files and the folder to disk."""
+    for p in folder.iterdir():
+        if p.is_file():
+            p.chmod(PRIVATE_FILE)
+            if fsync:
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+    if fsync:
+        fsync_dir(folder)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it, a new file) to disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass
