@@ -355,7 +355,8 @@ def test_project_files_are_private(trained: Path) -> None:
     for folder in (".modelloop", ".modelloop/runs", ".modelloop/data", "registry", "registry/versions",
                    "registry/versions/v1", "reports"):
         assert (trained / folder).stat().st_mode & 0o777 == 0o700, folder
-    for f in ("registry/registry.json", "registry/events.jsonl", "reports/v1.html", ".modelloop/writer.lock",
+    for f in ("modelloop.yaml", "registry/registry.json", "registry/events.jsonl", "reports/v1.html",
+              ".modelloop/writer.lock",
               *(str(p.relative_to(trained)) for p in (trained / "registry/versions/v1").iterdir()),
               *(str(p.relative_to(trained)) for p in (trained / ".modelloop/runs").glob("*/state.json"))):
         assert (trained / f).stat().st_mode & 0o777 == 0o600, f

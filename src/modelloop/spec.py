@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import SpecError
 from .recommendation.config import RANKING_METRICS, RecommendationSpec
+from .settings import write_private
 
 __all__ = [
     "TASKS",
@@ -405,6 +406,5 @@ def load_spec(project_dir: str | Path) -> Spec:
 def save_spec(spec: Spec, project_dir: str | Path) -> Path:
     path = Path(project_dir) / SPEC_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(spec.to_dict(), sort_keys=False)
-    path.write_text(text)
-    return path
+    # 0600: the spec may hold the feedback store's URL, password included.
+    return write_private(path, yaml.safe_dump(spec.to_dict(), sort_keys=False))

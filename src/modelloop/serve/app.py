@@ -178,7 +178,7 @@ class RetrainJobs:
                 job["result"] = {k: res[k] for k in ("version", "parent", "feedback_examples", "decision",
                                                      "champion_version")}
                 job["result"]["reasons"] = res["evidence"]["reasons"]
-            job["status"] = "done"
+            job["status"] = "skipped" if job["result"].get("decision") == "skipped" else "done"
         except Exception as e:  # reported to the caller through the job
             log.exception("retrain failed")
             job["status"], job["error"] = "failed", str(e)
