@@ -31,8 +31,12 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-data.txt pyproject.
 demo: setup
 	$(BIN)/modelloop demo modelloop-demo --fresh
 
+# Two pytest-xdist workers (the suite's heavy parts are processes and servers that leave a core
+# idle); tests/conftest.py keeps each file, and each shared session project, on one worker.
+TEST_WORKERS ?= 2
+
 test: setup system-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=30
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -193,26 +194,40 @@ def postgres():
 # -- running on several workers (``make test`` runs two with pytest-xdist) ----------------------
 # Session fixtures worth building once: the files that use one run on the same worker.
 _SHARED = {"demo_run": "demo-project", "tiny_project": "tiny-projects"}
-# Heaviest first, so the longest file does not start last and leave one worker idle at the end.
+# Heaviest first, so the longest group does not start last and leave one worker idle at the end.
 _FIRST = ("demo-project", "tests/e2e/test_loop_scenarios.py", "tests/e2e/test_mnist784.py")
+_TESTS = Path(__file__).resolve().parent.parent
+
+
+def _group(path: str, _cache: dict[str, str] = {}) -> str:  # noqa: B006 (a cache on purpose)
+    """A test file's group: its path, or the shared fixture it uses (read from its source, since
+    pytest-xdist's scheduler sees node ids, not fixtures)."""
+    if path not in _cache:
+        text = (_TESTS / path).read_text() if (_TESTS / path).is_file() else ""
+        _cache[path] = next((g for f, g in _SHARED.items() if re.search(rf"def \w+\([^)]*\b{f}\b", text)),
+                            path)
+    return _cache[path]
 
 
 def pytest_collection_modifyitems(config, items):
-    """Keep each test file on one worker, so its module fixtures are built once, and the files that
-    use one of the session's shared projects together on one worker, so it is built once; e2e first."""
-    by_file: dict[str, str] = {}
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        for fixture, group in _SHARED.items():
-            if fixture in getattr(item, "fixturenames", ()):
-                by_file[path] = group
-        by_file.setdefault(path, path)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(by_file[item.nodeid.split("::")[0]]))
+    """Heaviest groups first, e2e before unit tests; the order inside a file is kept."""
 
     def rank(item) -> tuple[int, int]:
-        group = by_file[item.nodeid.split("::")[0]]
+        group = _group(item.nodeid.split("::")[0])
         first = _FIRST.index(group) if group in _FIRST else len(_FIRST)
         return (first, 0 if "/e2e/" in group or group in _SHARED.values() else 1)
 
-    items.sort(key=rank)  # stable: the order inside a file is kept
+    items.sort(key=rank)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Each test file stays on one worker (its module fixtures are built once), and the files that
+    share a session project stay together (it is built once per worker that needs it)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class _ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid.split("::")[0])
+
+    return _ByGroup(config, log)
