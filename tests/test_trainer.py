@@ -171,7 +171,10 @@ def test_integer_inputs_are_not_cast_or_shifted():
     assert r.best_val_accuracy > 0.8
 
 
-def test_probe_measures_and_matches_a_forced_run(seed_case):
+def test_probe_measures_and_matches_a_forced_run(seed_case, monkeypatch):
+    # Two thread counts to choose from on any machine (one core, or no native bf16, would leave
+    # a single plan and nothing to probe): the rule under test is the probe's, not this CPU's.
+    monkeypatch.setattr(fast, "available_cores", lambda: 2)
     (x, y), val = seed_case
     x, y = x[:256], y[:256]
     fast.clear_plan_cache()
