@@ -226,6 +226,8 @@ def pytest_xdist_make_scheduler(config, log):
     share a session project stay together (it is built once per worker that needs it)."""
     from xdist.scheduler import LoadScopeScheduling
 
+    config.option.loadscopereorder = False  # keep the collection's order (heaviest first), not test counts
+
     class _ByGroup(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return _group(nodeid.split("::")[0])
