@@ -7,7 +7,12 @@ import time
 
 from .metrics import ServerMetrics, endpoint_of
 
-__all__ = ["GuardMiddleware"]
+__all__ = ["GuardMiddleware", "SMALL_ROUTES", "SMALL_BODY_BYTES"]
+
+# Routes whose body is a small JSON object (feedback, admin calls): FastAPI parses and validates it
+# on the event loop before the route checks the caller's key, so it is kept small for everyone.
+SMALL_ROUTES = ("/feedback", "/admin/")
+SMALL_BODY_BYTES = 64 * 1024
 
 
 class _TooLarge(Exception):
@@ -15,8 +20,9 @@ class _TooLarge(Exception):
 
 
 class GuardMiddleware:
-    """Counts and times every HTTP request; answers 413 to a body over ``max_body_bytes``, whether
-    announced by Content-Length or sent chunked without one, on every route.
+    """Counts and times every HTTP request; answers 413 to a body over ``max_body_bytes`` (over
+    ``small_body_bytes`` on ``small_routes``), whether announced by Content-Length or sent chunked
+    without one, on every route.
 
     A chunked body is read here, up to the limit, before the app runs (the app would hold it
     whole anyway). Should a body still pass the limit while the app reads it, the error raised
@@ -25,21 +31,30 @@ class GuardMiddleware:
     the app then tries to send.
     """
 
-    def __init__(self, app, metrics: ServerMetrics, max_body_bytes: int) -> None:
+    def __init__(self, app, metrics: ServerMetrics, max_body_bytes: int,
+                 small_routes: tuple[str, ...] = SMALL_ROUTES, small_body_bytes: int = SMALL_BODY_BYTES) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
+        self.small_routes = small_routes
+        self.small_body = min(small_body_bytes, max_body_bytes)
 
-    async def _reject(self, send, received: int | None) -> None:
-        got = f"{received} bytes" if received is not None else f"more than {self.max_body} bytes"
-        body = json.dumps({"detail": f"request body: received {got}; expected at most {self.max_body} bytes "
-                                     "(serving.max_body_bytes)"}).encode()
+    def limit(self, path: str) -> tuple[int, str]:
+        """The body limit of a route, and where it comes from."""
+        if path.startswith(self.small_routes):
+            return self.small_body, "the limit of routes that take a small JSON object"
+        return self.max_body, "serving.max_body_bytes"
+
+    async def _reject(self, send, received: int | None, limit: tuple[int, str]) -> None:
+        got = f"{received} bytes" if received is not None else f"more than {limit[0]} bytes"
+        body = json.dumps({"detail": f"request body: received {got}; expected at most {limit[0]} bytes "
+                                     f"({limit[1]})"}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
 
-    async def _read_all(self, receive) -> list[dict] | None:
+    async def _read_all(self, receive, max_body: int) -> list[dict] | None:
         """Every message of a body of unknown length, or None as soon as it passes the limit."""
         messages, size = [], 0
         while True:
@@ -48,7 +63,7 @@ class GuardMiddleware:
             if message["type"] != "http.request":
                 return messages
             size += len(message.get("body", b""))
-            if size > self.max_body:
+            if size > max_body:
                 return None
             if not message.get("more_body", False):
                 return messages
@@ -59,6 +74,7 @@ class GuardMiddleware:
             return
         t0 = time.perf_counter()
         endpoint = endpoint_of(scope["path"])
+        limit = self.limit(scope["path"])
         status = [500]
         started = [False]
         too_large = [False]
@@ -68,7 +84,7 @@ class GuardMiddleware:
                 if not started[0] and message["type"] == "http.response.start":
                     started[0] = True
                     status[0] = 413
-                    await self._reject(send, None)
+                    await self._reject(send, None, limit)
                 return
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
@@ -79,9 +95,9 @@ class GuardMiddleware:
             length = next((int(v) for k, v in scope["headers"] if k == b"content-length"), None)
         except ValueError:
             length = None
-        if length is not None and length > self.max_body:
+        if length is not None and length > limit[0]:
             status[0] = 413
-            await self._reject(send, length)
+            await self._reject(send, length, limit)
             self.metrics.observe(endpoint, scope["method"], 413, time.perf_counter() - t0)
             return
 
@@ -89,10 +105,10 @@ class GuardMiddleware:
         if length is None and any(k == b"transfer-encoding" for k, _ in scope["headers"]):
             # A chunked body announces no length: read it here, up to the limit, before any route
             # runs, so it is refused the same way on every route (even one that never reads it).
-            messages = await self._read_all(receive)
+            messages = await self._read_all(receive, limit[0])
             if messages is None:
                 status[0] = 413
-                await self._reject(send, None)
+                await self._reject(send, None, limit)
                 self.metrics.observe(endpoint, scope["method"], 413, time.perf_counter() - t0)
                 return
             if messages[-1]["type"] == "http.request":
@@ -112,7 +128,7 @@ class GuardMiddleware:
             message = await source()
             if message["type"] == "http.request":
                 seen[0] += len(message.get("body", b""))
-                if seen[0] > self.max_body:
+                if seen[0] > limit[0]:
                     too_large[0] = True
                     raise _TooLarge
             return message
@@ -127,5 +143,5 @@ class GuardMiddleware:
             if too_large[0] and not started[0]:
                 started[0] = True
                 status[0] = 413
-                await self._reject(send, None)
+                await self._reject(send, None, limit)
             self.metrics.observe(endpoint, scope["method"], status[0], time.perf_counter() - t0)
