@@ -29,7 +29,7 @@ def write_private(path: str | Path, data: str | bytes, fsync: bool = False) -> P
     """Write ``data`` to ``path`` atomically (a unique temporary file, then rename), mode 0600.
 
     A reader sees the old content or the new, never a part; with ``fsync`` the content is on disk
-    before the rename, so a power cut cannot leave an empty file under the final name either.
+    before the rename and the rename after it, so a power cut leaves the old file or the new one.
     """
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
@@ -49,6 +49,12 @@ def write_private(path: str | Path, data: str | bytes, fsync: bool = False) -> P
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if fsync:  # the rename itself, so that after a power cut the file has its new content
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return path
 
 
