@@ -239,7 +239,10 @@ class ProjectLock:
 
         app = f"modelloop {operation} pid {os.getpid()}@{socket.gethostname()}"[:63]
         eng = sa.create_engine(engine.url, poolclass=NullPool, isolation_level="AUTOCOMMIT",
-                               connect_args={"application_name": app})
+                               # bounded: the caller waits on this under the process's lock guard
+                               connect_args={"application_name": app, "connect_timeout": 5, "keepalives": 1,
+                                             "keepalives_idle": 10, "keepalives_interval": 5,
+                                             "keepalives_count": 3})
         try:
             conn = eng.connect()
         except sa.exc.SQLAlchemyError as e:
