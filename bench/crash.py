@@ -49,6 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+
 MODELLOOP = str(Path(sys.executable).parent / "modelloop")
 KINDS = {"run": 0.4, "retrain": 0.4, "register": 0.2}
 _STAGE = re.compile(r"^\[([a-z][a-z ]*)\]", re.M)
@@ -237,14 +240,6 @@ def init_project(case: str, directory: Path, trials: int | None, epochs: int | N
     return project
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def main() -> None:
@@ -285,7 +280,7 @@ def main() -> None:
           f"final check: {'ok' if not res['final'] else res['final']}")
     print(f"versions at the end: {pts[-1].versions if pts else 0} after the last point, then the final run")
     load_after = os.getloadavg()
-    print(f"{os.cpu_count()} cores ({cpu_model()}); load average (1/5/15 min) before "
+    print(f"{describe()}; load average (1/5/15 min) before "
           f"{'/'.join(f'{x:.1f}' for x in load_before)}, after {'/'.join(f'{x:.1f}' for x in load_after)}; "
           f"took {time.monotonic() - t0:.0f} s")
     if a.dir is None:

@@ -35,6 +35,9 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from machine import describe  # noqa: E402
+
 BIN = Path(sys.executable).parent
 
 
@@ -103,14 +106,6 @@ def wrk(port: int, body_file: Path, connections: int, seconds: int) -> dict[str,
     return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": int(errors.group(1)) if errors else 0}
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "CPU model unknown"
 
 
 def main() -> None:
@@ -165,7 +160,7 @@ def main() -> None:
     base = servers[0][0]
     load_after = os.getloadavg()
     print(f"\nServing benchmark: seed-case CNN ({champion}, recorded backend {recorded}), wrk {args.seconds}s per "
-          f"cell, loopback, {os.cpu_count()} cores ({_cpu_model()}), load average (1/5/15 min) "
+          f"cell, loopback, {describe()}, load average (1/5/15 min) "
           f"{'/'.join(f'{v:.2f}' for v in load_before)} before, {'/'.join(f'{v:.2f}' for v in load_after)} after\n")
     print("| server | concurrency | requests/s | p50 ms | p99 ms | errors | throughput vs minimal |")
     print("|---|---|---|---|---|---|---|")
