@@ -3,14 +3,18 @@
 A commit resolves only once its row is readable from a fresh connection; concurrent commits share
 transactions and are answered in commit order without a thread each; a store that stays locked or
 down sends rows to the fsync'd spool (or, without room in it, refuses them), and the spool is
-replayed into the store when it is back, also by the next writer after a kill -9. Files that hold
-users' inputs are created 0600.
+replayed into the store when it is back, also by the next writer after a kill -9 and by a live
+writer beside the killed one. During an outage feedback is refused at once and never delays a
+prediction; no request waits without bound (a hanging store, a writer thread that died); rows
+the store could not keep are refused before they are acknowledged. Files that hold users' inputs
+are created 0600.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import json
 import os
 import signal
@@ -28,8 +32,10 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from modelloop.errors import StoreUnavailableError
+import modelloop.feedback.writer as writer_module
+from modelloop.errors import InputError, StoreUnavailableError
 from modelloop.feedback import FeedbackStore, PredictionWriter, prediction_row
+from modelloop.feedback.store import _pg_connect_args
 from modelloop.feedback.writer import PredictionSpool
 
 
@@ -50,6 +56,20 @@ def sqlite_ids(db: Path) -> set[str]:
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def flush_when_back(writer: PredictionWriter, seconds: float = 20.0) -> None:
+    """``flush()`` as a feedback client sees it: sent again while it is refused with 503 (until the
+    prober has found the store back)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            writer.flush(timeout=seconds)
+            return
+        except StoreUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 class SqliteLock:
@@ -206,14 +226,15 @@ def test_a_locked_store_spools_rows_0600_and_replays_them_when_it_is_back(store,
         assert mode(f) == 0o600
         assert f.read_bytes().count(b"\n") == 5  # on disk (fsync'd) before the answer
         assert writer.spooled == 5
-        assert writer.status() | {"store_detail": ""} == {"store": "unavailable", "spooled": 5, "store_detail": ""}
+        assert writer.status() | {"store_detail": ""} == {"store": "unavailable", "spooled": 5, "writer": "ok",
+                                                          "store_detail": ""}
         with pytest.raises(StoreUnavailableError):
             writer.flush(timeout=10)  # feedback during the outage: 503
         assert sqlite_ids(db) == set()
     finally:
         lock.release()
     try:
-        writer.flush(timeout=20)  # feedback after it: the spool is replayed first
+        flush_when_back(writer)  # feedback after it: the spool is replayed first
         assert {r["id"] for r in first + second} == sqlite_ids(db)
         assert writer.spooled == 0
         assert asyncio.run(writer.commit(rows(1))) == "stored"
@@ -384,7 +405,7 @@ def test_postgresql_restart_spools_predictions_refuses_feedback_then_replays(pos
                 store.get_prediction(pid)
         finally:
             pg_start(postgres)
-        writer.flush(timeout=30)
+        flush_when_back(writer, 30)
         assert {r["id"] for r in before + during} <= pg_ids(url)
         assert store.add_feedback(during[0]["id"], "even") > 0
         assert asyncio.run(writer.commit(rows(1))) == "stored"
@@ -445,7 +466,270 @@ def test_many_threads_commit_while_the_lock_comes_and_goes(store, db, tmp_path):
         stop.set()
         for t in threads:
             t.join()
-    writer.flush(timeout=30)
+    flush_when_back(writer, 30)
     writer.close()
     assert len(acknowledged) > 20
     assert set(acknowledged) <= sqlite_ids(db)
+
+
+# -- no stalls, no hangs, no lost wakeups -----------------------------------------------------
+def test_feedback_during_an_outage_is_refused_at_once_and_never_delays_a_prediction(db, tmp_path):
+    store = FeedbackStore(f"sqlite:///{db}", busy_timeout_ms=2000)  # each try of the locked store: 2 s
+    writer = PredictionWriter(store, spool_dir=tmp_path, retry_s=0.1, probe_s=0.2)
+    lock = SqliteLock(db)
+    answered = []
+    try:
+        assert asyncio.run(writer.commit(rows(1))) == "spooled"  # the outage is found (2 s)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            for _ in range(3):
+                def feedback() -> tuple[BaseException | None, float]:
+                    t0 = time.monotonic()
+                    try:
+                        writer.flush(timeout=30)
+                    except StoreUnavailableError as e:
+                        return e, time.monotonic() - t0
+                    return None, time.monotonic() - t0
+
+                flushing = pool.submit(feedback)
+                time.sleep(0.05)  # the feedback request is first in line
+                t0 = time.monotonic()
+                batch = rows(1)
+                assert asyncio.run(writer.commit(batch)) == "spooled"
+                answered.append(time.monotonic() - t0)
+                err, took = flushing.result(30)
+                assert isinstance(err, StoreUnavailableError) and "database is locked" in str(err)
+                assert err.http_status == 503 and took < 1.0, took  # the prober's verdict, not another 2 s try
+        assert max(answered) < 1.0, answered  # was 2 s: the prediction waited behind the feedback's try
+    finally:
+        lock.release()
+    try:
+        flush_when_back(writer)
+        assert len(sqlite_ids(db)) == 4
+    finally:
+        writer.close()
+        store.close()
+
+
+def test_a_commit_waits_at_most_commit_timeout_s_then_is_refused(store, db, monkeypatch):
+    monkeypatch.setattr(writer_module, "COMMIT_TIMEOUT_S", 0.5)
+    writer = PredictionWriter(store, retry_s=60)  # the writer keeps trying the locked store meanwhile
+    batch, other = rows(2), rows(1)
+    lock = SqliteLock(db)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="not committed within 0.5 s") as e:
+            asyncio.run(asyncio.wait_for(writer.commit(batch), 20))
+        assert e.value.http_status == 503 and time.monotonic() - t0 < 5
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a worker thread is given back too
+            t0 = time.monotonic()
+            blocked = pool.submit(writer.commit_blocking, other)
+            with pytest.raises(StoreUnavailableError, match="not committed within 0.5 s"):
+                blocked.result(20)
+            assert time.monotonic() - t0 < 5
+    finally:
+        lock.release()
+    monkeypatch.setattr(writer_module, "COMMIT_TIMEOUT_S", 30.0)
+    try:
+        assert asyncio.run(writer.commit(batch)) == "stored"  # the client's retry: harmless, stored once
+    finally:
+        writer.close()
+    con = sqlite3.connect(db)
+    try:
+        assert sorted(r[0] for r in con.execute("select id from predictions")) == sorted(
+            r["id"] for r in batch + other)
+    finally:
+        con.close()
+
+
+def test_a_writer_that_dies_answers_its_batch_and_queue_and_refuses_at_once(store, db, tmp_path, monkeypatch):
+    """The one test with a failing double: a spool whose read fails with EIO (no real way to make
+    the writer thread hit an unexpected error on demand)."""
+    left = PredictionSpool(tmp_path)
+    left_rows = rows(3)
+    left.append(left_rows)
+    left.close()  # a spool left with rows: the writer's flush replays it first
+    writer = PredictionWriter(store, spool_dir=tmp_path, probe_s=60)
+    assert writer.spooled == 3
+    entered, proceed = threading.Event(), threading.Event()
+
+    def failing_peek(max_rows: int = 1000) -> list[dict]:
+        entered.set()
+        proceed.wait(10)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(writer.spool, "peek", failing_peek)
+
+    def outcome(call, *args) -> tuple[BaseException | None, float]:
+        try:
+            call(*args)
+        except StoreUnavailableError as e:
+            return e, time.monotonic()
+        return None, time.monotonic()
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            flushing = pool.submit(outcome, writer.flush, 30)  # the batch in progress when the thread dies
+            assert entered.wait(10)
+            queued = [pool.submit(outcome, writer.commit_blocking, rows(1)),
+                      pool.submit(outcome, lambda: asyncio.run(writer.commit(rows(1))))]
+            deadline = time.monotonic() + 10
+            while writer._q.qsize() < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            t0 = time.monotonic()
+            proceed.set()
+            for f in [flushing, *queued]:
+                err, at = f.result(60)
+                assert isinstance(err, StoreUnavailableError) and "Input/output error" in str(err), err
+                assert err.http_status == 503 and at - t0 < 5
+        status = writer.status()
+        assert status["writer"] == "dead" and "OSError" in status["writer_detail"]
+        assert status["spooled"] == 3  # left on disk, released for the next writer
+        for call in (lambda: asyncio.run(writer.commit(rows(1))), lambda: writer.commit_blocking(rows(1)),
+                     writer.flush):
+            t0 = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="stopped after an unexpected error"):
+                call()
+            assert time.monotonic() - t0 < 0.5
+    finally:
+        proceed.set()
+        writer.close()
+    after = PredictionWriter(store, spool_dir=tmp_path)
+    try:
+        after.flush(timeout=20)
+        assert {r["id"] for r in left_rows} <= sqlite_ids(db)
+    finally:
+        after.close()
+
+
+class _RelockOnBack(threading.Event):
+    """The prober's "store is back" flag that, the first time it is set, takes the store's lock
+    again and holds the prober thread a moment: the writer finds the store down again before
+    that thread could exit (the lost wakeup)."""
+
+    def __init__(self, db: Path) -> None:
+        super().__init__()
+        self.db, self.lock = db, None
+
+    def set(self) -> None:
+        super().set()
+        if self.lock is None:
+            self.lock = SqliteLock(self.db)
+            time.sleep(1.0)
+
+
+def test_the_store_is_probed_again_when_it_goes_down_right_after_coming_back(store, db, tmp_path):
+    writer = PredictionWriter(store, spool_dir=tmp_path, retry_s=0.1, probe_s=0.1)
+    writer._back = back = _RelockOnBack(db)
+    batch = rows(2)
+    first = SqliteLock(db)
+    try:
+        assert asyncio.run(writer.commit(batch)) == "spooled"
+    finally:
+        first.release()
+    try:
+        deadline = time.monotonic() + 10
+        while back.lock is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert back.lock is not None, "the prober did not find the store back"
+        time.sleep(1.5)  # the writer tried the store meanwhile and found it down again
+        assert writer.spooled == 2
+        back.lock.release()
+        deadline = time.monotonic() + 10
+        while writer.spooled and time.monotonic() < deadline:  # no request needed
+            time.sleep(0.05)
+        assert writer.spooled == 0, "nothing probes the store any more"
+        assert {r["id"] for r in batch} <= sqlite_ids(db)
+    finally:
+        writer.close()
+
+
+def test_a_live_writer_replays_the_spool_of_a_server_killed_beside_it(db, tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "SPOOL_RESCAN_S", 0.2)
+    spool = tmp_path / "state"
+    store = FeedbackStore(f"sqlite:///{db}")
+    survivor = PredictionWriter(store, spool_dir=spool)  # the other server on the project, running on
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", _CRASHING_WRITER, str(db), str(spool)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline() == "open\n", proc.stderr.read()
+        lock = SqliteLock(db)
+        try:
+            out, err = proc.communicate("go\n", timeout=120)
+        finally:
+            lock.release()
+        assert proc.returncode == -signal.SIGKILL, err[-2000:]
+        acknowledged = set(json.loads(out))
+        deadline = time.monotonic() + 20
+        while not (acknowledged <= sqlite_ids(db) and not spool_files(spool)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert acknowledged <= sqlite_ids(db), "the survivor did not replay the killed server's spool"
+        assert spool_files(spool) == []
+    finally:
+        survivor.close()
+        store.close()
+
+
+def test_a_row_longer_than_the_store_keeps_is_refused_before_it_is_acknowledged(store, db, tmp_path):
+    x = np.zeros((1, 2, 2), np.uint8)
+    with pytest.raises(InputError, match=r"'label': received 300 characters .*at most 256") as e:
+        prediction_row(uuid.uuid4().hex, "v1", x, "x" * 300, {"x": 1.0}, 1.0)
+    assert e.value.http_status == 422
+    with pytest.raises(InputError, match=r"'model_version': received 33 characters .*at most 32"):
+        prediction_row(uuid.uuid4().hex, "v" * 33, x, "odd", {"odd": 1.0}, 1.0)
+    writer = PredictionWriter(store, spool_dir=tmp_path, retry_s=0.1, probe_s=0.2)
+    good, bad, longest = rows(1), rows(1), rows(1)
+    bad[0]["label"] = "é" * 257  # rows built elsewhere are checked when they are handed over
+    longest[0]["label"] = "é" * 256  # the limit counts characters, as PostgreSQL does
+    lock = SqliteLock(db)
+    try:
+        with pytest.raises(InputError, match="'label'"):
+            asyncio.run(writer.commit(good + bad))
+        with pytest.raises(InputError, match="'label'"):
+            writer.commit_blocking(bad)
+        assert writer.spooled == 0  # nothing of the refused request was acknowledged or spooled
+        assert asyncio.run(writer.commit(longest)) == "spooled"
+    finally:
+        lock.release()
+    try:
+        flush_when_back(writer)
+        assert sqlite_ids(db) == {longest[0]["id"]}
+    finally:
+        writer.close()
+
+
+def test_postgresql_connection_settings_from_the_url_win():
+    args = _pg_connect_args("postgresql://u@h/db?options=-c%20search_path%3Dx&keepalives_idle=30", 5, 2.5)
+    assert args["options"] == "-c search_path=x -c statement_timeout=2500"
+    assert "keepalives_idle" not in args  # the URL's 30 s is passed by SQLAlchemy itself
+    assert args["keepalives"] == 1 and args["tcp_user_timeout"] == 10000 and args["connect_timeout"] == 5
+    assert "options" not in _pg_connect_args("postgresql://u@h/db?options=-c%20statement_timeout%3D0", 5, 10)
+
+
+def test_postgresql_waits_are_bounded_but_training_reads_are_not(postgres):
+    import psycopg
+
+    url = postgres.create_database(f"durable_{uuid.uuid4().hex[:8]}")
+    store = FeedbackStore(url, connect_timeout_s=2, statement_timeout_s=1)
+    try:
+        with store.engine.connect() as c:
+            assert c.exec_driver_sql("show statement_timeout").scalar() == "1s"
+            params = c.connection.dbapi_connection.info.get_parameters()
+        assert (params.get("keepalives"), params.get("tcp_user_timeout")) == ("1", "10000"), params
+        longest = rows(1)
+        longest[0]["label"] = "é" * 256  # what the writer lets through, PostgreSQL keeps
+        store.log_many(longest)
+        with psycopg.connect(url) as other:  # another client holds the table: the write's wait is bounded
+            other.execute("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
+            t0 = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="statement timeout"):
+                store.log_many(rows(1))
+            assert time.monotonic() - t0 < 5
+            releasing = threading.Timer(1.5, other.rollback)
+            releasing.start()
+            t0 = time.monotonic()
+            assert store.labelled() == []  # a read of training data may wait longer than 1 s
+            assert time.monotonic() - t0 >= 1.0
+            releasing.join()
+        assert longest[0]["id"] in pg_ids(url)
+    finally:
+        store.close()

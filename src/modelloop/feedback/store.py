@@ -18,16 +18,21 @@ Outages: once the schema is open, a store that cannot be reached or written righ
 PostgreSQL restart, a network outage, SQLite's ``database is locked`` after ``busy_timeout_ms``)
 raises :class:`~modelloop.errors.StoreUnavailableError` (HTTP 503 with ``Retry-After``) from any
 method; opening a store that cannot be reached raises :class:`~modelloop.errors.StoreError`.
+On PostgreSQL no statement waits without bound: each connection has a ``statement_timeout``
+(10 s by default; reads of training data through ``long_read`` are exempt), TCP keepalives and
+``tcp_user_timeout``, so a lock held too long or a half-open connection ends in
+:class:`~modelloop.errors.StoreUnavailableError` within seconds, not when TCP gives up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -127,6 +132,31 @@ def _owner_only(db_path: str | None) -> None:
             pass
 
 
+def _pg_connect_args(url: str, connect_timeout_s: float, statement_timeout_s: float) -> dict[str, Any]:
+    """libpq settings that bound every wait on the server: connecting, a dead or half-open
+    connection (keepalives: about 11 s idle; ``tcp_user_timeout``: data unacknowledged for 10 s)
+    and one statement. Settings given in the URL's query win."""
+    given = sa.engine.make_url(normalize_url(url)).query
+    args: dict[str, Any] = {"connect_timeout": max(1, math.ceil(connect_timeout_s)), "keepalives": 1,
+                            "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                            "tcp_user_timeout": 10000}
+    args = {k: v for k, v in args.items() if k not in given}
+    timeout = f"-c statement_timeout={max(1, round(statement_timeout_s * 1000))}"
+    options = given.get("options")
+    if isinstance(options, tuple):
+        options = " ".join(options)
+    if not options or "statement_timeout" not in options:
+        args["options"] = f"{options} {timeout}" if options else timeout
+    return args
+
+
+def _unbounded(c: sa.Connection) -> None:
+    """Lift PostgreSQL's statement_timeout for the rest of this transaction (a long read of
+    training data, a migration waiting for another process's)."""
+    if c.dialect.name == "postgresql":
+        c.execute(sa.text("SET LOCAL statement_timeout = 0"))
+
+
 class FeedbackStore:
     """Prediction log and feedback store over one database URL.
 
@@ -136,12 +166,17 @@ class FeedbackStore:
             the store reports itself unavailable.
         connect_timeout_s: PostgreSQL only: how long connecting may take before the store reports
             itself unavailable.
+        statement_timeout_s: PostgreSQL only: the longest one statement may run (or wait for a
+            lock) before the store reports itself unavailable; reads of training data
+            (:meth:`labelled`, :meth:`recent_raw`, any read through :meth:`long_read`) and the
+            migration are exempt.
 
     Raises:
         StoreError: the URL is unsupported, or the database cannot be reached or migrated.
     """
 
-    def __init__(self, url: str, *, busy_timeout_ms: int = 10000, connect_timeout_s: int = 5) -> None:
+    def __init__(self, url: str, *, busy_timeout_ms: int = 10000, connect_timeout_s: int = 5,
+                 statement_timeout_s: float = 10.0) -> None:
         self.url = url
         try:
             if url.startswith("sqlite"):
@@ -149,7 +184,8 @@ class FeedbackStore:
                 self.engine = sa.create_engine(url)
             else:
                 self.engine = sa.create_engine(normalize_url(url), pool_size=5, max_overflow=10, pool_pre_ping=True,
-                                               connect_args={"connect_timeout": connect_timeout_s})
+                                               connect_args=_pg_connect_args(url, connect_timeout_s,
+                                                                             statement_timeout_s))
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
             raise StoreError(f"feedback store URL {url!r}: {e}; expected sqlite:///PATH or "
                              "postgresql://USER@HOST:PORT/DB") from None
@@ -185,6 +221,7 @@ class FeedbackStore:
 
     def _migrate(self) -> None:
         with self.engine.begin() as c:
+            _unbounded(c)
             if self.dialect == "postgresql":
                 # One process migrates at a time; the others wait here.
                 c.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
@@ -215,6 +252,14 @@ class FeedbackStore:
         """
         with self.engine.begin() as c:
             c.execute(_info.update().where(_info.c.key == "schema_version").values(value=_info.c.value))
+
+    @contextlib.contextmanager
+    def long_read(self) -> Iterator[sa.Connection]:
+        """A connection for a read that may take long (training data): on PostgreSQL its
+        transaction runs without ``statement_timeout``."""
+        with self.engine.connect() as c:
+            _unbounded(c)
+            yield c
 
     def schema_version(self) -> int:
         with self.engine.connect() as c:
@@ -332,7 +377,7 @@ class FeedbackStore:
         if model_version is not None:
             q = q.where(predictions.c.model_version == model_version)
         out = []
-        with self.engine.connect() as c:
+        with self.long_read() as c:
             for r in c.execute(q).mappings():
                 r = dict(r)
                 if r["kind"] == "thumbs" and (r["value"] or 0) < 0:
@@ -393,7 +438,7 @@ class FeedbackStore:
                       predictions.c.label).order_by(predictions.c.created_at.desc()).limit(limit)
         if since is not None:
             q = q.where(predictions.c.created_at >= since)
-        with self.engine.connect() as c:
+        with self.long_read() as c:
             rows = list(c.execute(q))
         return [_decode_input(r[0], r[1], r[2]) for r in rows], [r[3] for r in rows]
 

@@ -17,17 +17,28 @@ busy timeout; see :class:`~modelloop.errors.StoreUnavailableError`):
    the requests are answered as usual with ``logged == "spooled"`` (the server sends
    ``X-Modelloop-Logged: spooled``; ``stored`` otherwise). The answer still means "stored
    durably": on this machine's disk instead of in the database. While the store is down, batches
-   go straight to the spool and the store is probed every ``probe_s`` seconds; once it answers,
-   the spool is replayed into it in chunks between batches, and files left by a killed server
-   are replayed by the next writer on the same folder.
+   go straight to the spool and the store is probed every ``probe_s`` seconds (by one prober
+   thread that lives as long as the writer); once it answers, the spool is replayed into it in
+   chunks between batches. Files left by a killed server are replayed by any writer on the same
+   folder: at its start, and by a live one, which looks for them every ``SPOOL_RESCAN_S``.
 3. When the spool is full (``spool_max_bytes``, 256 MiB by default: some 150,000 image
    predictions) or cannot be written, or the writer has no spool folder, the waiting requests
    get :class:`StoreUnavailableError` (503 with ``Retry-After``): no answer claims a row that
    is not stored.
 4. :meth:`PredictionWriter.flush` makes "acknowledged" mean "in the store": it replays the spool
-   first and raises :class:`StoreUnavailableError` while the store is down. The feedback route
+   first and raises :class:`StoreUnavailableError` while the store is down — at once, without
+   touching the store, while the prober finds it down, and never ahead of predictions: the
+   requests of a batch are answered before a flush in it waits on the store. The feedback route
    calls it, so feedback is answered 503 with ``Retry-After`` during an outage (nothing stored,
    the client sends it again) and finds a spooled prediction once the store is back.
+
+Bounds: a request waits at most ``COMMIT_TIMEOUT_S`` (30 s) for its rows, then gets
+:class:`StoreUnavailableError` (a later commit of the same rows is harmless: they are stored once
+per id). A row whose ``label`` or ``model_version`` exceeds the store's columns is refused with
+:class:`~modelloop.errors.InputError` before it is queued, so nothing acknowledged is dropped on
+replay. If the writer thread stops on an unexpected error (a bug, an unreadable spool), every
+request it holds or that is queued gets :class:`StoreUnavailableError`, later ones get it at once,
+and :meth:`~PredictionWriter.status` reports ``writer: "dead"``.
 
 For benchmarks only, ``MODELLOOP_ACK=before-commit`` (or ``ack="before-commit"``) answers
 requests as soon as their rows are queued, committing them a moment later: the behaviour before
@@ -56,21 +67,45 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, StoreError, StoreUnavailableError
-from .store import TEXT_DTYPE, FeedbackStore
+from .store import TEXT_DTYPE, FeedbackStore, predictions
 
-__all__ = ["PredictionWriter", "PredictionSpool", "prediction_row", "ACK_MODES"]
+__all__ = ["PredictionWriter", "PredictionSpool", "prediction_row", "check_row", "ACK_MODES", "COMMIT_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
 
 ACK_MODES = ("commit", "before-commit")
 STORED, SPOOLED, QUEUED = "stored", "spooled", "queued"  # what ``commit`` returns
 _STOP = object()
+COMMIT_TIMEOUT_S = 30.0  # the longest a request waits for its rows to be durable before a 503
+SPOOL_RESCAN_S = 5.0  # how often the spool folder is checked for files left by a server that is gone
+# The store's length limits on prediction fields (PostgreSQL enforces them; SQLite does not).
+_LIMITS = {c.name: c.type.length for c in predictions.columns if getattr(c.type, "length", None)}
+
+
+def check_row(row: dict[str, Any]) -> None:
+    """Refuse a prediction row whose text fields exceed the store's columns (``label`` 256
+    characters, ``model_version`` 32, ...), before anyone is told it is stored: such a row could
+    be spooled during an outage but never replayed.
+
+    Raises:
+        InputError: naming the field, its length and the limit.
+    """
+    for name, limit in _LIMITS.items():
+        value = row.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            raise InputError(f"prediction field {name!r}: received {len(value)} characters ({shown!r}); expected "
+                             f"at most {limit} characters (the feedback store's limit)")
 
 
 def prediction_row(pid: str, model_version: str, x: np.ndarray | str | dict[str, Any], label: str,
                    scores: dict[str, float], latency_ms: float) -> dict[str, Any]:
     """A predictions-table row. Pixels that are whole numbers 0-255 are stored as uint8; a text
-    is stored as its UTF-8 bytes with dtype ``utf-8``; a table row (dict) as its JSON text, like a text."""
+    is stored as its UTF-8 bytes with dtype ``utf-8``; a table row (dict) as its JSON text, like a text.
+
+    Raises:
+        InputError: ``label`` or ``model_version`` is longer than the store keeps (see :func:`check_row`).
+    """
     if isinstance(x, dict):
         x = json.dumps(x)
     if isinstance(x, str):
@@ -81,10 +116,12 @@ def prediction_row(pid: str, model_version: str, x: np.ndarray | str | dict[str,
             x = x.astype(np.uint8)
         data = np.ascontiguousarray(x).tobytes()
         shape, dtype = list(x.shape), str(x.dtype)
-    return {"id": pid, "created_at": time.time(), "model_version": model_version,
-            "input_shape": json.dumps(shape), "input_dtype": dtype, "input_data": data,
-            "input_hash": hashlib.sha256(data).hexdigest(), "label": label, "scores": json.dumps(scores),
-            "latency_ms": latency_ms}
+    row = {"id": pid, "created_at": time.time(), "model_version": model_version,
+           "input_shape": json.dumps(shape), "input_dtype": dtype, "input_data": data,
+           "input_hash": hashlib.sha256(data).hexdigest(), "label": label, "scores": json.dumps(scores),
+           "latency_ms": latency_ms}
+    check_row(row)
+    return row
 
 
 # -- the spool ----------------------------------------------------------------------------------
@@ -122,9 +159,9 @@ class PredictionSpool:
     """Prediction rows waiting for the store: append-only JSON-lines files, fsync'd, mode 0600.
 
     This writer appends to a file of its own (``prediction-spool-*.jsonl`` in ``folder``); files
-    of writers that are gone (no process holds their lock) are adopted on start and replayed
-    first. A line is complete only with its newline: a torn last line (a crash in the middle of
-    an append, before anyone was answered) is dropped.
+    of writers that are gone (no process holds their lock) are adopted on start, and by
+    :meth:`rescan` later on, and replayed first. A line is complete only with its newline: a torn
+    last line (a crash in the middle of an append, before anyone was answered) is dropped.
 
     Args:
         folder: where the files live (the project's ``.modelloop`` folder).
@@ -140,9 +177,18 @@ class PredictionSpool:
         self.rows = 0  # rows not yet replayed (read by other threads: a plain int, set whole)
         self.bytes = 0
         self._peeked: tuple[_SpoolFile, int, int] | None = None  # what done() confirms
-        if self.folder.is_dir():
-            for path in sorted(self.folder.glob("prediction-spool-*.jsonl")):
+        self.rescan()
+
+    def rescan(self) -> int:
+        """Adopt the files in ``folder`` that no live writer holds (a server that was killed, or
+        closed with rows left); returns how many rows were adopted."""
+        if not self.folder.is_dir():
+            return 0
+        before, known = self.rows, {f.path for f in self._files}
+        for path in sorted(self.folder.glob("prediction-spool-*.jsonl")):
+            if path not in known:
                 self._adopt(path)
+        return self.rows - before
 
     def _count(self) -> None:
         self.rows = sum(f.rows for f in self._files)
@@ -158,15 +204,20 @@ class PredictionSpool:
         except OSError:  # a live writer's file
             os.close(fd)
             return
-        data = os.pread(fd, os.fstat(fd).st_size, 0)
-        size = data.rfind(b"\n") + 1
-        if size < len(data):
-            os.ftruncate(fd, size)  # a torn last line: its requests were never answered
+        try:
+            data = os.pread(fd, os.fstat(fd).st_size, 0)
+            size = data.rfind(b"\n") + 1
+            if size < len(data):
+                os.ftruncate(fd, size)  # a torn last line: its requests were never answered
+        except OSError as e:
+            log.error("prediction spool %s: cannot be read (%s); left for a later try", path, e)
+            os.close(fd)
+            return
         rows = data.count(b"\n", 0, size)
         if rows == 0:
             _SpoolFile(path, fd, 0, 0).close(remove=True)
             return
-        log.warning("prediction spool %s: %d rows left by an earlier server; replaying them into the store",
+        log.warning("prediction spool %s: %d rows left by a server that is gone; replaying them into the store",
                     path, rows)
         self._files.insert(len(self._files) - (self._own is not None), _SpoolFile(path, fd, size, rows))
         self._count()
@@ -231,7 +282,7 @@ class PredictionSpool:
                 offset, lines = offset + len(line) + 1, lines + 1
                 try:
                     out.append(_decode(line))
-                except (ValueError, KeyError):  # not a line this writer wrote whole
+                except (ValueError, KeyError, TypeError):  # not a line this writer wrote whole
                     log.error("prediction spool %s: unreadable line ending at byte %d skipped", f.path, offset)
         self._peeked = (f, offset, lines)
         return out
@@ -271,22 +322,29 @@ class PredictionSpool:
 class _Request:
     """Rows waiting for one commit, and how to tell their sender (or a flush barrier: no rows)."""
 
-    __slots__ = ("rows", "loop", "future", "barrier")
+    __slots__ = ("rows", "loop", "future", "barrier", "settled")
 
     def __init__(self, rows: list[dict[str, Any]], loop: asyncio.AbstractEventLoop | None = None,
                  future: asyncio.Future | concurrent.futures.Future | None = None, barrier: bool = False) -> None:
         self.rows, self.loop, self.future, self.barrier = rows, loop, future, barrier
+        self.settled = False  # its outcome is on its way to the sender (set by the writer thread)
 
 
 def _settle(items: list[tuple[asyncio.Future, str | None, BaseException | None]]) -> None:
     """On the event loop: settle the futures of one commit, in commit order."""
     for fut, result, exc in items:
-        if fut.done():  # the request was cancelled meanwhile; its rows are stored all the same
+        if fut.done():  # the request was cancelled or timed out meanwhile; its rows are stored all the same
             continue
         if exc is not None:
             fut.set_exception(exc)
         else:
             fut.set_result(result)
+
+
+def _timed_out() -> StoreUnavailableError:
+    return StoreUnavailableError(f"feedback store: prediction rows not committed within {COMMIT_TIMEOUT_S:g} s "
+                                 "(the store is slow or not answering); expected a responsive database, retry in "
+                                 f"{StoreUnavailableError.retry_after_s} s")
 
 
 class PredictionWriter:
@@ -321,10 +379,15 @@ class PredictionWriter:
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
+        self._dead = ""  # why the writer thread stopped on an unexpected error ("" while it runs)
+        self._left: int | None = None  # rows left in the spool once the writer stopped
         self._down = False  # the last write found the store unavailable (set by the writer thread only)
         self._back = threading.Event()  # set by the prober: the store took a write again
-        self._prober: threading.Thread | None = None
+        self._stop = threading.Event()  # the writer thread is done: the prober ends too
+        self._prober: threading.Thread | None = None  # started at the first outage, runs until close
         self._cause = ""  # why the store is down, for errors and /health
+        self._batch: list[_Request] = []  # the requests the writer thread is working on
+        self._rescanned = time.monotonic()  # when the spool folder was last looked at
         self._thread = threading.Thread(target=self._run, name="modelloop-prediction-writer", daemon=True)
         self._thread.start()
 
@@ -334,7 +397,9 @@ class PredictionWriter:
         ``"spooled"`` (fsync'd in the spool during an outage); ``"queued"`` in before-commit mode.
 
         Raises:
-            StoreUnavailableError: the store is down and the spool cannot take the rows.
+            InputError: a row does not fit the store's columns (see :func:`check_row`).
+            StoreUnavailableError: the store is down and the spool cannot take the rows, the
+                writer has stopped, or the rows are not durable within ``COMMIT_TIMEOUT_S``.
         """
         if not rows:
             return STORED
@@ -344,10 +409,15 @@ class PredictionWriter:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._submit(_Request(rows, loop, fut))
-        return await fut
+        try:
+            # On a timeout the future is cancelled, and the writer skips it when it gets there.
+            return await asyncio.wait_for(fut, COMMIT_TIMEOUT_S)
+        except TimeoutError:  # asyncio's, since Python 3.11
+            raise _timed_out() from None
 
     def commit_blocking(self, rows: list[dict[str, Any]]) -> str:
-        """:meth:`commit` for a caller on a worker thread (it blocks that thread)."""
+        """:meth:`commit` for a caller on a worker thread (it blocks that thread, at most
+        ``COMMIT_TIMEOUT_S``)."""
         if not rows:
             return STORED
         if self.ack == "before-commit":
@@ -355,16 +425,24 @@ class PredictionWriter:
             return QUEUED
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self._submit(_Request(rows, None, fut))
-        return fut.result()
+        try:
+            return fut.result(COMMIT_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            raise _timed_out() from None
 
     def flush(self, timeout: float = 30.0) -> None:
         """Return once every row acknowledged so far is in the store (the spool replayed).
 
         Raises:
-            StoreUnavailableError: the store is down (or does not come back within ``timeout``).
+            StoreUnavailableError: the store is down (at once, while the prober finds it down),
+                does not come back within ``timeout``, or the writer has stopped.
         """
+        if self._dead:
+            raise StoreUnavailableError(self._dead)
         if self.ack == "commit" and not self.spooled and not self._down:
             return  # every acknowledged row is committed already
+        if self._down and not self._back.is_set():
+            raise self._unavailable()
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self._submit(_Request([], None, fut, barrier=True))
         try:
@@ -377,12 +455,17 @@ class PredictionWriter:
     @property
     def spooled(self) -> int:
         """Rows acknowledged and waiting in the spool for the store."""
+        if self._left is not None:
+            return self._left
         return self.spool.rows if self.spool is not None else 0
 
     def status(self) -> dict[str, Any]:
-        """``{"store": "ok" | "unavailable", "spooled": rows waiting}``, and the store's counts
-        when it answers (for ``/health``); never raises for an unavailable store."""
-        out: dict[str, Any] = {"store": "ok", "spooled": self.spooled}
+        """``{"store": "ok" | "unavailable", "spooled": rows waiting, "writer": "ok" | "dead"}``,
+        the store's counts when it answers, and ``writer_detail`` when the writer thread stopped
+        on an error (for ``/health``); never raises for an unavailable store."""
+        out: dict[str, Any] = {"store": "ok", "spooled": self.spooled, "writer": "dead" if self._dead else "ok"}
+        if self._dead:
+            out["writer_detail"] = self._dead
         if not self._down:
             try:
                 return {**out, **self.store.counts()}
@@ -401,21 +484,33 @@ class PredictionWriter:
         self._thread.join(timeout=timeout)
 
     def _submit(self, req: _Request) -> None:
+        for row in req.rows:
+            check_row(row)
         with self._lock:
+            if self._dead:
+                raise StoreUnavailableError(self._dead)
             if self._closed or not self._thread.is_alive():
                 raise StoreUnavailableError("prediction writer: stopped (the server is shutting down); expected "
                                             f"a running server, retry in {StoreUnavailableError.retry_after_s} s")
             self._q.put(req)
 
+    def _unavailable(self) -> StoreUnavailableError:
+        return StoreUnavailableError(self._cause or "feedback store: unavailable; expected a reachable database, "
+                                     f"retry in {StoreUnavailableError.retry_after_s} s")
+
     # -- the writer thread ----------------------------------------------------------------------
     def _run(self) -> None:
         try:
             self._serve()
-        except BaseException as e:  # a bug: fail every waiting request instead of leaving it hanging
+        except BaseException as e:  # a bug or an unreadable spool: answer every waiting request, refuse new ones
             log.exception("prediction writer stopped")
-            with self._lock:
+            what = (str(e).strip().splitlines() or [""])[0][:200]  # one line: no SQL parameters (users' inputs)
+            dead = (f"prediction writer: stopped after an unexpected error ({type(e).__name__}: {what}); expected a "
+                    f"running writer, restart the server; retry in {StoreUnavailableError.retry_after_s} s")
+            with self._lock:  # from here on _submit refuses, so the queue drained below stays empty
+                self._dead = dead
                 self._closed = True
-            rest = []
+            rest = [r for r in self._batch if not r.settled]
             while True:
                 try:
                     item = self._q.get_nowait()
@@ -423,17 +518,20 @@ class PredictionWriter:
                     break
                 if item is not _STOP:
                     rest.append(item)
-            self._settle([(r, None, StoreUnavailableError(f"prediction writer: stopped ({e!r})")) for r in rest])
+            self._settle([(r, None, StoreUnavailableError(dead)) for r in rest])
         finally:
+            self._stop.set()
             if self.spool is not None:
+                self._left = self.spool.rows
                 self.spool.close()
 
     def _serve(self) -> None:
         stop = False
         while not stop:
             try:
-                first = self._q.get(timeout=self.probe_s if (self.spooled or self._down) else 5.0)
+                first = self._q.get(timeout=self.probe_s if (self.spooled or self._down) else SPOOL_RESCAN_S)
             except queue.Empty:
+                self._rescan()
                 if self.spooled or self._down:
                     self._replay(1000)  # idle: replay a chunk once the store takes writes
                 continue
@@ -468,12 +566,21 @@ class PredictionWriter:
                         self._replay(None)
                     except StoreUnavailableError as e:
                         log.warning("%d predictions stay in the spool for the next server: %s", self.spooled, e)
-            elif self.spooled and (not self._down or self._back.is_set()):
+                continue
+            self._rescan()
+            if self.spooled and (not self._down or self._back.is_set()):
                 self._replay(1000)  # catch up between batches
 
+    def _rescan(self) -> None:
+        """Every ``SPOOL_RESCAN_S``: adopt spool files that a server which is gone left behind."""
+        if self.spool is None or time.monotonic() - self._rescanned < SPOOL_RESCAN_S:
+            return
+        self._rescanned = time.monotonic()
+        self.spool.rescan()
+
     def _write(self, batch: list[_Request]) -> None:
+        self._batch = batch
         rows = [r for req in batch for r in req.rows]
-        outcome: list[tuple[_Request, str | None, BaseException | None]] = []
         if rows:
             try:
                 result = self._store_or_spool(rows)
@@ -483,17 +590,20 @@ class PredictionWriter:
             except Exception as e:  # rows the store refuses (not an outage): find whose
                 log.warning("writing %d predictions failed (%s); writing each request's rows alone", len(rows), e)
                 outcome = [(req, *self._alone(req)) for req in batch if not req.barrier]
+            self._settle(outcome)  # before any barrier: predictions never wait on a flush
         barriers = [req for req in batch if req.barrier]
         if barriers:
             exc = None
-            if self.spooled or self._down:
+            if self._down and not self._back.is_set():
+                exc = self._unavailable()  # the prober's verdict: no need to wait on the store again
+            elif self.spooled or self._down:
                 try:
                     self._replay(None)
                 except StoreUnavailableError as e:
                     exc = e
-            outcome += [(req, STORED if exc is None else None, exc and StoreUnavailableError(str(exc)))
-                        for req in barriers]
-        self._settle(outcome)
+            self._settle([(req, STORED if exc is None else None, exc and StoreUnavailableError(str(exc)))
+                          for req in barriers])
+        self._batch = []
 
     def _alone(self, req: _Request) -> tuple[str | None, BaseException | None]:
         try:
@@ -511,7 +621,7 @@ class PredictionWriter:
                       else "refusing predictions (no spool)")
         self._down, self._cause = True, str(e)
         self._back.clear()
-        if self._prober is None or not self._prober.is_alive():
+        if self._prober is None:  # one prober for the writer's life: it cannot miss a later outage
             self._prober = threading.Thread(target=self._probe, name="modelloop-store-probe", daemon=True)
             self._prober.start()
 
@@ -522,17 +632,19 @@ class PredictionWriter:
         self._back.clear()
 
     def _probe(self) -> None:
-        """While the store is down: try a write every ``probe_s``, off the writer thread, so that
-        batches are spooled without waiting on connect or lock timeouts."""
-        while not self._closed:
-            time.sleep(self.probe_s)
+        """Every ``probe_s`` while the store is down and not yet found back: try a write, off the
+        writer thread, so that batches are spooled without waiting on connect or lock timeouts.
+        It runs until the writer stops, so an outage that starts again right after the store was
+        found back is probed like the first."""
+        while not self._stop.wait(self.probe_s):
+            if not self._down or self._back.is_set():
+                continue
             try:
                 self.store.ping()
             except Exception as e:  # still down
                 self._cause = str(e)
                 continue
             self._back.set()
-            return
 
     def _store_or_spool(self, rows: list[dict[str, Any]]) -> str:
         """Commit rows (retrying for ``retry_s``), or spool them while the store is down."""
@@ -615,15 +727,19 @@ class PredictionWriter:
     def _settle(self, outcome: list[tuple[_Request, str | None, BaseException | None]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for req, result, exc in outcome:
+            if req.settled:
+                continue
+            req.settled = True
             if req.future is None:  # before-commit mode: nobody waits
                 if exc is not None:
                     log.error("%d answered predictions were not stored: %s", len(req.rows), exc)
                 continue
             if req.loop is None:
-                if exc is not None:
-                    req.future.set_exception(exc)
-                else:
-                    req.future.set_result(result)
+                with contextlib.suppress(concurrent.futures.InvalidStateError):  # settled already
+                    if exc is not None:
+                        req.future.set_exception(exc)
+                    else:
+                        req.future.set_result(result)
             else:
                 by_loop.setdefault(req.loop, []).append((req.future, result, exc))
         for loop, items in by_loop.items():
