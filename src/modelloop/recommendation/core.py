@@ -478,7 +478,7 @@ def feedback_interactions(loop, known_items: set[str], click_rating: float) -> t
          .join(predictions, predictions.c.id == feedback.c.prediction_id).order_by(feedback.c.id))
     if untrusted:
         q = q.where(sa.or_(feedback.c.client.is_(None), feedback.c.client.not_in(untrusted)))
-    with loop.store.engine.connect() as c:
+    with loop.store.long_read() as c:  # training data: no statement timeout
         rows = [dict(r) for r in c.execute(q).mappings()]
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     skipped = {"not_a_recommendation": 0, "unknown_item": 0, "thumbs_down": 0}

@@ -409,13 +409,18 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
                            value=body.value)
 
     # -- status ------------------------------------------------------------------------------
-    @app.get("/health")
-    def health() -> dict[str, Any]:
+    @app.get("/health", responses={503: {"description": "The prediction writer has died; restart the server.",
+                                         "content": _ERRORS}})
+    def health() -> JSONResponse:
         """Liveness, the served version, the store's status (``ok`` | ``unavailable``), the predictions
-        waiting in the outage spool, and the store's counts."""
+        waiting in the outage spool, and the store's counts. 503 (``status: "failing"``) when the
+        prediction writer has died: nothing more can be acknowledged, so the server should be restarted."""
         m = holder.loaded
-        return {"status": "ok", "model_version": loop.registry.champion(), "loaded_version": m and m.version,
-                "project": loop.spec.name, **writer_box["w"].status()}
+        writer = writer_box["w"].status()
+        dead = writer.get("writer") == "dead"
+        return JSONResponse(status_code=503 if dead else 200, content={
+            "status": "failing" if dead else "ok", "model_version": loop.registry.champion(),
+            "loaded_version": m and m.version, "project": loop.spec.name, **writer})
 
     @app.get("/ready", responses={503: {"description": "No model loaded yet.", "content": _ERRORS}})
     def ready() -> JSONResponse:
