@@ -474,12 +474,12 @@ def test_many_threads_commit_while_the_lock_comes_and_goes(store, db, tmp_path):
 
 # -- no stalls, no hangs, no lost wakeups -----------------------------------------------------
 def test_feedback_during_an_outage_is_refused_at_once_and_never_delays_a_prediction(db, tmp_path):
-    store = FeedbackStore(f"sqlite:///{db}", busy_timeout_ms=2000)  # each try of the locked store: 2 s
+    store = FeedbackStore(f"sqlite:///{db}", busy_timeout_ms=8000)  # each try of the locked store: 8 s
     writer = PredictionWriter(store, spool_dir=tmp_path, retry_s=0.1, probe_s=0.2)
     lock = SqliteLock(db)
     answered = []
     try:
-        assert asyncio.run(writer.commit(rows(1))) == "spooled"  # the outage is found (2 s)
+        assert asyncio.run(writer.commit(rows(1))) == "spooled"  # the outage is found (8 s)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             for _ in range(3):
                 def feedback() -> tuple[BaseException | None, float]:
@@ -498,8 +498,8 @@ def test_feedback_during_an_outage_is_refused_at_once_and_never_delays_a_predict
                 answered.append(time.monotonic() - t0)
                 err, took = flushing.result(30)
                 assert isinstance(err, StoreUnavailableError) and "database is locked" in str(err)
-                assert err.http_status == 503 and took < 1.0, took  # the prober's verdict, not another 2 s try
-        assert max(answered) < 1.0, answered  # was 2 s: the prediction waited behind the feedback's try
+                assert err.http_status == 503 and took < 4.0, took  # the prober's verdict, not another 8 s try
+        assert max(answered) < 4.0, answered  # was 8 s: the prediction waited behind the feedback's try
     finally:
         lock.release()
     try:
@@ -589,7 +589,7 @@ def test_a_writer_that_dies_answers_its_batch_and_queue_and_refuses_at_once(stor
             t0 = time.monotonic()
             with pytest.raises(StoreUnavailableError, match="stopped after an unexpected error"):
                 call()
-            assert time.monotonic() - t0 < 0.5
+            assert time.monotonic() - t0 < 5  # at once, not a hang (a bound, with room for a busy machine)
     finally:
         proceed.set()
         writer.close()
