@@ -34,8 +34,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..data.audio import audio_info, read_audio
-from ..data.image import decode_images, parse_pixels
+from ..data.image import parse_pixels
 from ..errors import InputError, ModelloopError
 from ..feedback import PredictionWriter, prediction_row
 from ..loop import Loop
@@ -276,36 +275,28 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
         return holder.loaded or holder.get()
 
     # -- predictions -------------------------------------------------------------------------
+    task = loop.task
+
     def _parse_json(raw: bytes, model: LoadedModel) -> tuple[Any, bool]:
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
-            example = {"text": '{"text": "..."}', "audio": '{"samples": [...], "sample_rate": 16000}',
-                       "tabular": '{"row": {"column": value, ...}}'}.get(loop.task.input_kind, '{"pixels": [...]}')
-            raise InputError(f"request body: not valid JSON or not UTF-8 ({e}); expected {example} (numbers "
-                             "are finite: NaN and Infinity are not JSON)") from None
-        return loop.task.parse_json(body, model, cfg)
-
-    def _decode_clips(files: list[tuple[str, bytes]]) -> np.ndarray:
-        """Uploaded clips -> (n, 1, T) float32; every header is checked before any clip is decoded."""
-        bounds = (cfg.max_audio_seconds, cfg.max_audio_sample_rate)
-        for name, data in files:
-            audio_info(data, name, *bounds)
-        return np.stack([read_audio(data, name, *bounds) for name, data in files])
+            raise InputError(f"request body: not valid JSON or not UTF-8 ({e}); expected {task.json_example} "
+                             "(numbers are finite: NaN and Infinity are not JSON)") from None
+        return task.parse_json(body, model, cfg)
 
     async def _inputs(request: Request, model: LoadedModel) -> tuple[Any, bool]:
-        """(raw inputs: pixels (n, C, H, W) float32, a list of texts, or waveforms (n, 1, T) float32,
-        whether the caller sent a list)."""
+        """(the task's raw inputs, e.g. pixels (n, C, H, W) float32, a list of texts, waveforms
+        (n, 1, T) float32; whether the caller sent a list)."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
             raw = await request.body()
-            if len(raw) > INLINE_JSON_BYTES or loop.task.input_kind == "audio":
+            if len(raw) > INLINE_JSON_BYTES or task.heavy_json:
                 return await off_loop(_parse_json, raw, model)
             return _parse_json(raw, model)
-        if ctype == "multipart/form-data" and loop.task.input_kind not in ("image", "audio"):
-            like = '{"text": "..."}' if loop.task.input_kind == "text" else '{"row": {"column": value, ...}}'
+        if ctype == "multipart/form-data" and task.uploads is None:
             raise InputError(f"content type {ctype!r}: file uploads are for image and audio models; this "
-                             f"{loop.spec.task} model expects application/json like {like}")
+                             f"{loop.spec.task} model expects application/json like {task.json_example}")
         if ctype == "multipart/form-data":
             try:
                 form = await request.form()
@@ -313,24 +304,20 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
                 raise InputError(f"request body: not valid multipart form data ({str(e.detail)[:200]}); expected "
                                  "files in form field 'file'") from None
             uploads = [u for u in form.getlist("file") if not isinstance(u, str)]
-            what = "audio clips (WAV/FLAC/OGG)" if loop.task.input_kind == "audio" else "image files"
             if not uploads:
                 fields = sorted(str(k)[:40] for k in list(form.keys())[:10])
                 raise InputError(f"form field 'file': missing; received fields {fields}; "
-                                 f"expected one or more {what} in field 'file'")
+                                 f"expected one or more {task.uploads} in field 'file'")
             if len(uploads) > cfg.max_files:
                 raise InputError(f"form field 'file': received {len(uploads)} files; expected at most "
                                  f"{cfg.max_files} (serving.max_files)")
             files = [(_short(u.filename), await u.read()) for u in uploads]
-            if loop.task.input_kind == "audio":  # decoded, resampled to 16 kHz, trimmed: (1, T) float32 each
-                return await off_loop(_decode_clips, files), len(files) > 1
-            xs = await off_loop(decode_images, files, model.fmt, cfg.max_image_pixels)
-            return xs.astype(np.float32), len(files) > 1
+            return await off_loop(task.decode_uploads, files, model, cfg), len(files) > 1
         shown = ctype if len(ctype) <= 100 else ctype[:100] + "..."
         raise HTTPException(status_code=415, detail=f"content type {shown or '(none)'!r}: unsupported; expected "
                                                     "application/json or multipart/form-data")
 
-    @app.post("/predict", openapi_extra=_predict_body({}, loop.task.input_kind in ("image", "audio")))
+    @app.post("/predict", openapi_extra=_predict_body({}, task.uploads is not None))
     async def predict(request: Request) -> Response:
         """Classify images: ``{"pixels": [...]}`` / a bare array (one image, values 0-255),
         ``{"instances": [[...], ...]}`` (a list), or multipart field ``file`` (one or more files).

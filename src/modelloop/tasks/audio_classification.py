@@ -14,7 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from ..data.audio import CLIP_SAMPLES, SAMPLE_RATE, fix_length, parse_samples, prepare_audio_dataset
+from ..data.audio import (
+    CLIP_SAMPLES,
+    SAMPLE_RATE,
+    audio_info,
+    fix_length,
+    parse_samples,
+    prepare_audio_dataset,
+    read_audio,
+)
 from ..errors import InputError
 from ..spec import DataSpec, ServingSpec
 from .base import Candidate, Task, fields_of
@@ -28,6 +36,9 @@ _LOGMEL = {"kind": "logmel", "n_mels": 40}
 class AudioClassification(Task):
     name = "audio-classification"
     input_kind = "audio"
+    json_example = '{"samples": [...], "sample_rate": 16000}'
+    uploads = "audio clips (WAV/FLAC/OGG)"
+    heavy_json = True  # samples are resampled and trimmed
     candidates = {
         "cnn": Candidate("cnn", "cnn", dict(_LOGMEL), about="small CNN on log-mel spectrograms"),
         "ds-cnn": Candidate("ds-cnn", "ds-cnn", dict(_LOGMEL),
@@ -50,6 +61,14 @@ class AudioClassification(Task):
         arrays = [fix_length(a.reshape(-1).astype(np.float32)) for a, k in zip(items, keep, strict=True) if k]
         x = np.stack(arrays)[:, None] if arrays else np.zeros((0, 1, CLIP_SAMPLES), np.float32)
         return torch.from_numpy(x), keep
+
+    def decode_uploads(self, files: list[tuple[str, bytes]], model, limits: ServingSpec) -> np.ndarray:
+        """Clips -> (n, 1, T) float32: decoded, resampled to 16 kHz, trimmed; every header is checked
+        (duration, sample rate) before any clip is decoded."""
+        bounds = (limits.max_audio_seconds, limits.max_audio_sample_rate)
+        for name, data in files:
+            audio_info(data, name, *bounds)
+        return np.stack([read_audio(data, name, *bounds) for name, data in files])
 
     def parse_json(self, body: Any, model, limits: ServingSpec | None = None) -> tuple[Any, bool]:
         from ..data.image import json_type

@@ -43,6 +43,12 @@ class Task(ABC):
     problem: str = "classification"
     candidates: dict[str, Candidate]
     default_candidates: tuple[str, ...]
+    #: a JSON request body of this task, for the message about a body that is not JSON
+    json_example: str = "{...}"
+    #: what a multipart upload to ``/predict`` holds ("image files", ...), or None: JSON only
+    uploads: str | None = None
+    #: parse every JSON body off the event loop (its parsing does real work, e.g. resampling)
+    heavy_json: bool = False
 
     @abstractmethod
     def prepare(self, data: DataSpec, base_dir: Path):
@@ -75,6 +81,11 @@ class Task(ABC):
         None). Only numbers count as numbers (never booleans or numeric strings where a number
         belongs, and never NaN or infinity). Raises InputError naming the field.
         """
+
+    def decode_uploads(self, files: list[tuple[str, bytes]], model, limits: ServingSpec) -> Any:
+        """Uploaded files (name, bytes) -> a raw batch; every file's header is checked against
+        ``limits`` before any file is decoded. Only tasks with :attr:`uploads` take files."""
+        raise NotImplementedError(f"{self.name}: takes no file uploads")
 
     def describe_input(self, model) -> dict[str, Any]:
         return {}

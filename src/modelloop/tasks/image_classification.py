@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..data import prepare_dataset
-from ..data.image import parse_pixels
+from ..data.image import decode_images, parse_pixels
 from ..errors import InputError
 from ..spec import DataSpec, ServingSpec
 from .base import Candidate, Task, fields_of
@@ -30,6 +30,8 @@ _EFF = {"kind": "efficientnet", "image_size": 224}
 class ImageClassification(Task):
     name = "image-classification"
     input_kind = "image"
+    json_example = '{"pixels": [...]}'
+    uploads = "image files"
     candidates = {
         "linear": Candidate("linear", "linear", {"kind": "pixels"}, about="logistic regression on pixels"),
         "mlp": Candidate("mlp", "mlp", {"kind": "pixels"}, about="one hidden layer on pixels"),
@@ -75,6 +77,10 @@ class ImageClassification(Task):
         arrays = [a for a, k in zip(items, keep, strict=True) if k]
         x = np.stack(arrays).astype(np.float32) if arrays else np.zeros((0, *shape), np.float32)
         return torch.from_numpy(x), keep
+
+    def decode_uploads(self, files: list[tuple[str, bytes]], model, limits: ServingSpec) -> np.ndarray:
+        """Image files -> (n, C, H, W) float32 in the model's format; sizes checked from the headers."""
+        return decode_images(files, model.fmt, limits.max_image_pixels).astype(np.float32)
 
     def parse_json(self, body: Any, model, limits: ServingSpec | None = None) -> tuple[Any, bool]:
         fmt = model.fmt

@@ -40,6 +40,7 @@ def _columns_of(like: Any) -> list[str] | None:
 class TabularClassification(Task):
     name = "tabular-classification"
     input_kind = "tabular"
+    json_example = '{"row": {"column": value, ...}}'
     candidates = {
         "linear": Candidate("linear", "linear", dict(_TAB), about="logistic regression on the featurized row"),
         "mlp": Candidate("mlp", "mlp", dict(_TAB), about="one hidden layer on the featurized row"),

@@ -52,6 +52,7 @@ def parse_texts(values: list[Any], field: str, max_chars: int | None = None) -> 
 class TextClassification(Task):
     name = "text-classification"
     input_kind = "text"
+    json_example = '{"text": "..."}'
     candidates = {
         "tfidf-linear": Candidate("tfidf-linear", "linear", {"kind": "tfidf", "max_features": 5000},
                                   about="TF-IDF of words and word pairs + logistic regression"),
