@@ -510,20 +510,24 @@ class PredictionWriter:
             with self._lock:  # from here on _submit refuses, so the queue drained below stays empty
                 self._dead = dead
                 self._closed = True
-            rest = [r for r in self._batch if not r.settled]
-            while True:
-                try:
-                    item = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not _STOP:
-                    rest.append(item)
+            rest = [r for r in self._batch if not r.settled] + self._drain()
             self._settle([(r, None, StoreUnavailableError(dead)) for r in rest])
         finally:
             self._stop.set()
             if self.spool is not None:
                 self._left = self.spool.rows
                 self.spool.close()
+
+    def _drain(self) -> list[_Request]:
+        """Every request still queued, without waiting (stop markers left out)."""
+        items = []
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return items
+            if item is not _STOP:
+                items.append(item)
 
     def _serve(self) -> None:
         stop = False
@@ -554,13 +558,8 @@ class PredictionWriter:
             if batch:
                 self._write(batch)
             if stop:  # the last batches after _STOP (racing submits are refused once closed)
-                while True:
-                    try:
-                        item = self._q.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is not _STOP:
-                        self._write([item])
+                for item in self._drain():
+                    self._write([item])
                 if self.spooled:
                     try:
                         self._replay(None)
