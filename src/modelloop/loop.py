@@ -803,7 +803,7 @@ class Loop:
                 self._say(progress, f"[registry] {version} of interrupted {state.get('kind', 'run')} "
                           f"{state.get('run_id')} was registered: finishing it")
                 self._complete(run_dir, state, version, progress)
-            elif state.get("kind") != "run" or self.spec.task == "recommendation":
+            elif state.get("kind") != "run" or not self.task.resumable:
                 state["status"] = "interrupted"
                 self._save_state(run_dir, state)
 

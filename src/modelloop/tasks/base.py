@@ -49,6 +49,8 @@ class Task(ABC):
     uploads: str | None = None
     #: parse every JSON body off the event loop (its parsing does real work, e.g. resampling)
     heavy_json: bool = False
+    #: an interrupted run of this task continues with ``run --resume`` (else it is marked interrupted)
+    resumable: bool = True
 
     @abstractmethod
     def prepare(self, data: DataSpec, base_dir: Path):

@@ -25,6 +25,7 @@ PREDICT_HINT = ("this project serves recommendation; /predict is for classificat
 class Recommendation(Task):
     name = "recommendation"
     input_kind = "interactions"
+    resumable = False  # a recommendation run starts again from its data
     candidates: dict[str, Candidate] = {}
     default_candidates: tuple[str, ...] = ()
 
