@@ -477,10 +477,11 @@ class PredictionWriter:
         """Commit what is queued, try once to replay the spool, and stop; rows still spooled are
         replayed by the next writer on the same folder."""
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._q.put(_STOP)
+            if not self._closed:
+                self._closed = True
+                self._q.put(_STOP)
+        # joined even when already closed: a thread that died may still be releasing its spool,
+        # which the next writer on the folder must be able to adopt once this returns
         self._thread.join(timeout=timeout)
 
     def _submit(self, req: _Request) -> None:
