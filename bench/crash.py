@@ -194,22 +194,19 @@ def register_worker(project: Path, count: int) -> None:
     onnx = {p.name: p for p in folder.glob("*.onnx")}
     for _ in range(count):
         with loop.lock.hold("register", wait=True):
-            run_id, run_dir, state = loop._new_run()
-            state.update(kind="register", copy_of=champion)
-            loop._save_state(run_dir, state)
-            say(f"[register] run {run_id}: claiming the next version")
+            run = loop.runs.new("register", copy_of=champion)
+            say(f"[register] run {run.run_id}: claiming the next version")
 
             def complete(version: str) -> dict[str, Any]:
-                path = loop._write_report(version, lambda p, v=version: Path(p).write_text(
+                path = loop.runs.write_report(version, lambda p, v=version: Path(p).write_text(
                     f"<!doctype html><title>{v}</title><p>copy of {champion}</p>"))
                 say(f"[report] {version}: {path}")
                 return {"report": str(path)}
 
-            version = loop.registry.register({**base, "run_id": run_id}, model, pre, extra_files=onnx,
+            version = loop.registry.register({**base, "run_id": run.run_id}, model, pre, extra_files=onnx,
                                              complete=complete)
-            state["registered"] = version
-            loop._save_state(run_dir, state)
-            loop._complete(run_dir, state, version, say)
+            run.save(registered=version)
+            loop.runs.complete(run, version, say)
 
 
 def init_project(case: str, directory: Path, trials: int | None, epochs: int | None,

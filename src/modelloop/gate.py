@@ -41,7 +41,8 @@ import numpy as np
 from .spec import LOWER_IS_BETTER, GateSpec, Requirements
 
 __all__ = ["check_requirements", "paired_evidence", "drop_lower_bound", "judge", "compare", "paired_errors",
-           "compare_regression", "conclude", "missed_requirements"]
+           "compare_regression", "conclude", "missed_requirements", "ranking_evidence", "slate_test",
+           "compare_ranking"]
 
 
 def binomtest(k: int, n: int, p: float, alternative: str):
@@ -296,3 +297,112 @@ def compare_regression(req: Requirements, champion: dict[str, Any], challenger: 
         "champion_value": champion[req.metric], "challenger_value": challenger[req.metric],
         "test_examples": int(len(np.asarray(y_true))),
     }
+
+
+# -- ranking (recommendation) ---------------------------------------------------------------------
+def ranking_evidence(champ: np.ndarray, chall: np.ndarray, confidence: float, seed: int = 0) -> dict[str, Any]:
+    """Paired per-user NDCG@10: Wilcoxon signed-rank both ways and a bootstrap bound of the drop."""
+    n = len(champ)
+    diff = champ - chall  # > 0: champion better
+    nonzero = int(np.sum(diff != 0))
+    if nonzero:
+        from scipy.stats import wilcoxon
+
+        p_worse = float(wilcoxon(chall, champ, alternative="less", zero_method="wilcox").pvalue)
+        p_better = float(wilcoxon(chall, champ, alternative="greater", zero_method="wilcox").pvalue)
+    else:
+        p_worse = p_better = 1.0
+    rng = np.random.default_rng(seed)
+    if n:
+        idx = rng.integers(0, n, size=(2000, n))
+        boots = diff[idx].mean(1)
+        bound = float(np.quantile(boots, 1 - confidence))
+    else:
+        bound = 0.0
+    alpha = 1 - confidence
+    return {"n_users": n, "champion_ndcg@10": float(champ.mean()) if n else None,
+            "challenger_ndcg@10": float(chall.mean()) if n else None,
+            "mean_drop": float(diff.mean()) if n else 0.0, "drop_lower_bound": bound,
+            "users_champion_better": int(np.sum(diff > 0)), "users_challenger_better": int(np.sum(diff < 0)),
+            "users_tied": int(np.sum(diff == 0)), "p_challenger_worse": p_worse, "p_challenger_better": p_better,
+            "significantly_worse": bool(n > 0 and p_worse < alpha),
+            "significantly_better": bool(n > 0 and p_better < alpha),
+            "method": "one-sided Wilcoxon signed-rank on per-user NDCG@10; paired bootstrap (2000) for the drop"}
+
+
+def slate_test(champ_ranks: list[int | None], chall_ranks: list[int | None], champ_hits: np.ndarray,
+               chall_hits: np.ndarray, confidence: float) -> dict[str, Any]:
+    """Held-out clicks, paired: which model ranks the clicked item higher within its served slate
+    (1-based ranks, None: not in the slate), by an exact sign test; catalogue hit@10 with McNemar
+    (information only: the champion chose the slates)."""
+    alpha = 1 - confidence
+    ra, rb, ha, hb = champ_ranks, chall_ranks, champ_hits, chall_hits
+    pairs = [(a, b) for a, b in zip(ra, rb, strict=True) if a is not None and b is not None]
+    champ_higher = sum(a < b for a, b in pairs)
+    chall_higher = sum(b < a for a, b in pairs)
+    m = champ_higher + chall_higher
+    p_worse = float(binomtest(champ_higher, m, 0.5, alternative="greater").pvalue) if m else 1.0
+    p_better = float(binomtest(chall_higher, m, 0.5, alternative="greater").pvalue) if m else 1.0
+    only_a, only_b = int(np.sum(ha & ~hb)), int(np.sum(~ha & hb))
+    d = only_a + only_b
+    n = len(pairs)
+    return {
+        "n": n, "held_out_clicks": len(ra), "clicks_outside_slate": len(ra) - n,
+        "champion_mrr_in_slate": float(np.mean([1 / a for a, _ in pairs])) if n else None,
+        "challenger_mrr_in_slate": float(np.mean([1 / b for _, b in pairs])) if n else None,
+        "champion_ranks_higher": champ_higher, "challenger_ranks_higher": chall_higher, "tied": n - m,
+        "p_challenger_worse": p_worse, "p_challenger_better": p_better,
+        "significantly_worse": bool(n > 0 and p_worse < alpha),
+        "significantly_better": bool(n > 0 and p_better < alpha),
+        "champion_hit_rate@10": float(ha.mean()) if len(ha) else None,
+        "challenger_hit_rate@10": float(hb.mean()) if len(hb) else None,
+        "hit_only_champion": only_a, "hit_only_challenger": only_b,
+        "hit_mcnemar_p": float(min(1.0, 2 * binomtest(min(only_a, only_b), d, 0.5, alternative="less").pvalue))
+        if d else 1.0,
+        "method": "exact sign test on which model ranks the held-out clicked item higher within its served slate; "
+                  "catalogue hit rate@10 with McNemar (information only: the champion chose the slates)",
+    }
+
+
+
+
+def compare_ranking(spec, champ_m: dict[str, Any], chall_m: dict[str, Any], champ_ndcg: np.ndarray,
+                    chall_ndcg: np.ndarray, chall_req: dict[str, Any], fb: dict[str, Any],
+                    removed_from_test: int = 0) -> dict[str, Any]:
+    """Champion vs challenger recommender: paired per-user NDCG@10 on the test split (minus the
+    pairs learned from feedback), and :func:`slate_test` evidence ``fb`` on held-out clicks.
+
+    1. Test split: one-sided Wilcoxon signed-rank tests both ways at ``gate.confidence`` and a
+       paired bootstrap bound of the mean NDCG@10 drop; rejected when significantly worse or when
+       the bound exceeds ``gate.max_accuracy_drop`` (an absolute NDCG@10 drop).
+    2. Held-out clicks: both models re-rank the same served slate (exposure-fair); rejected when
+       the sign test says the challenger ranks users' later choices significantly lower. Counts
+       once there are ``gate.min_feedback_for_evidence`` clicks.
+    3. The challenger must meet every requirement on the gate's test set.
+    """
+    gate = spec.gate
+    reasons = missed_requirements(chall_req)
+    test = ranking_evidence(champ_ndcg, chall_ndcg, gate.confidence, seed=spec.seed)
+    test["removed_feedback_pairs"] = removed_from_test
+    if test["significantly_worse"]:
+        reasons.append(f"significantly worse on the test split: NDCG@10 {test['challenger_ndcg@10']:.4f} vs champion "
+                       f"{test['champion_ndcg@10']:.4f} (Wilcoxon p = {test['p_challenger_worse']:.3g})")
+    if test["drop_lower_bound"] > gate.max_accuracy_drop + 1e-9:
+        reasons.append(f"test NDCG@10 drops by {test['mean_drop']:.4f} (lower {gate.confidence:.0%} bound "
+                       f"{test['drop_lower_bound']:.4f} > {gate.max_accuracy_drop})")
+    enough = fb["n"] >= gate.min_feedback_for_evidence
+    fb["enough"] = enough
+    if enough and fb["significantly_worse"]:
+        decided = fb["champion_ranks_higher"] + fb["challenger_ranks_higher"]
+        reasons.append(f"significantly worse on held-out feedback: ranks the clicked item lower in "
+                       f"{fb['champion_ranks_higher']} of {decided} slates (sign test p = "
+                       f"{fb['p_challenger_worse']:.3g})")
+    decision, better = conclude(reasons, test, fb if enough else None)
+    if decision == "promoted" and not enough:
+        reasons[-1] += (f"; {fb['n']} held-out clicks (< {gate.min_feedback_for_evidence}): feedback evidence "
+                        "not used")
+    metric = spec.requirements.metric
+    return {"decision": decision, "reasons": reasons, "metric": metric,
+            "confidence": gate.confidence, "significantly_better_on": better, "test": test, "feedback": fb,
+            "requirements": chall_req, "champion_value": champ_m[metric], "challenger_value": chall_m[metric],
+            "test_examples": test["n_users"], "margin": gate.max_accuracy_drop}

@@ -212,7 +212,7 @@ class Project:
                  "model_version": model.version} for p in probs]
 
     def _recommender(self):
-        from .recommendation.core import load_version
+        from .tasks.recommendation import load_version
 
         if self.loop.spec.task != "recommendation":
             raise InputError(f"project {str(self.path)!r}: a {self.loop.spec.task} project; recommend and similar "

@@ -18,9 +18,9 @@ from modelloop.data.interactions import Interactions, load_movielens_100k
 from modelloop.errors import DataError, SpecError
 from modelloop.models import recommend as rec_models
 from modelloop.recommendation.config import ALIASES, RecommendationSpec, candidate_configs
-from modelloop.recommendation.core import load_data, load_version, register_recommender, split_data
 from modelloop.registry import LocalRegistry
 from modelloop.spec import parse_spec
+from modelloop.tasks.recommendation import load_data, load_version, register_recommender, split_data
 
 SMALL = {"mf": {"epochs": 3}, "bpr": {"epochs": 3}, "two-tower": {"epochs": 1}}
 KINDS = ["popularity", "mf", "bpr", "two-tower"] + sorted(

@@ -82,7 +82,7 @@ def test_recommendation_project_runs_serves_and_learns_from_clicks(tmp_path, ser
     assert (proj / "reports" / f"{v1}.html").is_file()
 
     # the duplicate rule: the later row's rating is the one the model was trained on
-    from modelloop.recommendation.core import load_splits
+    from modelloop.tasks.recommendation import load_splits
 
     splits, _ = load_splits(proj / ".modelloop" / "data", res["dataset"])
     every = pd.concat([s.frame for s in splits.values()])

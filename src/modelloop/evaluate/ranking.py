@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["rmse", "mae", "precision_at_k", "recall_at_k", "ndcg_at_k", "ranking_metrics"]
+__all__ = ["rmse", "mae", "precision_at_k", "recall_at_k", "ndcg_at_k", "ranking_metrics", "per_user_ranking"]
 
 
 def _pair(y_true: Iterable[float], y_pred: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -61,19 +61,29 @@ def ranking_metrics(recommended: Mapping[str, Sequence[str]], relevant: Mapping[
     users = [u for u in relevant if u in recommended]
     if not users:
         raise InputError("ranking metrics: no user appears in both recommended and relevant; expected overlap")
+    per = per_user_ranking([list(recommended[u]) for u in users], users, relevant, k)
+    return {"precision": float(per["precision"].mean()), "recall": float(per["recall"].mean()),
+            "ndcg": float(per["ndcg"].mean()), "users": float(len(users))}
+
+
+def per_user_ranking(lists: Sequence[Sequence[str]], users: Sequence[str], relevant: Mapping[str, Iterable[str]],
+                     k: int = 10) -> dict[str, np.ndarray]:
+    """Per-user precision@k, recall@k, NDCG@k (binary relevance) and hit@k, aligned with ``users``
+    (``lists[i]`` is user ``users[i]``'s list, best first). A user without relevant items scores 0."""
     discounts = 1.0 / np.log2(np.arange(2, k + 2))                 # (k,) discount at ranks 1..k
-    prec = rec = ndcg = 0.0
-    for u in users:
+    n = len(users)
+    prec, rec, ndcg, hit = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+    for j, (u, lst) in enumerate(zip(users, lists, strict=True)):
         truth = set(relevant[u])
         if not truth:
             continue
-        hits = np.array([item in truth for item in list(recommended[u])[:k]], dtype=np.float64)
+        hits = np.array([item in truth for item in list(lst)[:k]], dtype=np.float64)
         n_hit = hits.sum()
-        prec += n_hit / k
-        rec += n_hit / len(truth)
-        ndcg += float((hits * discounts[: len(hits)]).sum() / discounts[: min(len(truth), k)].sum())
-    n = len(users)
-    return {"precision": prec / n, "recall": rec / n, "ndcg": ndcg / n, "users": float(n)}
+        prec[j] = n_hit / k
+        rec[j] = n_hit / len(truth)
+        ndcg[j] = float((hits * discounts[: len(hits)]).sum() / discounts[: min(len(truth), k)].sum())
+        hit[j] = float(n_hit > 0)
+    return {"precision": prec, "recall": rec, "ndcg": ndcg, "hit": hit}
 
 
 def precision_at_k(recommended: Mapping[str, Sequence[str]], relevant: Mapping[str, Iterable[str]],

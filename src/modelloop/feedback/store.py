@@ -466,6 +466,39 @@ class FeedbackStore:
         with self.engine.connect() as c:
             return [dict(r) for r in c.execute(q).mappings()]
 
+    def feedback_events(self, exclude_clients: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """Every feedback row (oldest first, repeats included) with its prediction's stored input
+        and scores: ``id``, ``prediction_id``, ``label``, ``kind``, ``value``, ``client``,
+        ``created_at``, ``input`` (decoded), ``scores`` (the served answer's JSON). Feedback from
+        ``exclude_clients`` is left out. Training data: no statement timeout."""
+        untrusted = [c for c in exclude_clients if c]
+        q = (sa.select(feedback.c.id, feedback.c.prediction_id, feedback.c.label, feedback.c.kind, feedback.c.value,
+                       feedback.c.client, feedback.c.created_at, predictions.c.input_shape, predictions.c.input_dtype,
+                       predictions.c.input_data, predictions.c.scores)
+             .join(predictions, predictions.c.id == feedback.c.prediction_id).order_by(feedback.c.id))
+        if untrusted:
+            q = q.where(sa.or_(feedback.c.client.is_(None), feedback.c.client.not_in(untrusted)))
+        with self.long_read() as c:
+            rows = [dict(r) for r in c.execute(q).mappings()]
+        for r in rows:
+            r["input"] = _decode_input(r.pop("input_shape"), r.pop("input_dtype"), r.pop("input_data"))
+        return rows
+
+    def traffic(self, model_version: str, since: float) -> dict[str, int]:
+        """``served``: predictions of ``model_version``; ``with_feedback``: how many of them got
+        feedback; ``feedback``: feedback rows in all; ``feedback_since``: those after ``since``."""
+        with self.engine.connect() as c:
+            served = c.execute(sa.select(sa.func.count()).select_from(predictions)
+                               .where(predictions.c.model_version == model_version)).scalar_one()
+            answered = c.execute(sa.select(sa.func.count(sa.distinct(feedback.c.prediction_id)))
+                                 .select_from(feedback.join(predictions, predictions.c.id == feedback.c.prediction_id))
+                                 .where(predictions.c.model_version == model_version)).scalar_one()
+            total = c.execute(sa.select(sa.func.count()).select_from(feedback)).scalar_one()
+            new = c.execute(sa.select(sa.func.count()).select_from(feedback)
+                            .where(feedback.c.created_at > since)).scalar_one()
+        return {"served": int(served), "with_feedback": int(answered), "feedback": int(total),
+                "feedback_since": int(new)}
+
     # Kept for callers of the first schema's API.
     def _latest_feedback_rows(self, with_input: bool) -> list[dict[str, Any]]:
         return self.labelled(with_input=with_input)

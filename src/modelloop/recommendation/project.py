@@ -29,7 +29,7 @@ def init_project(path: str | Path, data: str | None = None, name: str | None = N
         SpecError: a spec already exists, or a field is invalid.
         DataError: the data cannot be loaded with the given columns.
     """
-    from .core import load_data
+    from ..tasks.recommendation import load_data
 
     path = Path(path)
     if (path / SPEC_FILE).exists() and not overwrite:

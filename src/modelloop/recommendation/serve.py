@@ -31,7 +31,8 @@ from fastapi.responses import JSONResponse
 
 from ..errors import InputError, ModelloopError, NotFoundError
 from ..feedback import prediction_row
-from .core import _check_k, load_version, rec_spec
+from ..tasks.recommendation import check_k as _check_k
+from ..tasks.recommendation import load_version, rec_spec
 
 __all__ = ["attach", "RecService", "rec_holder", "router"]
 

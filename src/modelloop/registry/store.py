@@ -67,6 +67,37 @@ class Registry(ABC):
     @abstractmethod
     def record(self, event: dict[str, Any]) -> None: ...
 
+    @abstractmethod
+    def events(self) -> list[dict[str, Any]]:
+        """Every recorded event, oldest first."""
+
+    @abstractmethod
+    def manifest(self, version: str) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def update_manifest(self, version: str, **fields: Any) -> None: ...
+
+    @abstractmethod
+    def path(self, version: str) -> Path:
+        """The version's artifact folder (manifest, weights, preprocessing)."""
+
+    @abstractmethod
+    def alias(self, name: str) -> str | None: ...
+
+    @abstractmethod
+    def set_alias(self, name: str, version: str | None, reason: str = "") -> None: ...
+
+    @abstractmethod
+    def champion_history(self) -> list[str]: ...
+
+    @abstractmethod
+    def read_state(self) -> dict[str, Any]:
+        """``{"aliases": {name: version}, "champion_history": [version, ...]}``."""
+
+    @abstractmethod
+    def clean(self) -> list[str]:
+        """Remove what crashed writers left half-written; returns what was removed."""
+
 
 def _default_lock(root: Path) -> ProjectLock:
     """A project's registry (``DIR/registry`` next to ``DIR/modelloop.yaml``) shares the project's
@@ -94,7 +125,7 @@ class LocalRegistry(Registry):
         return self.lock.hold(operation, wait=wait)
 
     # -- state -----------------------------------------------------------------------------
-    def _read_state(self) -> dict[str, Any]:
+    def read_state(self) -> dict[str, Any]:
         if not self._state.is_file():
             return {"aliases": {}, "champion_history": []}
         return json.loads(self._state.read_text())
@@ -207,7 +238,7 @@ class LocalRegistry(Registry):
             write_private(self._versions / version / MANIFEST, json.dumps(m, indent=2), fsync=True)
 
     def versions(self) -> list[dict[str, Any]]:
-        aliases = self._read_state()["aliases"]
+        aliases = self.read_state()["aliases"]
         by_version: dict[str, list[str]] = {}
         for alias, v in aliases.items():
             by_version.setdefault(v, []).append(alias)
@@ -228,12 +259,12 @@ class LocalRegistry(Registry):
 
     # -- aliases ---------------------------------------------------------------------------
     def champion(self) -> str | None:
-        return self._read_state()["aliases"].get("champion")
+        return self.read_state()["aliases"].get("champion")
 
     def promote(self, version: str, reason: str = "manual") -> None:
         with self._writing("promote"):
             self.manifest(version)
-            state = self._read_state()
+            state = self.read_state()
             previous = state["aliases"].get("champion")
             if previous == version:
                 return
@@ -245,7 +276,7 @@ class LocalRegistry(Registry):
             self.record({"event": "promoted", "version": version, "previous": previous, "reason": reason})
 
     def alias(self, name: str) -> str | None:
-        return self._read_state()["aliases"].get(name)
+        return self.read_state()["aliases"].get(name)
 
     def set_alias(self, name: str, version: str | None, reason: str = "") -> None:
         """Point an alias other than ``champion`` (e.g. ``challenger``, ``shadow``) at a version, or remove it."""
@@ -254,7 +285,7 @@ class LocalRegistry(Registry):
         with self._writing("set_alias"):
             if version is not None:
                 self.manifest(version)
-            state = self._read_state()
+            state = self.read_state()
             if version is None:
                 state["aliases"].pop(name, None)
             else:
@@ -263,12 +294,12 @@ class LocalRegistry(Registry):
             self.record({"event": "alias", "alias": name, "version": version, "reason": reason})
 
     def champion_history(self) -> list[str]:
-        return list(self._read_state()["champion_history"])
+        return list(self.read_state()["champion_history"])
 
     def rollback(self) -> str:
         """Make the previous champion champion again. Returns it."""
         with self._writing("rollback"):
-            state = self._read_state()
+            state = self.read_state()
             history = state["champion_history"]
             if len(history) < 2:
                 raise RegistryError(
@@ -283,11 +314,11 @@ class LocalRegistry(Registry):
             return previous
 
 
-def open_registry(uri: str | Path) -> Registry:
-    """A registry from a folder path or ``file://`` URI."""
+def open_registry(uri: str | Path, lock: ProjectLock | None = None) -> Registry:
+    """A registry from a folder path or ``file://`` URI; ``lock``: the writer lock its changes hold."""
     s = str(uri)
     if s.startswith("file://"):
         s = s.removeprefix("file://")
     elif "://" in s:
         raise RegistryError(f"registry URI {s!r}: unsupported scheme; expected a folder path or file://PATH")
-    return LocalRegistry(s)
+    return LocalRegistry(s, lock=lock)

@@ -25,15 +25,17 @@ from ..data.audio import (
 )
 from ..errors import InputError
 from ..spec import DataSpec, ServingSpec
-from .base import Candidate, Task, fields_of
+from .base import Candidate, fields_of
 from .image_classification import MAX_ITEMS, _check_items
+from .supervised import SupervisedTask
 
 __all__ = ["AudioClassification"]
 
 _LOGMEL = {"kind": "logmel", "n_mels": 40}
 
 
-class AudioClassification(Task):
+class AudioClassification(SupervisedTask):
+    unit = "clips"
     name = "audio-classification"
     input_kind = "audio"
     json_example = '{"samples": [...], "sample_rate": 16000}'

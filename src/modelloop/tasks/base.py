@@ -97,6 +97,67 @@ class Task(ABC):
         OpenAPI document; what :meth:`parse_json` takes."""
         return {"type": "object"}
 
+    # -- the stages of the loop (see ``modelloop.loop``; ``ctx`` is a ``stages.Context``) ----------
+    # Run: load -> select -> fit -> assemble. Retrain: load_model + reload -> feedback ->
+    # fit_challenger -> assemble (with the parent: the gate's decision). ``run`` is the run's
+    # records (``loop.state.RunState``): a stage that finishes something worth keeping across an
+    # interruption saves it there.
+    @abstractmethod
+    def load(self, ctx, run):
+        """Load, validate, clean, split and snapshot the data (or resume the run's snapshot)."""
+
+    @abstractmethod
+    def reload(self, ctx, fingerprint: str):
+        """The snapshot a version was trained on, by its fingerprint."""
+
+    @abstractmethod
+    def select(self, ctx, data, run, time_left: float) -> tuple[dict[str, Any], Any]:
+        """Technology selection -> (the selection record: ``chosen``, ``leaderboard``, ...; what
+        the chosen candidate already fitted, or None). A resumed run's record is returned as is."""
+
+    @abstractmethod
+    def fit(self, ctx, data, selection: dict[str, Any], fitted: Any, run, resume: bool, time_left):
+        """The chosen candidate's final fit -> ``stages.Fitted``; ``time_left()`` is the budget left."""
+
+    @abstractmethod
+    def load_model(self, ctx, version: str, backend: str | None = None, threads: int = 1):
+        """A registered version ready to serve (``.version``, ``.manifest``)."""
+
+    @abstractmethod
+    def feedback(self, ctx, parent, data):
+        """Trusted feedback as training data for a challenger of ``parent`` -> ``stages.FeedbackSet``."""
+
+    @abstractmethod
+    def fit_challenger(self, ctx, parent, data, fb, run):
+        """A challenger of the champion ``parent``, trained on the data plus ``fb`` -> ``stages.Fitted``."""
+
+    @abstractmethod
+    def assemble(self, ctx, data, fitted, run, *, parent=None, selection=None, fb=None, title: str,
+                 monitoring: dict[str, Any] | None = None):
+        """Evaluate on the test split, check the requirements, optimize for serving and describe
+        the version -> ``stages.NewVersion``. With ``parent`` (a retrain), the gate's decision
+        between champion and challenger is in the manifest's ``gate``."""
+
+    @abstractmethod
+    def monitor(self, ctx, champ) -> dict[str, Any]:
+        """The champion's monitoring signals: ``drift``, ``prediction_drift``, ``live_accuracy``,
+        ``feedback`` counts (``new_since_last_training``), and the task's own."""
+
+    @abstractmethod
+    def models_row(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """What ``modelloop models`` shows of one version; ``headline``: two named test metrics."""
+
+    def shadow_report(self, ctx, version: str) -> dict[str, Any] | None:
+        """How a shadow model compares with what was served (None: this task has no shadow mode)."""
+        return None
+
+    def rollback_check(self, ctx, champion: str, predecessor: str) -> dict[str, Any] | None:
+        """Evidence that ``champion`` serves worse than ``predecessor`` (``rollback``: bool), or None."""
+        return None
+
+    def feedback_split(self, ctx, class_names: list[str], like) -> dict[str, Any]:
+        raise NotImplementedError(f"{self.name}: feedback is not split by class")
+
 
 def fields_of(body: dict) -> str:
     """The field names of a request body for a message: a few, each cut short."""

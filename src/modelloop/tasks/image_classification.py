@@ -17,7 +17,8 @@ from ..data import prepare_dataset
 from ..data.image import decode_images, parse_pixels
 from ..errors import InputError
 from ..spec import DataSpec, ServingSpec
-from .base import Candidate, Task, fields_of
+from .base import Candidate, fields_of
+from .supervised import SupervisedTask
 
 __all__ = ["ImageClassification", "FEW_PER_CLASS"]
 
@@ -27,7 +28,8 @@ FEW_PER_CLASS = 100
 _EFF = {"kind": "efficientnet", "image_size": 224}
 
 
-class ImageClassification(Task):
+class ImageClassification(SupervisedTask):
+    unit = "images"
     name = "image-classification"
     input_kind = "image"
     json_example = '{"pixels": [...]}'

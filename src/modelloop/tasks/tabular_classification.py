@@ -19,8 +19,9 @@ from typing import Any
 from ..data.tabular import prepare_tabular_dataset
 from ..errors import InputError
 from ..spec import DataSpec, ServingSpec
-from .base import Candidate, Task, fields_of
+from .base import Candidate, fields_of
 from .image_classification import MAX_ITEMS, _check_items
+from .supervised import SupervisedTask
 
 __all__ = ["TabularClassification"]
 
@@ -37,7 +38,8 @@ def _columns_of(like: Any) -> list[str] | None:
     return table.get("columns")
 
 
-class TabularClassification(Task):
+class TabularClassification(SupervisedTask):
+    unit = "rows"
     name = "tabular-classification"
     input_kind = "tabular"
     json_example = '{"row": {"column": value, ...}}'

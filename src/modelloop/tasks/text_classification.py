@@ -18,8 +18,9 @@ from typing import Any
 from ..data.dataset import prepare_text_dataset
 from ..errors import InputError
 from ..spec import DataSpec, ServingSpec
-from .base import Candidate, Task, fields_of
+from .base import Candidate, fields_of
 from .image_classification import MAX_ITEMS, _check_items
+from .supervised import SupervisedTask
 
 __all__ = ["TextClassification", "parse_texts"]
 
@@ -49,7 +50,8 @@ def parse_texts(values: list[Any], field: str, max_chars: int | None = None) -> 
     return out
 
 
-class TextClassification(Task):
+class TextClassification(SupervisedTask):
+    unit = "texts"
     name = "text-classification"
     input_kind = "text"
     json_example = '{"text": "..."}'

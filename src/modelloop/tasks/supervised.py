@@ -1,0 +1,623 @@
+"""The stages of a supervised task: inputs with a label (a class, or a number) per example.
+
+Image, text, audio and tabular classification and tabular regression share these stages; each
+says only what differs (how its data loads, which candidates compete, how a request becomes
+inputs). The data is a :class:`~modelloop.data.Dataset` of raw inputs and labels split into
+train, validation and test; every candidate is a featurizer (fit on the training split only)
+plus a network or a model that fits itself; the loop's gate compares a challenger with the
+champion on the same frozen test split and on held-out feedback.
+
+Regression (``problem == "regression"``) predicts one number per input, scored by R² where
+classification is scored by accuracy; its feedback labels are numbers and its gate compares
+squared errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import Dataset
+from ..evaluate import classification_metrics, regression_metrics
+from ..feedback.sampling import feedback_fingerprint, is_holdout
+from ..models import batched_logits, build_model, count_parameters
+from ..registry.artifact import library_versions
+from .base import Task
+from .features import featurizer_from_config
+from .stages import Context, FeedbackSet, Fitted, NewVersion
+
+__all__ = ["SupervisedTask", "as_number", "take", "concat"]
+
+log = logging.getLogger(__name__)
+
+
+def as_number(label: Any) -> float | None:
+    """A fed-back label as a finite number, or None."""
+    try:
+        f = float(label)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def take(x: Any, mask: torch.Tensor | np.ndarray) -> Any:
+    """Rows of a raw batch (tensor, or list of texts or rows) where ``mask`` is true."""
+    m = torch.as_tensor(np.asarray(mask, dtype=bool))
+    if isinstance(x, list):
+        return [v for v, k in zip(x, m.tolist(), strict=True) if k]
+    return x[m]
+
+
+def concat(a: Any, b: Any) -> Any:
+    return a + b if isinstance(a, list) else torch.cat([a.float(), b.float()])
+
+
+def _proba(model: torch.nn.Module, feat, x: Any) -> np.ndarray:
+    """Class probabilities of raw inputs through featurizer and model."""
+    return torch.softmax(batched_logits(model, feat.transform(x)), 1).numpy()
+
+
+class SupervisedTask(Task):
+    """Stages shared by the tasks whose examples are (input, label) pairs."""
+
+    #: what one input is called in progress lines ("images", "texts", ...)
+    unit = "examples"
+
+    # -- what a score is ---------------------------------------------------------------------
+    @property
+    def regression(self) -> bool:
+        return self.problem == "regression"
+
+    @property
+    def score_name(self) -> str:
+        return "val R²" if self.regression else "val accuracy"
+
+    def outputs(self, model: torch.nn.Module, feat, x: Any) -> np.ndarray:
+        """Raw inputs -> class probabilities (N, K), or predicted values (N,) for regression."""
+        if self.regression:
+            return batched_logits(model, feat.transform(x))[:, 0].float().numpy()
+        return _proba(model, feat, x)
+
+    def metrics(self, y: torch.Tensor, out: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+        """Test-style metrics of model outputs (probabilities, or values for regression)."""
+        if self.regression:
+            return regression_metrics(y.numpy(), out)
+        return classification_metrics(y.numpy(), out, class_names)
+
+    def target(self, y: torch.Tensor) -> dict[str, float] | None:
+        """Regression: the training targets' mean and spread, which the networks' outputs are scaled by."""
+        if not self.regression:
+            return None
+        return {"mean": float(y.double().mean()), "std": float(y.double().std()) if len(y) > 1 else 1.0}
+
+    # -- run: data, selection, training --------------------------------------------------------
+    def load(self, ctx: Context, run) -> Dataset:
+        if "dataset" in run.state:
+            ds = Dataset.load(ctx.paths.data, run.state["dataset"])
+            ctx.say(f"[data] resumed dataset snapshot {ds.fingerprint}")
+        else:
+            ctx.say(f"[data] loading and validating {ctx.spec.data.source}")
+            ds = self.prepare(ctx.spec.data, ctx.paths.root)
+            ds.save(ctx.paths.data)
+            run.save(dataset=ds.fingerprint)
+        rep = ds.report
+        ctx.say(f"[data] {rep.kept} {self.unit} kept, {len(rep.dropped)} dropped; split "
+                + ", ".join(f"{s} {sum(c.values())}" for s, c in rep.split_counts.items()))
+        for d in rep.dropped[:20]:
+            log.warning("dropped %s: %s", d["file"], d["reason"])
+        if len(ds.splits["val"][1]) == 0:
+            log.warning("no validation examples (classes too small); early stopping uses the training split")
+        return ds
+
+    def reload(self, ctx: Context, fingerprint: str) -> Dataset:
+        return Dataset.load(ctx.paths.data, fingerprint)
+
+    def select(self, ctx: Context, data: Dataset, run, time_left: float) -> tuple[dict[str, Any], Any]:
+        from ..select.candidates import search_candidates
+
+        spec = ctx.spec
+        if "chosen" in run.state.get("selection", {}):
+            selection = run.state["selection"]
+            ctx.say(f"[selection] resumed: {selection['chosen']}")
+            return selection, None
+        (xtr, ytr), (xva, yva) = data.splits["train"], data.splits["val"]
+        sel = spec.selection
+        cands, excluded = self.choose_candidates(spec, data)
+        for name, why in excluded.items():
+            log.info("candidate %s: %s", name, why)
+        ctx.say(f"[selection] candidates {', '.join(c.name for c in cands)} ({sel.trials} trials, rule: {sel.choose})")
+        selection, fitted = search_candidates(cands, (xtr, ytr), (xva, yva), len(data.class_names), spec,
+                                              timeout_s=time_left, run_dir=run.folder,
+                                              cache_dir=ctx.paths.state / "cache", progress=ctx.progress,
+                                              target=self.target(ytr))
+        selection["excluded"] = excluded
+        if selection["warning"]:
+            log.warning("%s", selection["warning"])
+        ctx.say(f"[selection] chose {selection['chosen']} ({self.score_name} {selection['best_val_accuracy']:.4f}; "
+                + next(r["decision"] for r in selection["leaderboard"] if r["candidate"] == selection["chosen"])
+                + ")")
+        return selection, fitted
+
+    def fit(self, ctx: Context, data: Dataset, selection: dict[str, Any], fitted: Any, run, resume: bool,
+            time_left) -> Fitted:
+        from ..select.candidates import prepare_features
+
+        spec = ctx.spec
+        (xtr, ytr), (xva, _) = data.splits["train"], data.splits["val"]
+        cand = self.candidates[selection["chosen"]]
+        feat, ftr, fva = fitted or prepare_features(cand, xtr, xva, ctx.paths.state / "cache")
+        train = (ftr, ytr)
+        val = (fva, data.splits["val"][1]) if fva is not None else train
+        config = {"family": cand.family, "input_shape": list(ftr.shape[1:]), "num_classes": len(data.class_names),
+                  "params": selection["best_params"], "featurizer": dict(cand.featurizer), "candidate": cand.name}
+        if self.regression:
+            config["target"] = self.target(ytr)
+        result, model = self.train(ctx, config, train, val, run.folder, resume=resume, time_limit=time_left())
+        if cand.pretrained and spec.selection.distill:
+            student = self._distill(ctx, selection, cand, feat, model, result.best_val_accuracy, data, run.folder,
+                                    time_left())
+            if student is not None:
+                cand, feat, model, result, config = student
+        return Fitted(model, config, result, {"featurizer": feat})
+
+    def train(self, ctx: Context, config: dict[str, Any], train, val, run_dir, resume: bool, time_limit: float):
+        """One candidate's final fit: (training result, model)."""
+        from ..train import TrainConfig, Trainer
+        from ..train.trainer import TrainResult
+
+        spec, say, progress = ctx.spec, ctx.say, ctx.progress
+        params = config["params"]
+        torch.manual_seed(spec.seed)
+        model = build_model(config)
+        if hasattr(model, "fit_direct"):  # fit by its own algorithm (e.g. boosted trees), not by gradient steps
+            import time
+
+            t = time.perf_counter()
+            fitted = model.fit_direct(train, val, params, spec.seed)
+            say(f"[training] {config.get('candidate', config['family'])} fitted on {len(train[1])} "
+                f"examples, {self.score_name} {fitted['best_val_accuracy']:.4f}")
+            return TrainResult(best_state=model.state_dict(), best_epoch=len(fitted["history"]),
+                               best_val_accuracy=fitted["best_val_accuracy"], history=fitted["history"],
+                               stopped="fitted", seconds=time.perf_counter() - t), model
+        pixels = config.get("featurizer", {"kind": "pixels"})["kind"] == "pixels"
+        trainer = Trainer(TrainConfig(
+            max_epochs=spec.training.max_epochs, patience=spec.training.patience,
+            batch_size=spec.training.batch_size, lr=params.get("lr", 1e-3),
+            weight_decay=params.get("weight_decay", 0.0), shift=spec.data.augmentation.shift if pixels else 0,
+            seed=spec.seed, time_limit_s=time_limit,
+            checkpoint_path=run_dir / "checkpoint.pt"))
+        say(f"[training] {config.get('candidate', config['family'])} on {len(train[1])} examples, "
+            f"up to {spec.training.max_epochs} epochs")
+
+        def on_epoch(epoch: int, row: dict[str, float]) -> None:
+            if progress:
+                progress(f"[training] epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
+                         f"{self.score_name} {row['val_accuracy']:.4f}")
+
+        result = trainer.fit(model, train, val, on_epoch=on_epoch, resume=resume)
+        say(f"[training] best epoch {result.best_epoch} of {len(result.history)} "
+            f"({result.stopped}), {self.score_name} {result.best_val_accuracy:.4f}")
+        return result, model
+
+    def _distill(self, ctx: Context, selection: dict[str, Any], teacher_cand, teacher_feat, teacher,
+                 teacher_val: float, ds: Dataset, run_dir, time_limit: float):
+        """Knowledge distillation: the best small candidate learns the pretrained winner's soft
+        predictions. The student competes with its teacher under the same rule (``choose``); the
+        leaderboard gets its row either way. Returns (candidate, featurizer, model, result, config)
+        of a student that wins, else None.
+        """
+        from ..compress.distill import soft_targets
+        from ..select.candidates import choose, model_bytes, prepare_features, serving_latency
+
+        board = selection["leaderboard"]
+        small = [r for r in board if not r["pretrained"]]
+        if not small:
+            return None
+        base = max(small, key=lambda r: r["val_accuracy"] or 0.0)
+        scand = self.candidates[base["candidate"]]
+        (xtr, ytr), (xva, yva) = ds.splits["train"], ds.splits["val"]
+        teacher_probs = torch.from_numpy(_proba(teacher, teacher_feat, xtr))
+        targets = soft_targets(teacher_probs, ytr, temperature=2.0, alpha=0.5)
+        sfeat, str_, sva = prepare_features(scand, xtr, xva, ctx.paths.state / "cache")
+        config = {"family": scand.family, "input_shape": list(str_.shape[1:]), "num_classes": len(ds.class_names),
+                  "params": base["params"], "featurizer": dict(scand.featurizer), "candidate": scand.name,
+                  "distilled_from": teacher_cand.name}
+        ctx.say(f"[distillation] {scand.name} learns from {teacher_cand.name}'s soft predictions")
+        (run_dir / "distill").mkdir(exist_ok=True)
+        result, model = self.train(ctx, config, (str_, targets), (sva, yva) if sva is not None else (str_, ytr),
+                                   run_dir / "distill", resume=False, time_limit=time_limit)
+        lat = serving_latency(sfeat, model, (xva if len(yva) else xtr)[:1], threads=ctx.spec.serving.threads)
+        row = {"candidate": f"{scand.name} (distilled from {teacher_cand.name})", "family": scand.family,
+               "featurizer": scand.featurizer["kind"], "pretrained": False, "distilled_from": teacher_cand.name,
+               "val_accuracy": result.best_val_accuracy, "params": base["params"], "parameters":
+               count_parameters(model), "p50_ms": lat["p50_ms"], "p95_ms": lat["p95_ms"],
+               "size_mb": (model_bytes(model) + sfeat.frozen_bytes()) / 1e6, "featurize_s": None,
+               "search_s": round(result.seconds, 2), "trials": 1}
+        teacher_row = next(r for r in board if r["candidate"] == teacher_cand.name)
+        # Both fully trained: the teacher's score is its final training's, not its short search trial's.
+        teacher_row["val_accuracy"] = teacher_val
+        pair = [dict(teacher_row), row]
+        winner, _ = choose(pair, ctx.spec)
+        board.append(pair[1])
+        for r in board:  # the decision between teacher and student replaces the teacher's
+            if r["candidate"] == teacher_cand.name:
+                r.update(decision=pair[0]["decision"] if winner is pair[0] else
+                         f"distilled into {scand.name}, which ships: {pair[1]['decision'].removeprefix('chosen: ')}")
+        ships = "student" if winner is pair[1] else "teacher"
+        ctx.say(f"[distillation] student val accuracy {row['val_accuracy']:.4f} "
+                f"(teacher {teacher_row['val_accuracy']:.4f}), p95 {row['p95_ms']:.2f} ms "
+                f"(teacher {teacher_row['p95_ms']:.2f} ms): the {ships} ships")
+        selection["shipped"] = row["candidate"] if ships == "student" else teacher_cand.name
+        return (scand, sfeat, model, result, config) if ships == "student" else None
+
+    # -- retrain: feedback -> training data ----------------------------------------------------
+    def load_model(self, ctx: Context, version: str, backend: str | None = None, threads: int = 1):
+        """A registered version, ready to predict (what the server, the gate and monitoring load)."""
+        return ctx.registry.load(version, backend=backend, threads=threads)
+
+    def feedback_split(self, ctx: Context, class_names: list[str], like) -> dict[str, Any]:
+        """Trusted labelled feedback, split by prediction id into a training part and a hold-out part.
+
+        ``like`` (a dataset or model) decides which stored inputs are usable (an image model takes
+        images of its format). The split is a pure function of the prediction id (a hash), so an
+        example never moves between the two as more feedback arrives. Returns raw inputs.
+        """
+        fs = ctx.spec.feedback
+        items, labels, ids = ctx.store().labelled_inputs(class_names, exclude_clients=fs.untrusted_clients)
+        x, usable = self.collate(items, like)
+        labels = [lab for lab, k in zip(labels, usable, strict=True) if k]
+        ids = [i for i, k in zip(ids, usable, strict=True) if k]
+        if not all(usable):
+            log.warning("skipped %d feedback rows whose input this model cannot take", usable.count(False))
+        if self.regression:  # a label is the true value, as a number
+            values = [as_number(lab) for lab in labels]
+            keep = np.array([v is not None for v in values], dtype=bool)
+            if not keep.all():
+                log.warning("skipped %d feedback rows whose label is not a number", int((~keep).sum()))
+            y = torch.tensor([v if v is not None else 0.0 for v in values], dtype=torch.float32)
+        else:
+            index = {c: i for i, c in enumerate(class_names)}
+            keep = np.array([lab in index for lab in labels], dtype=bool)
+            if not keep.all():
+                log.warning("skipped %d feedback rows whose label is not a class of this model", int((~keep).sum()))
+            y = torch.tensor([index.get(lab, -1) for lab in labels], dtype=torch.int64)
+        hold = np.array([is_holdout(pid, fs.holdout_fraction) for pid in ids], dtype=bool)
+        ids_arr = np.array(ids, dtype=object)
+        out = {}
+        for name, mask in (("train", keep & ~hold), ("holdout", keep & hold)):
+            out[name] = (take(x, mask), y[torch.from_numpy(mask)], list(ids_arr[mask]) if len(ids) else [])
+        return out
+
+    def feedback(self, ctx: Context, parent, data: Dataset) -> FeedbackSet:
+        fb = self.feedback_split(ctx, data.class_names, data)
+        xf, yf, fb_all = fb["train"]
+        xh, yh, hold_ids = fb["holdout"]
+        fingerprint = feedback_fingerprint(zip(fb_all + hold_ids, yf.tolist() + yh.tolist(), strict=True))
+        # A slice of the training feedback joins the validation split, so early stopping picks an
+        # epoch that suits the traffic being served now, not only the original data.
+        in_val = torch.tensor([is_holdout("validation:" + pid, 0.2) for pid in fb_all], dtype=torch.bool)
+        train_ids = [pid for pid, v in zip(fb_all, in_val.tolist(), strict=True) if not v]
+        val_ids = [pid for pid, v in zip(fb_all, in_val.tolist(), strict=True) if v]
+        return FeedbackSet(fingerprint, len(fb_all) + len(hold_ids), train_ids, val_ids, list(hold_ids),
+                           {"x": xf, "y": yf, "in_val": in_val, "xh": xh, "yh": yh})
+
+    def fit_challenger(self, ctx: Context, parent, data: Dataset, fb: FeedbackSet, run) -> Fitted:
+        ctx.say(f"[retrain] champion {parent.version}; {len(fb.train_ids)} feedback examples to learn from, "
+                f"{len(fb.val_ids)} to validate on, {len(fb.hold_ids)} held out for the gate")
+        xf, yf, in_val = fb.data["x"], fb.data["y"], fb.data["in_val"]
+        xtr, ytr = data.splits["train"]
+        x_all = concat(xtr, take(xf, ~in_val))
+        y_all = torch.cat([ytr, yf[~in_val]])
+        config = parent.manifest["model"]
+        feat = featurizer_from_config(config.get("featurizer", {"kind": "pixels"}))
+        feat.set_cache(ctx.paths.state / "cache")
+        feat.fit(x_all)
+        train = (feat.transform(x_all), y_all)
+        xva, yva = data.splits["val"]
+        xva = concat(xva, take(xf, in_val))
+        yva = torch.cat([yva, yf[in_val]])
+        val = (feat.transform(xva), yva) if len(yva) else train
+        # The refit featurizer may be wider than the parent's (new words, new categories): the network
+        # is trained from scratch anyway, on the shape the features have now.
+        config = {**config, "input_shape": list(train[0].shape[1:])}
+        if self.regression:
+            config["target"] = self.target(y_all)
+        result, model = self.train(ctx, config, train, val, run.folder, resume=False,
+                                   time_limit=ctx.spec.requirements.time_budget_s)
+        return Fitted(model, config, result, {"featurizer": feat})
+
+    def dataset_fingerprint(self, data: Dataset, fb: FeedbackSet | None) -> str:
+        """The fingerprint of what a version learned from: the dataset, plus the feedback it trained on."""
+        if fb is None:
+            return data.fingerprint
+        h = hashlib.sha256(data.fingerprint.encode())
+        for pid in fb.train_ids:
+            h.update(pid.encode())
+        return h.hexdigest()[:16]
+
+    def judge(self, ctx: Context, parent, data: Dataset, fb: FeedbackSet, fitted: Fitted):
+        """The champion re-evaluated now on the challenger's test split, and the function that
+        decides between them: ``decide(challenger_metrics, challenger_outputs, requirements)``."""
+        from ..gate import compare, compare_regression, paired_errors, paired_evidence
+
+        xte, yte = data.splits["test"]
+        champ_probs = parent.predict_proba(xte).numpy()
+        if self.regression:
+            champ_probs = champ_probs[:, 0]
+        champ_metrics = self.metrics(yte, champ_probs, data.class_names)
+        gate_spec = ctx.spec.gate
+        xh, yh = fb.data["xh"], fb.data["yh"]
+        feat, model = fitted.extra["featurizer"], fitted.model
+        fb_evidence = None
+        if len(fb.hold_ids) and self.regression:
+            fb_evidence = paired_errors(yh.numpy(), parent.predict_proba(xh).numpy()[:, 0],
+                                        self.outputs(model, feat, xh), gate_spec.confidence,
+                                        outlier_scale=champ_metrics["rmse"])
+        elif len(fb.hold_ids):
+            champ_h = parent.predict_proba(xh).numpy().argmax(1)
+            chall_h = _proba(model, feat, xh).argmax(1)
+            fb_evidence = paired_evidence(yh.numpy(), champ_h, chall_h, len(data.class_names), gate_spec.confidence)
+        req = ctx.spec.requirements
+
+        def decide(chall_metrics, chall_pred, chall_gate):
+            if self.regression:
+                return compare_regression(req, champ_metrics, chall_metrics, yte.numpy(),
+                                          champ_probs, chall_pred, chall_gate, gate=gate_spec, feedback=fb_evidence)
+            return compare(req, champ_metrics, chall_metrics, yte.numpy(), champ_probs.argmax(1),
+                           chall_pred, chall_gate, gate=gate_spec, class_names=data.class_names, feedback=fb_evidence)
+
+        return champ_metrics, decide
+
+    # -- a version: evaluation, requirements, optimization for serving, manifest, report ------------
+    def assemble(self, ctx: Context, data: Dataset, fitted: Fitted, run, *, parent=None, selection=None,
+                 fb: FeedbackSet | None = None, title: str, monitoring: dict[str, Any] | None = None
+                 ) -> NewVersion:
+        from ..compress import ServingModule, choose_backend
+        from ..evaluate.report import write_report
+        from ..gate import check_requirements
+        from ..select.candidates import model_bytes, serving_latency
+        from ..train.trainer import describe
+
+        spec = ctx.spec
+        model, config, feat, train_result = fitted.model, fitted.config, fitted.extra["featurizer"], fitted.result
+        ds = data
+        xte, yte = ds.splits["test"]
+        probs = self.outputs(model, feat, xte)
+        metrics = self.metrics(yte, probs, ds.class_names)
+        xva, yva = ds.splits["val"]
+        val_metrics = self.metrics(yva, self.outputs(model, feat, xva), ds.class_names) if len(yva) else None
+        latency = serving_latency(feat, model, (xte if len(xte) else ds.splits["train"][0])[:1],
+                                  threads=spec.serving.threads)
+        size_mb = (model_bytes(model) + feat.frozen_bytes()) / 1e6
+        if self.regression:
+            ctx.say(f"[evaluation] test RMSE {metrics['rmse']:.4g}, MAE {metrics['mae']:.4g}, "
+                    f"R² {metrics['r2']:.4f}, p95 latency {latency['p95_ms']:.2f} ms")
+        else:
+            ctx.say(f"[evaluation] test accuracy {metrics['accuracy']:.4f}, F1 macro "
+                    f"{metrics['f1_macro']:.4f}, p95 latency {latency['p95_ms']:.2f} ms")
+        gate = check_requirements(spec.requirements, metrics, latency, size_mb)
+        decision = champ_metrics = None
+        if parent is not None:
+            champ_metrics, decide = self.judge(ctx, parent, ds, fb, fitted)
+            decision = decide(metrics, probs if self.regression else probs.argmax(1), gate)
+
+        # Optimization for serving: export and time each backend, keep the fastest that agrees.
+        export_dir = run.folder / "export"
+        shutil.rmtree(export_dir, ignore_errors=True)  # what an interrupted attempt exported is not this model's
+        if feat.exportable:
+            xva_raw = (xva if len(yva) else ds.splits["train"][0]).float().numpy()
+            yva_labels = (yva if len(yva) else ds.splits["train"][1]).numpy()
+            module = ServingModule(model, feat.normalizer.mean_, feat.normalizer.std_)
+            serving = choose_backend(module, xva_raw, yva_labels, export_dir,
+                                     max_accuracy_drop=spec.serving.max_accuracy_drop,
+                                     candidates=tuple(spec.serving.backends))
+        else:
+            serving = {"backend": "torch", "candidates": [{
+                "backend": "torch", "ok": True, "reason": "", "p50_ms_batch1": latency["p50_ms"]}],
+                "note": f"featurizer {feat.kind}: served by PyTorch (featurizer and network in one process)"}
+        ctx.say(f"[optimization] serving backend {serving['backend']}: " + ", ".join(
+            f"{r['backend']} {r['p50_ms_batch1']:.2f} ms" if r["ok"] else f"{r['backend']} rejected"
+            for r in serving["candidates"]))
+        onnx = {p.name: p for p in export_dir.glob("*.onnx")}
+
+        fingerprint = self.dataset_fingerprint(ds, fb)
+        feedback_examples = len(fb.train_ids) if fb else 0
+        manifest = {
+            "task": spec.task, "name": spec.name, "model": config, "parameters": count_parameters(model),
+            "class_names": ds.class_names, "metrics": {"test": metrics, "val": val_metrics},
+            "latency": latency, "size_mb": size_mb, "requirements": gate,
+            "dataset": {"fingerprint": fingerprint, "base_fingerprint": ds.fingerprint, "source": spec.data.source,
+                        "train_examples": int(len(ds.splits["train"][1])) + feedback_examples,
+                        "test_examples": int(len(yte))},
+            "selection": ({k: selection.get(k) for k in ("chosen", "shipped", "rule", "warning", "excluded",
+                                                         "leaderboard")}
+                          if selection else None),
+            "run_id": run.run_id, "parent": parent.version if parent else None,
+            "feedback_examples": feedback_examples,
+            "feedback_holdout": len(fb.hold_ids) if fb else 0, "feedback_validation": len(fb.val_ids) if fb else 0,
+            "training": describe(train_result), "spec": spec.to_dict(), "libraries": library_versions(),
+        }
+        manifest["serving"] = serving
+        manifest["feedback_fingerprint"] = fb.fingerprint if fb else feedback_fingerprint([])
+        if decision is not None:
+            manifest["gate"] = decision
+        preprocessing = {"featurizer": feat.config(), "class_names": ds.class_names, "input": ds.kind}
+        if ds.fmt is not None:
+            preprocessing.update(format=ds.fmt.to_dict(), pixel_range=[0, 255])
+        parent_version = parent.version if parent else None
+
+        def report(path, version: str) -> None:
+            write_report(path, {
+                "title": f"{title}: {spec.name} {version}", "version": version,
+                "family": config.get("candidate", config["family"]),
+                "fingerprint": fingerprint, "parent": parent_version, "class_names": ds.class_names,
+                "metrics": metrics, "score_name": self.score_name,
+                "predicted": (yte.numpy(), probs) if self.regression else None,
+                "gate": gate, "history": train_result.history, "latency": latency,
+                "leaderboard": (selection or {}).get("leaderboard"), "trials": (selection or {}).get("trials"),
+                "selection_warning": (selection or {}).get("warning"), "excluded": (selection or {}).get("excluded"),
+                "requirements": spec.requirements.model_dump(),
+                "size_mb": size_mb, "data_report": ds.report.to_dict(), "decision": decision,
+                "feedback_examples": feedback_examples, "serving": serving, "monitor": monitoring,
+            })
+
+        result = {"run_id": run.run_id, "parent": parent_version, "metrics": metrics,
+                  "val_metrics": val_metrics, "latency": latency, "size_mb": size_mb, "gate": gate,
+                  "passed": gate["passed"], "champion": False,
+                  "family": config.get("candidate", config["family"]),
+                  "dataset": fingerprint, "feedback_examples": feedback_examples, "decision": decision}
+        if parent is not None:
+            result.update(evidence=decision, champion_metrics=champ_metrics, challenger_metrics=metrics,
+                          feedback_holdout=len(fb.hold_ids), feedback_validation=len(fb.val_ids),
+                          decision=decision["decision"])
+        return NewVersion(manifest, model, preprocessing, report, result, onnx)
+
+    # -- monitoring ------------------------------------------------------------------------------
+    def monitor(self, ctx: Context, champ) -> dict[str, Any]:
+        """Input drift (embeddings of live inputs against the training split), prediction drift,
+        live accuracy (regression: live errors) of the champion ``champ`` (a loaded model)."""
+        from ..feedback.drift import embed, mmd_test, psi
+
+        spec, store = ctx.spec, ctx.store()
+        ms = spec.monitor
+        ds = Dataset.load(ctx.paths.data, champ.manifest["dataset"]["base_fingerprint"])
+        xtr = ds.splits["train"][0]
+        rng = np.random.default_rng(spec.seed)
+        ref_idx = rng.choice(len(xtr), size=min(ms.reference_size, len(xtr)), replace=False)
+        ref_mask = np.zeros(len(xtr), dtype=bool)
+        ref_mask[ref_idx] = True
+        x_ref = take(xtr, ref_mask)
+        items, served = store.recent_raw(limit=ms.window)
+        x_live, usable = self.collate(items, champ)
+        live_labels = [lab for lab, k in zip(served, usable, strict=True) if k]
+        ref_emb = embed(champ.model, champ.features(x_ref))
+        if len(x_live) >= 20:
+            live_emb = embed(champ.model, champ.features(x_live))
+            drift = mmd_test(ref_emb, live_emb, ms.permutations, ms.drift_p_value, seed=spec.seed)
+        else:
+            drift = {"detected": False, "statistic": None, "threshold": None, "p_value": None,
+                     "n_reference": len(ref_emb), "n_live": len(x_live),
+                     "reason": f"{len(x_live)} live inputs; at least 20 needed"}
+        names = champ.class_names
+        if self.regression:  # predicted values binned by the reference predictions' deciles
+            ref_values = champ.predict_proba(x_ref).numpy()[:, 0]
+            edges = np.unique(np.quantile(ref_values, np.linspace(0, 1, 11)[1:-1]))
+            names = [f"decile {i + 1}" for i in range(len(edges) + 1)]
+
+            def binned(values) -> list[str]:
+                return [names[int(i)] for i in np.searchsorted(edges, np.asarray(values, dtype=float), side="right")]
+
+            ref_pred = binned(ref_values)
+            live_labels = binned([v for v in map(as_number, live_labels) if v is not None])
+        else:
+            ref_pred = [names[i] for i in champ.predict_proba(x_ref).numpy().argmax(1)]
+        value = psi(ref_pred, live_labels, names) if live_labels else None
+        pred_drift = {"psi": value, "threshold": ms.psi_threshold,
+                      "detected": value is not None and value > ms.psi_threshold,
+                      "reference": {c: ref_pred.count(c) for c in names},
+                      "live": {c: live_labels.count(c) for c in names}}
+        untrusted = spec.feedback.untrusted_clients
+        stats = store.feedback_stats(untrusted, model_version=champ.version,
+                                     class_names=None if self.regression else names)
+        if self.regression:  # exact agreement means nothing for numbers: live errors instead
+            stats.update(live_accuracy=None, low=None, high=None)
+        since = max(champ.manifest["created_at"], ctx.watch_state().get("last_retrain_at", 0.0))
+        rows = store.labelled(None if self.regression else names, untrusted)
+        return {
+            "model_version": champ.version,
+            "drift": drift,
+            "prediction_drift": pred_drift,
+            "live_accuracy": {"value": stats["live_accuracy"], "low": stats["low"], "high": stats["high"],
+                              "n": stats["labelled"], "confidence": stats["confidence"]},
+            "feedback": {"labelled": len(rows), "new_since_last_training": sum(1 for r in rows
+                                                                               if r["feedback_at"] > since),
+                         **store.counts()},
+            "live_error": self._live_error(ctx, champ.version) if self.regression else None,
+        }
+
+    def _live_errors(self, ctx: Context, version: str) -> np.ndarray:
+        """Regression: the served value minus the value fed back, per labelled prediction of ``version``."""
+        rows = ctx.store().labelled(None, ctx.spec.feedback.untrusted_clients, model_version=version)
+        pairs = [(as_number(r["predicted"]), as_number(r["label"])) for r in rows]
+        return np.array([p - t for p, t in pairs if p is not None and t is not None])
+
+    def _live_error(self, ctx: Context, version: str) -> dict[str, Any]:
+        """Regression: RMSE and MAE of the values served by ``version`` against the values fed back."""
+        e = self._live_errors(ctx, version)
+        if not len(e):
+            return {"n": 0, "rmse": None, "mae": None}
+        return {"n": len(e), "rmse": float(np.sqrt(np.mean(e ** 2))), "mae": float(np.mean(np.abs(e)))}
+
+    def shadow_report(self, ctx: Context, version: str) -> dict[str, Any]:
+        """Agreement of a shadow model with what was served, and both models' accuracy on feedback."""
+        store = ctx.store()
+        rows = store.shadow_rows(version)
+        names = ctx.registry.manifest(version)["class_names"]
+        labels = {r["id"]: r["label"] for r in store.labelled(names, ctx.spec.feedback.untrusted_clients)}
+        agree = sum(r["shadow_label"] == r["served_label"] for r in rows)
+        with_fb = [r for r in rows if r["prediction_id"] in labels]
+        shadow_right = sum(r["shadow_label"] == labels[r["prediction_id"]] for r in with_fb)
+        served_right = sum(r["served_label"] == labels[r["prediction_id"]] for r in with_fb)
+        n = len(with_fb)
+        return {"version": version, "scored": len(rows), "agreement": agree / len(rows) if rows else None,
+                "with_feedback": n, "shadow_accuracy": shadow_right / n if n else None,
+                "served_accuracy": served_right / n if n else None}
+
+    def rollback_check(self, ctx: Context, cur: str, prev: str) -> dict[str, Any]:
+        """Is the champion ``cur``'s live accuracy significantly below its predecessor ``prev``'s
+        (regression: its live squared errors significantly above, by a one-sided Welch t-test)?"""
+        need = ctx.spec.policy.rollback_min_feedback
+        if self.regression:
+            from scipy.stats import ttest_ind
+
+            a, b = self._live_errors(ctx, cur) ** 2, self._live_errors(ctx, prev) ** 2
+            out = {"champion": cur, "predecessor": prev, "measure": "live RMSE",
+                   "champion_live": float(np.sqrt(a.mean())) if len(a) else None, "champion_n": len(a),
+                   "predecessor_live": float(np.sqrt(b.mean())) if len(b) else None, "predecessor_n": len(b),
+                   "p_value": None, "rollback": False}
+            if len(a) < need or len(b) < need:
+                return out
+            out["p_value"] = float(ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+            out["rollback"] = out["p_value"] < 1 - ctx.spec.gate.confidence
+            return out
+        from scipy.stats import norm as normal
+
+        store = ctx.store()
+        names = ctx.registry.manifest(cur)["class_names"]
+        untrusted = ctx.spec.feedback.untrusted_clients
+        a = store.feedback_stats(untrusted, model_version=cur, class_names=names)
+        b = store.feedback_stats(untrusted, model_version=prev, class_names=names)
+        out = {"champion": cur, "predecessor": prev, "champion_live": a["live_accuracy"], "champion_n": a["labelled"],
+               "predecessor_live": b["live_accuracy"], "predecessor_n": b["labelled"], "p_value": None,
+               "rollback": False}
+        if a["labelled"] < need or b["labelled"] < need:
+            return out
+        p1, p2, n1, n2 = a["live_accuracy"], b["live_accuracy"], a["labelled"], b["labelled"]
+        pooled = (a["agreed"] + b["agreed"]) / (n1 + n2)
+        se = (pooled * (1 - pooled) * (1 / n1 + 1 / n2)) ** 0.5
+        z = (p1 - p2) / se if se > 0 else 0.0
+        out["p_value"] = float(normal.cdf(z))  # one-sided: champion worse than predecessor
+        out["rollback"] = out["p_value"] < 1 - ctx.spec.gate.confidence
+        return out
+
+    def models_row(self, m: dict[str, Any]) -> dict[str, Any]:
+        """What ``modelloop models`` shows of one version (its manifest ``m``)."""
+        test = m["metrics"]["test"]
+        return {
+            "version": m["version"], "aliases": m["aliases"],
+            "family": m["model"].get("candidate", m["model"]["family"]),
+            "accuracy": test.get("accuracy"), "f1_macro": test.get("f1_macro"), "parent": m.get("parent"),
+            **({k: test.get(k) for k in ("rmse", "mae", "r2")} if "rmse" in test else {}),
+            # the two test metrics tables show, named: accuracy and F1, or RMSE and R²
+            "headline": ([["RMSE", test.get("rmse")], ["R²", test.get("r2")]] if "rmse" in test
+                         else [["accuracy", test.get("accuracy")], ["F1 macro", test.get("f1_macro")]]),
+            "dataset": m["dataset"]["fingerprint"], "feedback_examples": m.get("feedback_examples", 0),
+            "created_at": m["created_at"], "requirements_passed": m["requirements"]["passed"],
+            "gate": (m.get("gate") or {}).get("decision"), "gate_reasons": (m.get("gate") or {}).get("reasons"),
+            "report": m.get("report"),
+        }
