@@ -311,7 +311,8 @@ class FeedbackStore:
         if kind not in FEEDBACK_KINDS:
             raise StoreError(f"feedback kind {kind!r}: unknown; expected one of {', '.join(FEEDBACK_KINDS)}")
         with self.engine.begin() as c:
-            found = c.execute(sa.select(predictions.c.id).where(predictions.c.id == prediction_id)).first()
+            found = None if "\x00" in prediction_id else c.execute(  # no stored id has NUL (PostgreSQL refuses it)
+                sa.select(predictions.c.id).where(predictions.c.id == prediction_id)).first()
             if found is None:
                 raise NotFoundError(f"field 'prediction_id': received {prediction_id!r}; "
                                     "expected the id of a stored prediction")
@@ -321,8 +322,10 @@ class FeedbackStore:
 
     # -- reads -----------------------------------------------------------------------------
     def get_prediction(self, prediction_id: str) -> dict[str, Any]:
-        with self.engine.connect() as c:
-            row = c.execute(sa.select(predictions).where(predictions.c.id == prediction_id)).mappings().first()
+        row = None
+        if "\x00" not in prediction_id:  # no stored id has NUL (PostgreSQL refuses it in a parameter)
+            with self.engine.connect() as c:
+                row = c.execute(sa.select(predictions).where(predictions.c.id == prediction_id)).mappings().first()
         if row is None:
             raise NotFoundError(f"field 'prediction_id': received {prediction_id!r}; "
                                 "expected the id of a stored prediction")
