@@ -104,19 +104,12 @@ def init(
     """Write DIR/modelloop.yaml: data source, task and requirements."""
     from .project import Project
 
-    rec_opts = {k: v for k, v in {"user_column": user_column, "item_column": item_column,
-                                  "rating_column": rating_column, "timestamp_column": timestamp_column,
-                                  "items": items, "item_id_column": item_id_column,
-                                  "item_text_columns": item_text_columns}.items() if v is not None}
-    if rec_opts and task != "recommendation":
-        from .errors import InputError
-
-        raise InputError(f"options {', '.join('--' + k.replace('_', '-') for k in rec_opts)}: only for "
-                         f"--task recommendation; received --task {task}")
-    p = Project.init(directory, task=task, data=data, overwrite=force, text_column=text_column,
-                     label_column=label_column, metric=metric, target=target,
+    task_opts = {"text_column": text_column, "label_column": label_column, "user_column": user_column,
+                 "item_column": item_column, "rating_column": rating_column, "timestamp_column": timestamp_column,
+                 "items": items, "item_id_column": item_id_column, "item_text_columns": item_text_columns}
+    p = Project.init(directory, task=task, data=data, overwrite=force, metric=metric, target=target,
                      p95_latency_ms=p95_latency_ms, max_model_size_mb=max_model_size_mb, time_budget_s=time_budget_s,
-                     **rec_opts)
+                     **{k: v for k, v in task_opts.items() if v is not None})
     spec_path = p.path / "modelloop.yaml"
     if as_json:
         _emit({"spec": str(spec_path), "spec_content": p.loop.spec.to_dict()})
@@ -135,12 +128,13 @@ def run(directory: DirArg,
     """Validate data, select and train a model, evaluate, gate and register it."""
     from .project import Project
 
-    res = Project(directory).run(resume=resume, progress=_progress, wait=wait)
+    project = Project(directory)
+    res = project.run(resume=resume, progress=_progress, wait=wait)
     if as_json:
         _emit({k: res[k] for k in ("version", "run_id", "metrics", "val_metrics", "champion", "passed", "gate",
                                    "report", "family", "dataset", "latency", "size_mb")})
     else:
-        out.print(f"version {res['version']} ({res['family']}): test {_headline(res['metrics'])}; "
+        out.print(f"version {res['version']} ({res['family']}): test {_headline(project, res['metrics'])}; "
                   f"requirements {'met' if res['passed'] else 'NOT met'}"
                   f"{'; champion' if res['champion'] else ''}\nreport: {res['report']}")
     if not res["passed"]:
@@ -179,15 +173,9 @@ def retrain(directory: DirArg,
         raise typer.Exit(1)
 
 
-def _headline(m: dict[str, Any]) -> str:
-    """The test metrics worth one line: accuracy and F1, or for regression RMSE, MAE and R²."""
-    if "ndcg@10" in m:
-        from .recommendation.cli import headline
-
-        return headline(m)
-    if m.get("rmse") is not None:
-        return f"RMSE {m['rmse']:.4g}, MAE {m['mae']:.4g}, R² {m['r2']:.4f}"
-    return f"accuracy {m['accuracy']:.4f}, F1 macro {m['f1_macro']:.4f}"
+def _headline(project, m: dict[str, Any]) -> str:
+    """The test metrics worth one line (the task's headline: accuracy and F1, RMSE and R², NDCG@10, ...)."""
+    return project.loop.task.headline(m)
 
 
 def _models_table(rows: list[dict[str, Any]]) -> Table:
@@ -253,45 +241,11 @@ def predict(directory: DirArg,
                                                           "models); repeat for several.")] = None,
             as_json: JsonOpt = False) -> None:
     """Predict image files, audio clips or texts with the champion (offline; the server logs its own predictions)."""
-    from .errors import InputError
     from .project import Project
 
     project = Project(directory)
-    if project.loop.spec.task == "recommendation":
-        raise InputError("modelloop predict: this project serves recommendation; expected 'modelloop serve DIR' "
-                         "and GET /recommend?user=USER&k=10 (or recommendation.core.load_version in Python)")
-    if project.loop.task.input_kind == "tabular":
-        if not row:
-            raise InputError("option '--row': missing; expected one or more --row '{\"column\": value, ...}' "
-                             "for a tabular model")
-        rows = []
-        for i, r in enumerate(row):
-            try:
-                value = json.loads(r)
-            except json.JSONDecodeError as e:
-                raise InputError(f"option '--row' #{i + 1}: not valid JSON ({e}); expected an object like "
-                                 "'{\"column\": value}'") from None
-            if not isinstance(value, dict):
-                raise InputError(f"option '--row' #{i + 1}: received {type(value).__name__}; expected a JSON object")
-            rows.append(value)
-        items, res = list(row), project.predict(rows)
-        key = "row"
-    elif project.loop.task.input_kind == "text":
-        if not text:
-            raise InputError("option '--text': missing; expected one or more --text \"...\" for a text model")
-        items, res = list(text), project.predict(list(text))
-        key = "text"
-    else:
-        audio = project.loop.task.input_kind == "audio"
-        what = "audio clips for an audio model" if audio else "image files for an image model"
-        if not files:
-            raise InputError(f"argument 'FILES': missing; expected one or more {what}")
-        for f in files:
-            if not f.is_file():
-                raise InputError(f"{'audio' if audio else 'image'} file {str(f)!r}: no such file; expected "
-                                 + ("a WAV, FLAC or OGG clip" if audio else "a PNG, JPEG or BMP image"))
-        items, res = [str(f) for f in files], project.predict([str(f) for f in files])
-        key = "file"
+    items, inputs, key = project.loop.task.offline_inputs(list(files or []), list(text or []), list(row or []))
+    res = project.predict(inputs)
     if as_json:
         _emit({"predictions": [{key: i, **r} for i, r in zip(items, res, strict=True)]})
     else:
@@ -354,28 +308,21 @@ def demo(directory: Annotated[Path, typer.Argument(help="Folder for the demo pro
                                            "recommendation.")] = "image-classification",
          as_json: JsonOpt = False) -> None:
     """The whole loop on the founding case (or one example per --task), with simulated users, in a few minutes."""
-    from .demo import DEMO_CASES, run_demo
+    from .demo import run_demo
 
     res = run_demo(directory, fresh=fresh, traffic=traffic, progress=_progress, task=task)
     if as_json:
         _emit(res)
         return
-    if task == "recommendation":
-        from .recommendation.cli import print_demo
-
-        return print_demo(out, res)
-    t = Table(title=f"modelloop demo: {DEMO_CASES[task].title}")
-    regression = task == "tabular-regression"
-    for col in ("version", "alias", "test R²" if regression else "test accuracy", "parent", "feedback examples"):
+    t = Table(title=f"modelloop demo: {res['title']}")
+    for col in ("version", "alias", res["score_name"], "parent", "feedback examples"):
         t.add_column(col)
     for v in res["versions"]:
-        score = v.get("test_r2") if regression else v.get("test_accuracy")
+        score = v.get("test_score")
         t.add_row(v["version"], ",".join(v["aliases"]), "-" if score is None else f"{score:.4f}",
                   v["parent"] or "-", str(v["feedback_examples"]))
     out.print(t)
-    tr = res["traffic"]
-    live = (f"live RMSE {tr['live_rmse']:.2f}" if regression else f"live accuracy {tr['live_accuracy']:.3f}")
-    out.print(f"live traffic: {tr['requests']} requests, {live}, {tr['feedback']} feedback labels")
+    out.print(f"live traffic: {res['traffic_line']}")
     out.print(f"gate decision: [bold]{res['decision']}[/bold] ({'; '.join(res['reasons'])})")
     out.print(f"champion: {res['champion']} (served after retrain: {res['served_after_retrain']})")
     out.print(f"reports: {', '.join(res['reports'])}\ntook {res['seconds']} s")

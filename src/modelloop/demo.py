@@ -19,6 +19,8 @@ one example; :func:`run_demo` runs the same loop for all of them:
 - ``tabular-regression``: ``builtin:diabetes`` (disease progression after a year): 70% of the
   patients written to ``DIR/data/patients.csv``, the other 30% are traffic; users report the
   measured value for 60% of the predictions (the outcome, once known), whatever the error.
+- ``recommendation``: MovieLens-100k split in time per user (see :func:`run_recommendation_demo`);
+  users ask ``GET /recommend`` and click what they went on to watch: a case with its own users.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ from .serve import create_app
 from .serve.security import keys_for
 from .spec import SPEC_FILE
 
-__all__ = ["run_demo", "free_port", "BackgroundServer", "DEMO_CASES", "DemoCase", "Traffic"]
+__all__ = ["run_demo", "run_recommendation_demo", "free_port", "BackgroundServer", "DEMO_CASES", "DemoCase",
+           "Traffic"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,12 @@ class DemoCase:
     noun: str  # what users send ("images", "reviews", ...)
     # Writes whatever data the project needs into DIR (a new folder) and returns
     # (init keyword arguments: data, name and any column names; the traffic).
-    prepare: Callable[[Path], tuple[dict[str, Any], Traffic]]
+    prepare: Callable[[Path], tuple[dict[str, Any], Traffic]] | None = None
+    metric: str = "accuracy"  # the requirement's metric, as the summary names it
+    metric_key: str = "accuracy"  # its key in the test metrics
+    numeric: bool = False  # users send back the measured value (a number), not a class
+    # A case with simulated users of its own (not /predict): run(DIR, traffic=, seed=, progress=) -> summary
+    run: Callable[..., dict[str, Any]] | None = None
 
 
 def _image_case(directory: Path) -> tuple[dict[str, Any], Traffic]:
@@ -206,6 +214,102 @@ def _regression_case(directory: Path) -> tuple[dict[str, Any], Traffic]:
             Traffic([table.labels[i] for i in rest], lambda i: {"row": table.rows[rest[i]]}))
 
 
+RECOMMENDATION_DEMO_CANDIDATES = ["popularity", "ease", {"kind": "bpr", "epochs": 20},
+                                  {"kind": "two-tower", "epochs": 5}]
+#: share of each user's ratings (the latest) kept out of the project as the future users click on
+FUTURE_SHARE = 0.15
+
+
+def write_movielens_past(directory: Path) -> tuple[Path, Path, dict[str, set[str]]]:
+    """MovieLens-100k split in time per user -> (ratings CSV of the past, movies CSV, future items per user)."""
+    from .data.interactions import load_movielens_100k
+
+    data = load_movielens_100k()
+    f = data.frame.sort_values(["user", "timestamp", "item"], kind="stable")
+    rank = f.groupby("user").cumcount()
+    size = f.groupby("user")["item"].transform("size")
+    future = rank >= (size * (1 - FUTURE_SHARE)).round().astype(int)
+    folder = directory / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    ratings, movies = folder / "ratings.csv", folder / "movies.csv"
+    f.loc[~future, ["user", "item", "rating", "timestamp"]].to_csv(ratings, index=False)
+    import pandas as pd
+
+    pd.DataFrame({"item": list(data.item_text), "text": list(data.item_text.values())}).to_csv(movies, index=False)
+    later: dict[str, set[str]] = {}
+    for u, i in zip(f.loc[future, "user"], f.loc[future, "item"], strict=True):
+        later.setdefault(str(u), set()).add(str(i))
+    return ratings, movies, later
+
+
+def run_recommendation_demo(directory: Path, traffic: int = 600, seed: int = 0, progress=None,
+                            candidates: list | None = None, **init_options: Any) -> dict[str, Any]:
+    """Recommendation's demo: MovieLens-100k split in time per user; each user's earliest 85% of
+    ratings are the project's data (with the movie titles and genres), the latest 15% the future.
+    Simulated users are the dataset's own: each asks ``GET /recommend`` and clicks the recommended
+    movies it went on to rate in that future; a few new users (no history) get the popularity
+    fallback. The clicks go to ``POST /feedback``, then the project retrains on them and the
+    ranking gate decides on the same test split as the first version. Candidates are kept quick
+    (popularity, EASE, BPR, a 5-epoch two-tower). Returns the summary."""
+    directory = Path(directory)
+    say = progress or (lambda m: log.info(m))
+    t0 = time.perf_counter()
+    directory.mkdir(parents=True, exist_ok=True)
+    ratings, movies, held_out = write_movielens_past(directory)
+    say(f"[demo] init {directory} on {ratings} (each user's earliest {1 - FUTURE_SHARE:.0%} of MovieLens-100k; "
+        "NDCG@10 >= 0.05 required)")
+    project = Project.init(directory, task="recommendation", data=str(ratings), name="movies",
+                           candidates=candidates or RECOMMENDATION_DEMO_CANDIDATES, time_budget_s=600,
+                           timestamp_column="timestamp",
+                           items=str(movies), item_id_column="item", item_text_columns=["text"], **init_options)
+    first = project.run(progress=progress)
+    if not first["champion"]:
+        raise ModelloopError(f"the first version {first['version']} did not meet the requirements "
+                             f"(test NDCG@10 {first['metrics']['ndcg@10']:.4f}); nothing to serve")
+    rng = np.random.default_rng(seed)
+    users = sorted(held_out)
+    pick = [users[j] for j in rng.permutation(len(users))[:max(1, min(traffic, len(users)))]]
+    new_users = [f"new-user-{j}" for j in range(max(1, len(pick) // 50))]
+    app = create_app(project.path)
+    keys, _ = keys_for(project.loop.spec.serving.keys, project.loop.paths.state / "keys.json")
+    headers = {"Authorization": f"Bearer {(keys['client'] or keys['admin'])[0]}"}
+    sent = clicks = 0
+    lineage_of = None
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=30, headers=headers) as client:
+        say(f"[demo] serving {first['version']} on {server.url}; {len(pick)} users and {len(new_users)} new users "
+            "ask for 10 movies and click the ones they go on to watch")
+        for u in [*pick, *new_users]:
+            r = client.get("/recommend", params={"user": u, "k": 10})
+            r.raise_for_status()
+            rec = r.json()
+            sent += 1
+            for it in rec["items"]:
+                if it["item"] in held_out.get(u, ()):
+                    client.post("/feedback", json={"prediction_id": rec["prediction_id"], "kind": "click",
+                                                   "label": it["item"]}).raise_for_status()
+                    clicks += 1
+                    lineage_of = lineage_of or rec["prediction_id"]
+        say(f"[demo] {sent} requests, {clicks} clicks on recommended movies")
+        second = project.retrain(progress=progress)
+        served_after = client.get("/health").json()["model_version"]
+    versions = [{"version": m["version"], "test_ndcg@10": m["ndcg@10"], "test_score": m["ndcg@10"],
+                 "parent": m["parent"], "feedback_examples": m["feedback_examples"], "aliases": m["aliases"]}
+                for m in project.models()]
+    return {
+        "project": str(project.path), "task": "recommendation", "versions": versions,
+        "champion": project.loop.registry.champion(), "decision": second["decision"],
+        "reasons": second["evidence"]["reasons"],
+        "traffic": {"requests": sent, "new_users": len(new_users), "clicks": clicks, "feedback": clicks,
+                    "click_through": clicks / max(sent, 1)},
+        "title": "recommendation (MovieLens-100k)", "score_name": "test NDCG@10",
+        "traffic_line": (f"{sent} recommendation requests ({len(new_users)} from new users, served by the popularity "
+                         f"fallback), {clicks} clicks on recommended items"),
+        "lineage": project.loop.lineage(prediction_id=lineage_of) if lineage_of else None,
+        "served_after_retrain": served_after, "reports": [first["report"], second["report"]],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
 DEMO_CASES: dict[str, DemoCase] = {
     "image-classification": DemoCase("image-classification", "the founding case (even vs odd digits)", 0.95,
                                      "images", _image_case),
@@ -216,11 +320,10 @@ DEMO_CASES: dict[str, DemoCase] = {
     "tabular-classification": DemoCase("tabular-classification", "tables (breast-cancer cells, malignant vs benign)",
                                        0.9, "table rows", _tabular_case),
     "tabular-regression": DemoCase("tabular-regression", "regression (diabetes progression, R²)", 0.3,
-                                   "patient rows", _regression_case),
+                                   "patient rows", _regression_case, metric="R²", metric_key="r2", numeric=True),
+    "recommendation": DemoCase("recommendation", "recommendation (MovieLens-100k)", 0.05, "recommendation requests",
+                               metric="NDCG@10", metric_key="ndcg@10", run=run_recommendation_demo),
 }
-# Recommendation runs its own simulated users (see recommendation/demo.py); listed here for --task.
-DEMO_CASES["recommendation"] = DemoCase("recommendation", "recommendation (MovieLens-100k)", 0.05,
-                                        "recommendation requests", lambda d: ({}, Traffic([], lambda i: {})))
 
 
 def run_demo(directory: str | Path, fresh: bool = False, traffic: int = 600, seed: int = 0,
@@ -245,20 +348,18 @@ def run_demo(directory: str | Path, fresh: bool = False, traffic: int = 600, see
             raise ModelloopError(f"{directory}: already holds a modelloop project; expected a new folder "
                                  "(pass --fresh to start the demo over in it)")
         shutil.rmtree(directory)
-    if task == "recommendation":
-        from .recommendation.demo import run_recommendation_demo
-
-        return run_recommendation_demo(directory, traffic=traffic, seed=seed, progress=progress)
+    if case.run is not None:  # a case with its own simulated users
+        return case.run(directory, traffic=traffic, seed=seed, progress=progress)
     t0 = time.perf_counter()
     directory.mkdir(parents=True, exist_ok=True)
     init_args, live = case.prepare(directory)
-    regression = task == "tabular-regression"
-    metric = "R²" if regression else "accuracy"
+    regression = case.numeric
+    metric = case.metric
     say(f"[demo] init {directory} on {init_args['data']} ({metric} >= {case.target:.2f} required)")
     project = Project.init(directory, task=task, target=case.target, **init_args)
     first = project.run(progress=progress)
     if not first["champion"]:
-        got = first["metrics"]["r2" if regression else "accuracy"]
+        got = first["metrics"][case.metric_key]
         raise ModelloopError(f"the first version {first['version']} did not meet the requirements "
                              f"(test {metric} {got:.4f}); nothing to serve")
 
@@ -295,13 +396,17 @@ def run_demo(directory: str | Path, fresh: bool = False, traffic: int = 600, see
         served_after = client.get("/health").json()["model_version"]
 
     versions = [{"version": m["version"], "test_accuracy": m["accuracy"], "test_rmse": m.get("rmse"),
-                 "test_r2": m.get("r2"), "parent": m["parent"],
+                 "test_r2": m.get("r2"), "test_score": m.get(case.metric_key), "parent": m["parent"],
                  "feedback_examples": m["feedback_examples"], "aliases": m["aliases"]} for m in project.models()]
     return {
         "project": str(project.path), "task": task, "versions": versions,
         "champion": project.loop.registry.champion(),
         "decision": second["decision"], "reasons": second["evidence"]["reasons"],
         "traffic": {"requests": sent, "live_accuracy": live_accuracy, "live_rmse": live_rmse, "feedback": feedback},
+        "title": case.title, "score_name": f"test {case.metric}",
+        "traffic_line": (f"{sent} requests, "
+                         + (f"live RMSE {live_rmse:.2f}" if regression else f"live accuracy {live_accuracy:.3f}")
+                         + f", {feedback} feedback labels"),
         "served_after_retrain": served_after, "reports": [first["report"], second["report"]],
         "seconds": round(time.perf_counter() - t0, 1),
     }

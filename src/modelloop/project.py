@@ -13,67 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from .data.builtin import BUILTINS
-from .data.image import decode_image
-from .errors import DataError, InputError, SpecError
+from .errors import DataError, InputError, ModelloopError, SpecError
 from .loop import Loop, Progress
-from .spec import SPEC_FILE, TASKS, parse_spec, save_spec
+from .spec import SPEC_FILE, Requirements, parse_spec, save_spec
+from .tasks import TASK_NAMES, get_task
 
 __all__ = ["Project"]
-
-
-TEXT_BUILTINS = ("rotten-tomatoes",)
-TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
-DEFAULT_DATA = {"image-classification": "builtin:seed-case", "text-classification": "builtin:rotten-tomatoes",
-                "tabular-classification": "builtin:breast-cancer", "tabular-regression": "builtin:diabetes"}
-#: audio has no built-in example: ``modelloop data keywords OUT`` synthesizes one
-AUDIO_DATA_HINT = ("a folder of class subfolders of audio clips (WAV/FLAC/OGG); make one with "
-                   "'modelloop data keywords OUT'")
-
-
-def _check_source(source: str, base: Path, task: str = "image-classification") -> None:
-    if task == "audio-classification":
-        path = Path(source) if Path(source).is_absolute() else base / source
-        if source.startswith("builtin:") or not path.is_dir():
-            why = "no built-in audio dataset" if source.startswith("builtin:") else "no such folder"
-            raise DataError(f"data source {source!r}: {why}; expected {AUDIO_DATA_HINT}")
-        return
-    if task in ("tabular-classification", "tabular-regression"):
-        from .data.tabular import REGRESSION_BUILTINS, TABULAR_BUILTINS, TABULAR_SUFFIXES
-
-        builtins = REGRESSION_BUILTINS if task == "tabular-regression" else TABULAR_BUILTINS
-        path = Path(source) if Path(source).is_absolute() else base / source
-        if source.startswith("builtin:"):
-            if source.removeprefix("builtin:") not in builtins:
-                raise DataError(f"data source {source!r}: unknown built-in dataset for {task}; expected one of "
-                                + ", ".join(f"builtin:{n}" for n in builtins))
-        elif not path.is_file() or path.suffix.lower() not in TABULAR_SUFFIXES:
-            raise DataError(f"data source {source!r}: {'no such file' if not path.is_file() else 'unsupported type'}; "
-                            f"expected a {'/'.join(s.lstrip('.').upper() for s in TABULAR_SUFFIXES)} table with "
-                            "feature columns and a target column, or "
-                            + ", ".join(f"builtin:{n}" for n in builtins))
-        return
-    text = task == "text-classification"
-    builtins = TEXT_BUILTINS if text else BUILTINS
-    if source.startswith("builtin:"):
-        name = source.removeprefix("builtin:")
-        if name not in builtins:
-            raise DataError(f"data source {source!r}: unknown built-in dataset for {task}; expected one of "
-                            + ", ".join(f"builtin:{n}" for n in builtins))
-        return
-    path = Path(source) if Path(source).is_absolute() else base / source
-    if text:
-        if not path.is_file() or path.suffix.lower() not in TEXT_SUFFIXES:
-            raise DataError(f"data source {source!r}: {'no such file' if not path.is_file() else 'unsupported type'}; "
-                            f"expected a {'/'.join(s.lstrip('.').upper() for s in TEXT_SUFFIXES)} file with text and "
-                            "label columns, or builtin:rotten-tomatoes")
-        return
-    if not path.is_dir():
-        raise DataError(f"data source {source!r}: no such folder; expected a folder of class subfolders of "
-                        "images (PNG/JPEG/BMP) or builtin:NAME (" + ", ".join(f"builtin:{n}" for n in BUILTINS) + ")")
 
 
 class Project:
@@ -85,43 +30,50 @@ class Project:
 
     @classmethod
     def init(cls, path: str | Path, task: str = "image-classification", data: str | None = None,
-             name: str | None = None, overwrite: bool = False, text_column: str | None = None,
-             label_column: str | None = None, **requirements: Any) -> Project:
+             name: str | None = None, overwrite: bool = False, **options: Any) -> Project:
         """Write ``path/modelloop.yaml`` for ``task`` on ``data`` and return the project.
 
         ``data`` defaults to the task's built-in example (``builtin:seed-case`` images,
-        ``builtin:rotten-tomatoes`` texts). ``text_column`` / ``label_column`` name the columns of
-        a text file. ``requirements`` are fields of :class:`~modelloop.spec.Requirements`
-        (metric, target, p95_latency_ms, max_model_size_mb, time_budget_s).
+        ``builtin:rotten-tomatoes`` texts, ...). ``options`` are fields of
+        :class:`~modelloop.spec.Requirements` (metric, target, p95_latency_ms, max_model_size_mb,
+        time_budget_s) and the task's own ``init`` options (``Task.init_options``: e.g.
+        ``text_column`` / ``label_column`` of a text file, the columns of a recommendation file).
 
         Raises:
-            SpecError: unknown task or invalid requirement, or a spec already exists.
-            DataError: the data source does not exist.
+            SpecError: unknown task, option or invalid requirement, or a spec already exists.
+            DataError: the data source does not exist or is not this task's data.
         """
         path = Path(path)
-        if task == "recommendation":
-            from .recommendation.project import init_project
-
-            return cls(init_project(path, data=data, name=name, overwrite=overwrite, **requirements))
-        if task not in TASKS:
-            raise SpecError(f"option 'task': received {task!r}; expected one of {', '.join(TASKS)}")
+        try:
+            the_task = get_task(task)
+        except (ValueError, ModelloopError):
+            raise SpecError(f"option 'task': received {task!r}; expected one of {', '.join(TASK_NAMES)}") from None
         if (path / SPEC_FILE).exists() and not overwrite:
             raise SpecError(f"{path / SPEC_FILE}: already exists; expected a new project folder "
                             "(or pass overwrite/--force)")
-        if data is None and task not in DEFAULT_DATA:
-            raise DataError(f"option 'data': missing for {task}; expected {AUDIO_DATA_HINT}")
-        data = data or DEFAULT_DATA[task]
-        source = data
-        if not data.startswith("builtin:"):
+        given = {k: v for k, v in options.items() if v is not None}
+        requirement_fields = set(Requirements.model_fields)
+        unknown = sorted(k for k in given if k not in requirement_fields and k not in the_task.init_options)
+        if unknown:
+            owners = [n for n in TASK_NAMES if n != task and set(unknown) <= set(get_task(n).init_options)]
+            raise InputError(f"options {', '.join('--' + k.replace('_', '-') for k in unknown)}: not options of "
+                             f"--task {task}" + (f" (they are for --task {' or --task '.join(owners)})" if owners
+                                                 else "") + "; expected its options "
+                             + (", ".join("--" + k.replace("_", "-") for k in the_task.init_options) or "(none)")
+                             + " or the requirements")
+        if data is None and the_task.default_data is None:
+            raise DataError(f"option 'data': missing for {task}; expected {the_task.data_hint}")
+        source = data or the_task.default_data
+        if not source.startswith("builtin:"):
             # A relative path means relative to where the command runs; store it absolute so the
             # project works from any directory.
-            source = str(Path(data).resolve())
-        _check_source(source, path.resolve(), task)
-        reqs = {k: v for k, v in requirements.items() if v is not None}
-        data_spec = {"source": source, **({"text_column": text_column} if text_column else {}),
-                     **({"label_column": label_column} if label_column else {})}
-        spec = parse_spec({"name": name or path.resolve().name, "task": task, "data": data_spec,
-                           "requirements": reqs}, where=f"{path / SPEC_FILE}")
+            source = str(Path(source).resolve())
+        the_task.check_source(source, path.resolve())
+        raw = {"name": name or path.resolve().name, "task": task, "data": {"source": source},
+               "requirements": {k: v for k, v in given.items() if k in requirement_fields}}
+        the_task.init_spec(raw, {k: v for k, v in given.items() if k in the_task.init_options})
+        spec = parse_spec(raw, where=f"{path / SPEC_FILE}")
+        the_task.check_project(spec, path.resolve())
         path.mkdir(parents=True, exist_ok=True)
         save_spec(spec, path)
         return cls(path)
@@ -157,70 +109,19 @@ class Project:
         Returns:
             One ``{"label", "scores", "model_version"}`` per input.
         """
-        if self.loop.spec.task == "recommendation":
-            raise InputError(f"project {str(self.path)!r}: a recommendation project has no predict; expected "
-                             "Project.recommend(user, k) or Project.similar(item, k) (GET /recommend, GET /similar)")
-        model = self.loop.load_champion()
-        if self.loop.task.input_kind == "tabular":
-            if hasattr(inputs, "to_dict") and hasattr(inputs, "columns"):  # a pandas DataFrame
-                inputs = inputs.astype(object).where(inputs.notna(), None).to_dict("records")
-            rows = model.featurizer.coerce_rows([inputs] if isinstance(inputs, dict) else list(inputs), "inputs")
-            probs = model.predict_proba(rows).numpy()
-            if model.regression:
-                return [{"value": float(p[0]), "label": f"{float(p[0]):.6g}", "model_version": model.version}
-                        for p in probs]
-            return [{"label": model.class_names[int(p.argmax())],
-                     "scores": dict(zip(model.class_names, map(float, p), strict=True)),
-                     "model_version": model.version} for p in probs]
-        if self.loop.task.input_kind == "text":
-            from .tasks.text_classification import parse_texts
+        task = self.loop.task
+        return task.predict_offline(self.loop.load_champion() if task.predicts_offline else None, inputs)
 
-            texts = parse_texts([inputs] if isinstance(inputs, str) else list(inputs), "inputs")
-            probs = model.predict_proba(texts).numpy()
-            return [{"label": model.class_names[int(p.argmax())],
-                     "scores": dict(zip(model.class_names, map(float, p), strict=True)),
-                     "model_version": model.version} for p in probs]
-        if self.loop.task.input_kind == "audio":
-            from .data.audio import SAMPLE_RATE, preprocess, read_audio
-
-            if isinstance(inputs, (str, Path)) or (isinstance(inputs, list) and inputs and
-                                                   isinstance(inputs[0], (str, Path))):
-                files = [inputs] if isinstance(inputs, (str, Path)) else inputs
-                clips = [read_audio(Path(f)) for f in files]
-            else:  # waveforms at 16 kHz: one clip (T,) or a batch (N, T)
-                arr = np.asarray(inputs, dtype=np.float32)
-                rows = arr[None] if arr.ndim == 1 else arr.reshape(len(arr), -1)
-                clips = [preprocess(a, SAMPLE_RATE) for a in rows]
-            probs = model.predict_proba(torch.from_numpy(np.stack(clips))).numpy()
-            return [{"label": model.class_names[int(p.argmax())],
-                     "scores": dict(zip(model.class_names, map(float, p), strict=True)),
-                     "model_version": model.version} for p in probs]
-        fmt = model.fmt
-        if isinstance(inputs, (str, Path)) or (isinstance(inputs, list) and inputs and
-                                               isinstance(inputs[0], (str, Path))):
-            files = [inputs] if isinstance(inputs, (str, Path)) else inputs
-            x = np.stack([decode_image(Path(f).read_bytes(), fmt, str(f)) for f in files]).astype(np.float32)
-        else:
-            arr = np.asarray(inputs, dtype=np.float32)
-            if arr.size % fmt.size != 0:
-                raise InputError(f"inputs: received {arr.size} values (shape {list(arr.shape)}); expected a "
-                                 f"multiple of {fmt.size} ({fmt.channels}x{fmt.height}x{fmt.width} pixels)")
-            x = arr.reshape(-1, fmt.channels, fmt.height, fmt.width)
-        probs = model.predict_proba(torch.from_numpy(x)).numpy()
-        return [{"label": model.class_names[int(p.argmax())],
-                 "scores": dict(zip(model.class_names, map(float, p), strict=True)),
-                 "model_version": model.version} for p in probs]
-
-    def _recommender(self):
-        from .tasks.recommendation import load_version
-
-        if self.loop.spec.task != "recommendation":
-            raise InputError(f"project {str(self.path)!r}: a {self.loop.spec.task} project; recommend and similar "
-                             "are for recommendation projects (use predict)")
+    def _ranking(self, what: str):
+        """The task's ``what`` (``recommend``/``similar``) and the champion it answers with."""
+        answer = getattr(self.loop.task, what, None)
+        if answer is None:
+            raise InputError(f"project {str(self.path)!r}: a {self.loop.spec.task} project; {what} is for tasks "
+                             "that rank items (recommendation); expected predict")
         champion = self.loop.registry.champion()
         if champion is None:
             raise InputError(f"project {str(self.path)!r}: no champion yet; run 'modelloop run DIR' first")
-        return load_version(self.loop.registry, champion)
+        return answer, self.loop.task.load_model(self.loop.context(None), champion)
 
     def recommend(self, user: str, k: int = 10, exclude_seen: bool = True) -> dict[str, Any]:
         """The champion's top-``k`` items for ``user``, offline and not logged (the server logs
@@ -228,26 +129,13 @@ class Project:
 
         Returns ``{"user", "items": [{"item", "score", "title"}], "fallback", "model_version"}``.
         """
-        import math
-
-        m = self._recommender()
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise InputError(f"argument 'k': received {k!r}; expected a whole number >= 1")
-        scores = m.model.score_matrix([str(user)], exclude_seen=exclude_seen)[0]
-        top = torch.topk(scores, min(k, scores.shape[0]))
-        items = [{"item": m.model.items[j], "score": float(v), "title": m.title(m.model.items[j])}
-                 for j, v in zip(top.indices.tolist(), top.values.tolist(), strict=True) if v > -math.inf]
-        return {"user": str(user), "items": items, "model_version": m.version,
-                "fallback": None if str(user) in m.model.user_index else "popularity"}
+        answer, model = self._ranking("recommend")
+        return answer(model, user, k, exclude_seen)
 
     def similar(self, item: str, k: int = 10) -> dict[str, Any]:
         """The ``k`` items most similar to ``item`` by the champion's item vectors."""
-        m = self._recommender()
-        if str(item) not in m.model.item_index:
-            raise InputError(f"argument 'item': received {item!r}, not one of the {len(m.model.items)} items model "
-                             f"{m.version} knows; expected a known item id")
-        return {"item": str(item), "title": m.title(str(item)), "model_version": m.version,
-                "items": [{"item": i, "title": m.title(i)} for i in m.model.similar_items(str(item), k)]}
+        answer, model = self._ranking("similar")
+        return answer(model, item, k)
 
     def serve(self, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **overrides: Any) -> None:
         """Serve the champion over HTTP until interrupted.

@@ -188,7 +188,7 @@ def test_recommendation_bad_inputs_exit_2(tmp_path, movielens_files):
 def test_recommendation_demo_runs_the_loop(tmp_path):
     """The demo trains on each user's past and clicks on the future: the test split is the same for
     both versions, so their test NDCG@10 are comparable."""
-    from modelloop.recommendation.demo import run_recommendation_demo
+    from modelloop.demo import run_recommendation_demo
 
     res = run_recommendation_demo(tmp_path / "demo", traffic=200, candidates=["popularity", "ease"])
     assert res["traffic"]["requests"] == 204 and res["traffic"]["clicks"] > 50

@@ -23,7 +23,7 @@ from ..data.audio import (
     prepare_audio_dataset,
     read_audio,
 )
-from ..errors import InputError
+from ..errors import DataError, InputError
 from ..spec import DataSpec, ServingSpec
 from .base import Candidate, fields_of
 from .image_classification import MAX_ITEMS, _check_items
@@ -108,3 +108,37 @@ class AudioClassification(SupervisedTask):
     def describe_input(self, model) -> dict[str, Any]:
         return {"input": "audio", "sample_rate": SAMPLE_RATE, "clip_samples": CLIP_SAMPLES,
                 "formats": ["WAV", "FLAC", "OGG"]}
+
+    # -- projects and the command line -------------------------------------------------------
+    data_hint = ("a folder of class subfolders of audio clips (WAV/FLAC/OGG); make one with "
+                 "'modelloop data keywords OUT'")
+
+    def check_source(self, source: str, base: Path) -> None:
+        path = Path(source) if Path(source).is_absolute() else base / source
+        if source.startswith("builtin:") or not path.is_dir():
+            why = "no built-in audio dataset" if source.startswith("builtin:") else "no such folder"
+            raise DataError(f"data source {source!r}: {why}; expected {self.data_hint}")
+
+    def offline_inputs(self, files: list[Path], texts: list[str], rows: list[str]) -> tuple[list[str], Any, str]:
+        if not files:
+            raise InputError("argument 'FILES': missing; expected one or more audio clips for an audio model")
+        for f in files:
+            if not f.is_file():
+                raise InputError(f"audio file {str(f)!r}: no such file; expected a WAV, FLAC or OGG clip")
+        return [str(f) for f in files], [str(f) for f in files], "file"
+
+    def predict_offline(self, model, inputs: Any) -> list[dict[str, Any]]:
+        """WAV/FLAC/OGG file paths or 16 kHz waveforms ((T,) or (N, T))."""
+        import torch
+
+        from ..data.audio import preprocess
+
+        if isinstance(inputs, (str, Path)) or (isinstance(inputs, list) and inputs and
+                                               isinstance(inputs[0], (str, Path))):
+            files = [inputs] if isinstance(inputs, (str, Path)) else inputs
+            clips = [read_audio(Path(f)) for f in files]
+        else:  # waveforms at 16 kHz: one clip (T,) or a batch (N, T)
+            arr = np.asarray(inputs, dtype=np.float32)
+            batch = arr[None] if arr.ndim == 1 else arr.reshape(len(arr), -1)
+            clips = [preprocess(a, SAMPLE_RATE) for a in batch]
+        return self.answers(model, model.predict_proba(torch.from_numpy(np.stack(clips))).numpy())

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ..spec import DataSpec, ServingSpec, Spec
 
 __all__ = ["Candidate", "Task", "get_task", "TASK_NAMES", "fields_of"]
@@ -157,6 +158,44 @@ class Task(ABC):
 
     def feedback_split(self, ctx, class_names: list[str], like) -> dict[str, Any]:
         raise NotImplementedError(f"{self.name}: feedback is not split by class")
+
+    # -- projects, the command line and the Python API -----------------------------------------
+    #: the data a new project uses when none is given (None: the user must name some)
+    default_data: str | None = None
+    #: what data this task expects, for the message when none is given
+    data_hint: str = "a data source (see 'modelloop init --help')"
+    #: ``init`` options this task takes besides the data and the requirements (e.g. text_column)
+    init_options: tuple[str, ...] = ()
+
+    def check_source(self, source: str, base: Path) -> None:
+        """Raise DataError, naming the source and what was expected, when ``source`` cannot be this
+        task's data (checked at ``init``, before anything is written)."""
+        return None
+
+    def init_spec(self, spec: dict[str, Any], options: dict[str, Any]) -> None:
+        """Put this task's ``init`` options (:attr:`init_options`, the ones given) into the new
+        spec's dict; by default they are fields of its ``data`` section."""
+        spec["data"].update(options)
+
+    def check_project(self, spec: Spec, root: Path) -> None:
+        """Checks a new project's data must pass at ``init`` beyond :meth:`check_source`."""
+        return None
+
+    def headline(self, metrics: dict[str, Any]) -> str:
+        """The test metrics worth one line of the command line's output."""
+        return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+
+    def offline_inputs(self, files: list[Path], texts: list[str], rows: list[str]) -> tuple[list[str], Any, str]:
+        """``modelloop predict``'s arguments -> (what to show for each input, the inputs for
+        :meth:`predict_offline`, the name of the key that shows them)."""
+        raise InputError(f"modelloop predict: a {self.name} project has no offline predict")
+
+    #: ``Project.predict`` answers with the champion (False: :meth:`predict_offline` says what instead)
+    predicts_offline: bool = True
+
+    def predict_offline(self, model, inputs: Any) -> list[dict[str, Any]]:
+        """``Project.predict``: Python inputs -> one answer per input (not logged)."""
+        raise InputError(f"{self.name}: no offline predict")
 
 
 def fields_of(body: dict) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..data import prepare_dataset
 from ..data.image import decode_images, parse_pixels
-from ..errors import InputError
+from ..errors import DataError, InputError
 from ..spec import DataSpec, ServingSpec
 from .base import Candidate, fields_of
 from .supervised import SupervisedTask
@@ -115,6 +115,51 @@ class ImageClassification(SupervisedTask):
             {"type": "object", "required": ["instances"], "properties": {"instances": {
                 "type": "array", "minItems": 1, "maxItems": MAX_ITEMS, "items": one}}},
             one]}
+
+    # -- projects and the command line -------------------------------------------------------
+    default_data = "builtin:seed-case"
+
+    def check_source(self, source: str, base: Path) -> None:
+        from ..data.builtin import BUILTINS
+
+        if source.startswith("builtin:"):
+            if source.removeprefix("builtin:") not in BUILTINS:
+                raise DataError(f"data source {source!r}: unknown built-in dataset for {self.name}; expected one of "
+                                + ", ".join(f"builtin:{n}" for n in BUILTINS))
+            return
+        path = Path(source) if Path(source).is_absolute() else base / source
+        if not path.is_dir():
+            raise DataError(f"data source {source!r}: no such folder; expected a folder of class subfolders of "
+                            "images (PNG/JPEG/BMP) or builtin:NAME ("
+                            + ", ".join(f"builtin:{n}" for n in BUILTINS) + ")")
+
+    def offline_inputs(self, files: list[Path], texts: list[str], rows: list[str]) -> tuple[list[str], Any, str]:
+        if not files:
+            raise InputError("argument 'FILES': missing; expected one or more image files for an image model")
+        for f in files:
+            if not f.is_file():
+                raise InputError(f"image file {str(f)!r}: no such file; expected a PNG, JPEG or BMP image")
+        return [str(f) for f in files], [str(f) for f in files], "file"
+
+    def predict_offline(self, model, inputs: Any) -> list[dict[str, Any]]:
+        """Image file paths or pixel arrays (one image (C, H, W) / (H, W) / flat, or a batch (N, ...)),
+        values 0-255."""
+        import torch
+
+        from ..data.image import decode_image
+
+        fmt = model.fmt
+        if isinstance(inputs, (str, Path)) or (isinstance(inputs, list) and inputs and
+                                               isinstance(inputs[0], (str, Path))):
+            files = [inputs] if isinstance(inputs, (str, Path)) else inputs
+            x = np.stack([decode_image(Path(f).read_bytes(), fmt, str(f)) for f in files]).astype(np.float32)
+        else:
+            arr = np.asarray(inputs, dtype=np.float32)
+            if arr.size % fmt.size != 0:
+                raise InputError(f"inputs: received {arr.size} values (shape {list(arr.shape)}); expected a "
+                                 f"multiple of {fmt.size} ({fmt.channels}x{fmt.height}x{fmt.width} pixels)")
+            x = arr.reshape(-1, fmt.channels, fmt.height, fmt.width)
+        return self.answers(model, model.predict_proba(torch.from_numpy(x)).numpy())
 
 
 MAX_ITEMS = 1024

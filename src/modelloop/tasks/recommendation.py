@@ -695,6 +695,66 @@ class Recommendation(Task):
             "split_protocol": m["dataset"].get("split_protocol"),
         }
 
+    # -- projects, the command line and the Python API -------------------------------------------
+    default_data = "builtin:movielens-100k"
+    #: ``init`` options: fields of the spec's ``recommendation`` section
+    init_options = ("user_column", "item_column", "rating_column", "timestamp_column", "items", "item_id_column",
+                    "item_text_columns", "candidates")
+
+    def init_spec(self, spec: dict[str, Any], options: dict[str, Any]) -> None:
+        """``rating_column`` ``"none"`` means implicit data; ``item_text_columns`` a list or a
+        comma-separated string; ``items`` a path (stored absolute)."""
+        rec: dict[str, Any] = {}
+        for key, value in options.items():
+            if key in ("rating_column", "timestamp_column") and str(value).lower() in ("", "none", "null"):
+                value = None
+            if key == "item_text_columns" and isinstance(value, str):
+                value = [c.strip() for c in value.split(",") if c.strip()]
+            if key == "items" and value is not None:
+                value = str(Path(value).resolve())
+            rec[key] = value
+        if spec["data"]["source"].startswith("builtin:") and "rating_column" not in rec:
+            rec["rating_column"] = "rating"
+        spec["recommendation"] = rec
+
+    def check_project(self, spec, root: Path) -> None:
+        load_data(spec, root)  # columns, duplicates and sizes checked now, not at the first run
+
+    def headline(self, metrics: dict[str, Any]) -> str:
+        return (f"NDCG@10 {metrics['ndcg@10']:.4f}, precision@10 {metrics['precision@10']:.4f}, recall@10 "
+                f"{metrics['recall@10']:.4f}" + (f", RMSE {metrics['rmse']:.4f}" if metrics.get("rmse") is not None
+                                                  else ""))
+
+    def offline_inputs(self, files, texts, rows):
+        raise InputError("modelloop predict: this project serves recommendation; expected 'modelloop serve DIR' "
+                         "and GET /recommend?user=USER&k=10 (or Project.recommend in Python)")
+
+    predicts_offline = False
+
+    def predict_offline(self, model, inputs: Any) -> list[dict[str, Any]]:
+        raise InputError("a recommendation project has no predict; expected Project.recommend(user, k) or "
+                         "Project.similar(item, k) (GET /recommend, GET /similar)")
+
+    def recommend(self, model: RecModel, user: str, k: int = 10, exclude_seen: bool = True) -> dict[str, Any]:
+        """The top-``k`` items of ``model`` for ``user``; a user without history gets the most
+        popular items (``fallback``)."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InputError(f"argument 'k': received {k!r}; expected a whole number >= 1")
+        scores = model.model.score_matrix([str(user)], exclude_seen=exclude_seen)[0]
+        top = torch.topk(scores, min(k, scores.shape[0]))
+        items = [{"item": model.model.items[j], "score": float(v), "title": model.title(model.model.items[j])}
+                 for j, v in zip(top.indices.tolist(), top.values.tolist(), strict=True) if v > -math.inf]
+        return {"user": str(user), "items": items, "model_version": model.version,
+                "fallback": None if str(user) in model.model.user_index else "popularity"}
+
+    def similar(self, model: RecModel, item: str, k: int = 10) -> dict[str, Any]:
+        """The ``k`` items most similar to ``item`` by ``model``'s item vectors."""
+        if str(item) not in model.model.item_index:
+            raise InputError(f"argument 'item': received {item!r}, not one of the {len(model.model.items)} items "
+                             f"model {model.version} knows; expected a known item id")
+        return {"item": str(item), "title": model.title(str(item)), "model_version": model.version,
+                "items": [{"item": i, "title": model.title(i)} for i in model.model.similar_items(str(item), k)]}
+
 
 @torch.no_grad()
 def _slate_ranks(model, users: list[str], slates: list[list[str]], items: list[str]) -> list[int | None]:

@@ -95,6 +95,21 @@ class SupervisedTask(Task):
             return None
         return {"mean": float(y.double().mean()), "std": float(y.double().std()) if len(y) > 1 else 1.0}
 
+    def answers(self, model, probs: np.ndarray) -> list[dict[str, Any]]:
+        """Model outputs -> one answer per input: ``label`` and ``scores`` per class, or (regression)
+        ``value`` and its ``label`` as the feedback store keeps it (6 significant digits)."""
+        if self.regression:
+            return [{"value": float(p[0]), "label": f"{float(p[0]):.6g}", "model_version": model.version}
+                    for p in probs]
+        return [{"label": model.class_names[int(p.argmax())],
+                 "scores": dict(zip(model.class_names, map(float, p), strict=True)),
+                 "model_version": model.version} for p in probs]
+
+    def headline(self, metrics: dict[str, Any]) -> str:
+        if self.regression:
+            return f"RMSE {metrics['rmse']:.4g}, MAE {metrics['mae']:.4g}, R² {metrics['r2']:.4f}"
+        return f"accuracy {metrics['accuracy']:.4f}, F1 macro {metrics['f1_macro']:.4f}"
+
     # -- run: data, selection, training --------------------------------------------------------
     def load(self, ctx: Context, run) -> Dataset:
         if "dataset" in run.state:

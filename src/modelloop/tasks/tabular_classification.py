@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.tabular import prepare_tabular_dataset
-from ..errors import InputError
+from ..errors import DataError, InputError
 from ..spec import DataSpec, ServingSpec
 from .base import Candidate, fields_of
 from .image_classification import MAX_ITEMS, _check_items
@@ -110,3 +110,50 @@ class TabularClassification(SupervisedTask):
         return {"anyOf": [{"type": "object", "required": ["row"], "properties": {"row": row}},
                           {"type": "object", "required": ["instances"], "properties": {"instances": {
                               "type": "array", "minItems": 1, "maxItems": MAX_ITEMS, "items": row}}}]}
+
+    # -- projects and the command line -------------------------------------------------------
+    default_data = "builtin:breast-cancer"
+    init_options = ("label_column",)
+
+    def _builtins(self) -> tuple[str, ...]:
+        from ..data.tabular import TABULAR_BUILTINS
+
+        return TABULAR_BUILTINS
+
+    def check_source(self, source: str, base: Path) -> None:
+        from ..data.tabular import TABULAR_SUFFIXES
+
+        builtins = self._builtins()
+        path = Path(source) if Path(source).is_absolute() else base / source
+        if source.startswith("builtin:"):
+            if source.removeprefix("builtin:") not in builtins:
+                raise DataError(f"data source {source!r}: unknown built-in dataset for {self.name}; expected one of "
+                                + ", ".join(f"builtin:{n}" for n in builtins))
+        elif not path.is_file() or path.suffix.lower() not in TABULAR_SUFFIXES:
+            raise DataError(f"data source {source!r}: {'no such file' if not path.is_file() else 'unsupported type'}; "
+                            f"expected a {'/'.join(s.lstrip('.').upper() for s in TABULAR_SUFFIXES)} table with "
+                            "feature columns and a target column, or "
+                            + ", ".join(f"builtin:{n}" for n in builtins))
+
+    def offline_inputs(self, files: list[Path], texts: list[str], rows: list[str]) -> tuple[list[str], Any, str]:
+        if not rows:
+            raise InputError("option '--row': missing; expected one or more --row '{\"column\": value, ...}' "
+                             "for a tabular model")
+        parsed = []
+        for i, r in enumerate(rows):
+            try:
+                value = json.loads(r)
+            except json.JSONDecodeError as e:
+                raise InputError(f"option '--row' #{i + 1}: not valid JSON ({e}); expected an object like "
+                                 "'{\"column\": value}'") from None
+            if not isinstance(value, dict):
+                raise InputError(f"option '--row' #{i + 1}: received {type(value).__name__}; expected a JSON object")
+            parsed.append(value)
+        return list(rows), parsed, "row"
+
+    def predict_offline(self, model, inputs: Any) -> list[dict[str, Any]]:
+        """One row ``{column: value}``, a list of rows, or a pandas DataFrame."""
+        if hasattr(inputs, "to_dict") and hasattr(inputs, "columns"):  # a pandas DataFrame
+            inputs = inputs.astype(object).where(inputs.notna(), None).to_dict("records")
+        rows = model.featurizer.coerce_rows([inputs] if isinstance(inputs, dict) else list(inputs), "inputs")
+        return self.answers(model, model.predict_proba(rows).numpy())

@@ -33,3 +33,10 @@ class TabularRegression(TabularClassification):
 
     def prepare(self, data: DataSpec, base_dir: Path):
         return prepare_regression_dataset(data, base_dir)
+
+    default_data = "builtin:diabetes"
+
+    def _builtins(self) -> tuple[str, ...]:
+        from ..data.tabular import REGRESSION_BUILTINS
+
+        return REGRESSION_BUILTINS

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.dataset import prepare_text_dataset
-from ..errors import InputError
+from ..errors import DataError, InputError
 from ..spec import DataSpec, ServingSpec
 from .base import Candidate, fields_of
 from .image_classification import MAX_ITEMS, _check_items
@@ -116,3 +116,29 @@ class TextClassification(SupervisedTask):
                           {"type": "object", "required": ["instances"], "properties": {"instances": texts}},
                           text]}
 
+    # -- projects and the command line -------------------------------------------------------
+    default_data = "builtin:rotten-tomatoes"
+    init_options = ("text_column", "label_column")
+
+    def check_source(self, source: str, base: Path) -> None:
+        suffixes = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+        if source.startswith("builtin:"):
+            if source.removeprefix("builtin:") not in ("rotten-tomatoes",):
+                raise DataError(f"data source {source!r}: unknown built-in dataset for {self.name}; expected one of "
+                                "builtin:rotten-tomatoes")
+            return
+        path = Path(source) if Path(source).is_absolute() else base / source
+        if not path.is_file() or path.suffix.lower() not in suffixes:
+            raise DataError(f"data source {source!r}: {'no such file' if not path.is_file() else 'unsupported type'}; "
+                            f"expected a {'/'.join(s.lstrip('.').upper() for s in suffixes)} file with text and "
+                            "label columns, or builtin:rotten-tomatoes")
+
+    def offline_inputs(self, files: list[Path], texts: list[str], rows: list[str]) -> tuple[list[str], Any, str]:
+        if not texts:
+            raise InputError("option '--text': missing; expected one or more --text \"...\" for a text model")
+        return list(texts), list(texts), "text"
+
+    def predict_offline(self, model, inputs: Any) -> list[dict[str, Any]]:
+        """A text or a list of texts."""
+        texts = parse_texts([inputs] if isinstance(inputs, str) else list(inputs), "inputs")
+        return self.answers(model, model.predict_proba(texts).numpy())
