@@ -1,5 +1,6 @@
 """Task plugins: what differs between domains (data, candidates, inputs); see ``base.Task``."""
 
+from . import audio_features, tabular_features  # noqa: F401  (their featurizers register themselves)
 from .base import TASK_NAMES, Candidate, Task, get_task
 from .features import Featurizer, featurizer_from_config
 
