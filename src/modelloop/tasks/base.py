@@ -13,9 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..spec import DataSpec, ServingSpec, Spec
+from ..errors import SpecError
+from ..spec import SPEC_FILE, DataSpec, ServingSpec, Spec
 
-__all__ = ["Candidate", "Task", "get_task", "TASK_NAMES", "fields_of"]
+__all__ = ["Candidate", "Task", "get_task", "check_spec", "TASK_NAMES", "CLASSIFICATION_METRICS", "fields_of"]
+
+#: the requirement metrics of classification tasks (probabilities in, a label out)
+CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,43 @@ class Task(ABC):
     heavy_json: bool = False
     #: an interrupted run of this task continues with ``run --resume`` (else it is marked interrupted)
     resumable: bool = True
+    #: what the requirement metrics measure, for messages ("classification", "regression", "ranking")
+    metric_kind: str = "classification"
+    #: the metrics ``requirements.metric`` may name for this task
+    metrics: tuple[str, ...] = CLASSIFICATION_METRICS
+    #: ``requirements.metric`` and ``requirements.target`` when the spec leaves them unset
+    default_metric: str = "accuracy"
+    default_target: float = 0.95
+
+    def check_spec(self, spec: Spec) -> None:
+        """Check what only this task knows about ``spec``, and fill in this task's defaults.
+
+        ``selection.candidates`` must name candidates of this task; ``requirements.metric`` must
+        be one of :attr:`metrics`. A spec that leaves the metric unset gets :attr:`default_metric`
+        (and, with the target unset too, :attr:`default_target`). Checking twice changes nothing.
+
+        Raises:
+            SpecError: naming the field, what was received and what was expected.
+        """
+        self._check_candidates(spec)
+        self._check_metric(spec)
+
+    def _check_candidates(self, spec: Spec) -> None:
+        allowed = tuple(self.candidates)
+        for c in spec.selection.candidates or []:
+            if c not in allowed:
+                raise SpecError(f"field 'selection.candidates': received {c!r}, which is not a candidate for "
+                                f"{self.name}; expected some of {', '.join(allowed)}")
+
+    def _check_metric(self, spec: Spec) -> None:
+        req = spec.requirements
+        if "metric" not in req.model_fields_set and req.metric != self.default_metric:
+            req.metric = self.default_metric  # the spec's own default (accuracy) means nothing here
+            if "target" not in req.model_fields_set:
+                req.target = self.default_target
+        if req.metric not in self.metrics:
+            raise SpecError(f"field 'requirements.metric': received {req.metric!r}, which is not a "
+                            f"{self.metric_kind} metric for {self.name}; expected one of {', '.join(self.metrics)}")
 
     @abstractmethod
     def prepare(self, data: DataSpec, base_dir: Path):
@@ -117,10 +158,32 @@ TASK_NAMES = tuple(_TASKS)
 
 
 def get_task(name: str) -> Task:
-    """The task named ``name`` (its module is imported on first use)."""
+    """The task named ``name`` (its module is imported on first use).
+
+    Raises:
+        SpecError: no task has that name, naming the known ones.
+    """
     import importlib
 
     if name not in _TASKS:
-        raise ValueError(f"task {name!r}: unknown; expected one of {', '.join(TASK_NAMES)}")
+        raise SpecError(f"task {name!r}: unknown; expected one of {', '.join(TASK_NAMES)}")
     module, cls = _TASKS[name]
     return getattr(importlib.import_module(f".{module}", __package__), cls)()
+
+
+def check_spec(spec: Spec, where: str | Path = SPEC_FILE) -> None:
+    """Check ``spec`` against its task and fill in the task's defaults (see :meth:`Task.check_spec`).
+
+    Run it wherever a spec meets its task: when a project is opened, and before ``init`` writes one.
+    ``where`` is the file the spec came from, for the message.
+
+    Raises:
+        SpecError: the task is unknown, or the spec does not fit it; naming ``where``, the field,
+            what was received and what was expected.
+    """
+    if spec.task not in TASK_NAMES:
+        raise SpecError(f"{where}: field 'task': received {spec.task!r}; expected one of {', '.join(TASK_NAMES)}")
+    try:
+        get_task(spec.task).check_spec(spec)
+    except SpecError as e:
+        raise SpecError(f"{where}: {e}") from None
