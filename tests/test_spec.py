@@ -21,6 +21,7 @@ from modelloop.spec import (
     load_spec,
     save_spec,
 )
+from modelloop.tasks import check_spec
 
 
 def write_yaml(folder: Path, data: object) -> Path:
@@ -34,6 +35,15 @@ def spec_error(folder: Path, data: object) -> str:
     write_yaml(folder, data)
     with pytest.raises(SpecError) as exc:
         load_spec(folder)
+    return str(exc.value)
+
+
+def checked_spec_error(folder: Path, data: object) -> str:
+    """Like :func:`spec_error`, for what only the task checks: load the spec, check it against its
+    task (as the loop does when it opens a project), and return the SpecError message."""
+    write_yaml(folder, data)
+    with pytest.raises(SpecError) as exc:
+        check_spec(load_spec(folder), where=folder / SPEC_FILE)
     return str(exc.value)
 
 
@@ -98,7 +108,7 @@ def test_duplicate_candidates_are_collapsed_in_order(tmp_path: Path) -> None:
 
 
 def test_unknown_task_is_a_spec_error_naming_file_task_and_value(tmp_path: Path) -> None:
-    msg = spec_error(tmp_path, {"task": "segmentation", "data": {"source": "x"}})
+    msg = checked_spec_error(tmp_path, {"task": "segmentation", "data": {"source": "x"}})
     assert str(tmp_path / SPEC_FILE) in msg
     assert "task" in msg
     assert "'segmentation'" in msg
@@ -106,7 +116,7 @@ def test_unknown_task_is_a_spec_error_naming_file_task_and_value(tmp_path: Path)
 
 
 def test_unknown_task_message_names_the_task_field(tmp_path: Path) -> None:
-    msg = spec_error(tmp_path, {"task": "segmentation", "data": {"source": "x"}})
+    msg = checked_spec_error(tmp_path, {"task": "segmentation", "data": {"source": "x"}})
     assert "field 'task'" in msg
 
 
@@ -133,6 +143,80 @@ def test_unknown_metric_error_lists_the_valid_metrics(tmp_path: Path) -> None:
     msg = spec_error(tmp_path, {"data": {"source": "x"}, "requirements": {"metric": "auc"}})
     for metric in ("accuracy", "f1_macro", "precision_macro", "recall_macro"):
         assert metric in msg
+
+
+def test_an_empty_task_name_is_refused_by_the_spec_itself(tmp_path: Path) -> None:
+    msg = spec_error(tmp_path, {"task": " ", "data": {"source": "x"}})
+    assert "field 'task'" in msg
+    assert "must name a task" in msg
+
+
+# -- what only the task knows: its candidates, metrics and defaults ----------------------------------
+
+
+def test_a_task_name_the_spec_does_not_know_loads_and_is_left_to_the_tasks(tmp_path: Path) -> None:
+    write_yaml(tmp_path, {"task": "my-plugin-task", "data": {"source": "x"}})
+    assert load_spec(tmp_path).task == "my-plugin-task"
+
+
+@pytest.mark.parametrize(("task", "candidate", "allowed"), [
+    ("image-classification", "tfidf-linear", "linear, mlp, cnn, efficientnet, efficientnet-finetune"),
+    ("text-classification", "cnn", "tfidf-linear, minilm-linear, minilm-mlp, tfidf-minilm-linear, minilm-lora"),
+    ("audio-classification", "linear", "cnn, ds-cnn"),
+    ("tabular-regression", "bogus", "linear, mlp, hgb"),
+])
+def test_a_candidate_of_another_task_names_field_value_and_the_tasks_candidates(
+        tmp_path: Path, task: str, candidate: str, allowed: str) -> None:
+    msg = checked_spec_error(tmp_path, {"task": task, "data": {"source": "x"},
+                                        "selection": {"candidates": [candidate]}})
+    assert msg.startswith(str(tmp_path / SPEC_FILE))
+    assert "field 'selection.candidates'" in msg
+    assert f"received {candidate!r}" in msg
+    assert f"not a candidate for {task}" in msg
+    assert f"expected some of {allowed}" in msg
+
+
+@pytest.mark.parametrize(("task", "metric", "kind", "allowed"), [
+    ("image-classification", "r2", "classification", "accuracy, f1_macro, precision_macro, recall_macro"),
+    ("tabular-regression", "accuracy", "regression", "r2, rmse, mae"),
+    ("recommendation", "f1_macro", "ranking", "ndcg@10, precision@10, recall@10"),
+])
+def test_a_metric_of_another_task_names_field_value_and_the_tasks_metrics(
+        tmp_path: Path, task: str, metric: str, kind: str, allowed: str) -> None:
+    msg = checked_spec_error(tmp_path, {"task": task, "data": {"source": "x"}, "requirements": {"metric": metric}})
+    assert msg.startswith(str(tmp_path / SPEC_FILE))
+    assert "field 'requirements.metric'" in msg
+    assert f"received {metric!r}" in msg
+    assert f"not a {kind} metric for {task}" in msg
+    assert f"expected one of {allowed}" in msg
+
+
+@pytest.mark.parametrize(("task", "metric", "target"), [
+    ("image-classification", "accuracy", 0.95),
+    ("text-classification", "accuracy", 0.95),
+    ("tabular-regression", "r2", 0.5),
+    ("recommendation", "ndcg@10", 0.05),
+])
+def test_an_unset_metric_and_target_are_the_tasks_defaults(tmp_path: Path, task: str, metric: str,
+                                                           target: float) -> None:
+    write_yaml(tmp_path, {"task": task, "data": {"source": "x"}})
+    spec = load_spec(tmp_path)
+    check_spec(spec)
+    assert (spec.requirements.metric, spec.requirements.target) == (metric, target)
+    check_spec(spec)  # checking again changes nothing
+    assert (spec.requirements.metric, spec.requirements.target) == (metric, target)
+    # what is written and read back is the same spec, and it checks the same
+    save_spec(spec, tmp_path / "again")
+    again = load_spec(tmp_path / "again")
+    check_spec(again)
+    assert again == spec
+
+
+def test_a_set_target_stays_when_the_metric_is_the_tasks_default(tmp_path: Path) -> None:
+    write_yaml(tmp_path, {"task": "tabular-regression", "data": {"source": "x"}, "requirements": {"target": 0.8}})
+    spec = load_spec(tmp_path)
+    check_spec(spec)
+    assert (spec.requirements.metric, spec.requirements.target) == ("r2", 0.8)
 
 
 def test_misspelled_field_is_reported_as_unknown(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from .errors import DataError, InputError, ModelloopError, SpecError
 from .loop import Loop, Progress
 from .spec import SPEC_FILE, Requirements, parse_spec, save_spec
-from .tasks import TASK_NAMES, get_task
+from .tasks import check_spec, get_task, task_names
 
 __all__ = ["Project"]
 
@@ -47,7 +47,7 @@ class Project:
         try:
             the_task = get_task(task)
         except (ValueError, ModelloopError):
-            raise SpecError(f"option 'task': received {task!r}; expected one of {', '.join(TASK_NAMES)}") from None
+            raise SpecError(f"option 'task': received {task!r}; expected one of {', '.join(task_names())}") from None
         if (path / SPEC_FILE).exists() and not overwrite:
             raise SpecError(f"{path / SPEC_FILE}: already exists; expected a new project folder "
                             "(or pass overwrite/--force)")
@@ -55,7 +55,7 @@ class Project:
         requirement_fields = set(Requirements.model_fields)
         unknown = sorted(k for k in given if k not in requirement_fields and k not in the_task.init_options)
         if unknown:
-            owners = [n for n in TASK_NAMES if n != task and set(unknown) <= set(get_task(n).init_options)]
+            owners = [n for n in task_names() if n != task and set(unknown) <= set(get_task(n).init_options)]
             raise InputError(f"options {', '.join('--' + k.replace('_', '-') for k in unknown)}: not options of "
                              f"--task {task}" + (f" (they are for --task {' or --task '.join(owners)})" if owners
                                                  else "") + "; expected its options "
@@ -73,6 +73,7 @@ class Project:
                "requirements": {k: v for k, v in given.items() if k in requirement_fields}}
         the_task.init_spec(raw, {k: v for k, v in given.items() if k in the_task.init_options})
         spec = parse_spec(raw, where=f"{path / SPEC_FILE}")
+        check_spec(spec, where=path / SPEC_FILE)
         the_task.check_project(spec, path.resolve())
         path.mkdir(parents=True, exist_ok=True)
         save_spec(spec, path)

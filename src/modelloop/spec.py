@@ -3,6 +3,11 @@
 A spec lives in ``DIR/modelloop.yaml``; :func:`load_spec` validates it and reports any problem
 as a :class:`~modelloop.errors.SpecError` naming the file, the field, what was received and
 what was expected.
+
+This module checks what a spec can say about itself: types, ranges, names that are spelled
+right. What only a task knows (its candidates, its metrics and their defaults, the task names
+themselves, plugins included) is checked by the task: :func:`modelloop.tasks.check_spec`, which
+the loop runs when it opens a project and ``init`` runs before it writes one.
 """
 
 from __future__ import annotations
@@ -11,10 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import SpecError
-from .recommendation.config import RANKING_METRICS, RecommendationSpec
 from .settings import write_private
 
 __all__ = [
@@ -27,6 +31,7 @@ __all__ = [
     "AugmentSpec",
     "Requirements",
     "SelectionSpec",
+    "RecommendationSpec",
     "TrainingSpec",
     "ServingSpec",
     "FeedbackSpec",
@@ -40,6 +45,7 @@ __all__ = [
 ]
 
 SPEC_FILE = "modelloop.yaml"
+#: the built-in tasks (``modelloop.tasks.task_names()`` lists every task, plugins included)
 TASKS = ("image-classification", "text-classification", "audio-classification", "tabular-classification",
          "tabular-regression", "recommendation")
 METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
@@ -109,7 +115,9 @@ class Requirements(_Strict):
     ``metric`` on the test split must reach ``target`` (at least it; at most it for the error
     metrics ``rmse`` and ``mae``). Classification tasks measure accuracy, f1_macro,
     precision_macro or recall_macro; regression measures r2 (the default there), rmse or mae, in
-    the target's units. The optional budgets gate too:
+    the target's units; recommendation ndcg@10 (the default there), precision@10 or recall@10.
+    Which metrics a task takes, and its default metric and target, are the task's to say (see
+    ``Task.check_spec``). The optional budgets gate too:
     ``p95_latency_ms`` (single-item prediction on this machine) and ``max_model_size_mb``
     (artifact size). ``time_budget_s`` bounds the whole training run (selection + training).
     """
@@ -133,18 +141,6 @@ class Requirements(_Strict):
         return v
 
 
-IMAGE_CANDIDATES = ("linear", "mlp", "cnn", "efficientnet", "efficientnet-finetune")
-TEXT_CANDIDATES = ("tfidf-linear", "minilm-linear", "minilm-mlp", "tfidf-minilm-linear", "minilm-lora")
-AUDIO_CANDIDATES = ("cnn", "ds-cnn")
-TABULAR_CANDIDATES = ("linear", "mlp", "hgb")
-CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
-REGRESSION_METRICS = ("r2", "rmse", "mae")
-#: task -> (what its metrics measure, the metrics, the default metric and target when unset)
-TASK_METRICS: dict[str, tuple[str, tuple[str, ...], str, float]] = {
-    "classification": ("classification", CLASSIFICATION_METRICS, "accuracy", 0.95),
-    "tabular-regression": ("regression", REGRESSION_METRICS, "r2", 0.5),
-    "recommendation": ("ranking", RANKING_METRICS, "ndcg@10", 0.05),
-}
 #: metrics where smaller is better (errors, in the target's units)
 LOWER_IS_BETTER = ("rmse", "mae")
 
@@ -156,7 +152,7 @@ class SelectionSpec(_Strict):
     linear, mlp, cnn, efficientnet (frozen ImageNet features + head) and efficientnet-finetune;
     text tasks know tfidf-linear, minilm-linear, minilm-mlp and minilm-lora; audio tasks know cnn
     and ds-cnn (both on log-mel spectrograms); tabular tasks know linear, mlp and hgb (gradient-boosted
-    trees), all on the featurized row.
+    trees), all on the featurized row. The names are checked by the task (``Task.check_spec``).
     ``choose``: ``cheapest`` takes the candidate with the lowest p95 latency (then size) among
     those meeting every requirement on the validation split, with ``quality_margin`` added to the
     target to allow for a small validation split's noise; ``best`` takes the best validation
@@ -181,11 +177,6 @@ class SelectionSpec(_Strict):
             return None
         if not v:
             raise ValueError("must name at least one candidate (or leave it unset to let the task choose)")
-        known = tuple(dict.fromkeys(IMAGE_CANDIDATES + TEXT_CANDIDATES + AUDIO_CANDIDATES + TABULAR_CANDIDATES))
-        bad = [c for c in v if c not in known]
-        if bad:
-            raise ValueError(f"unknown candidate {bad[0]!r}; expected some of {', '.join(known)} (recommendation "
-                             "projects list theirs under recommendation.candidates)")
         return list(dict.fromkeys(v))
 
 
@@ -314,12 +305,96 @@ class PolicySpec(_Strict):
     interval_s: float = Field(60.0, gt=0)
 
 
+class RecommendationSpec(_Strict):
+    """The ``recommendation:`` section of a recommendation project: the columns of the interactions
+    table, the optional item-text table, and the candidates.
+
+    Example::
+
+        task: recommendation
+        data:
+          source: builtin:movielens-100k        # or a CSV/TSV/Parquet file of interactions
+          split: {validation: 0.15, test: 0.15, seed: 0}
+        requirements: {metric: ndcg@10, target: 0.05}
+        recommendation:
+          user_column: user
+          item_column: item
+          rating_column: rating                 # null: implicit data (every row counts 1)
+          timestamp_column: null                # with one, the latest duplicate (user, item) row wins
+          items: null                           # optional item table with texts (titles, genres)
+          item_id_column: null
+          item_text_columns: []
+          candidates: [popularity, mf, bpr, ease, two-tower]   # or {kind: mf, factors: 32, epochs: 20, ...}
+
+    ``candidates`` are names or settings mappings (a ``kind``, an optional ``name`` for the
+    leaderboard, and the model's settings such as ``epochs`` or ``factors``). This section checks
+    their shape and that their names are distinct; which kinds exist and which settings they take
+    is the recommendation task's to check (``modelloop.tasks.recommendation``).
+    """
+
+    user_column: str = "user"
+    item_column: str = "item"
+    rating_column: str | None = "rating"
+    timestamp_column: str | None = None
+    items: str | None = None
+    item_id_column: str | None = None
+    item_text_columns: list[str] = []
+    candidates: list[str | dict[str, Any]] | None = None
+    click_rating: float | None = Field(None, description=(
+        "Rating a click counts as when retraining on explicit ratings; default: the 75th percentile "
+        "of the training ratings. Implicit data: 1."))
+    max_k: int = Field(100, ge=1, le=10_000)
+
+    @field_validator("candidates")
+    @classmethod
+    def _shapes(cls, v: list[str | dict[str, Any]] | None) -> list[str | dict[str, Any]] | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError("must name at least one candidate (or leave it unset to let the task choose)")
+        names = [recommendation_candidate(c)[2] for c in v]  # raises ValueError with the reason
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"candidate name(s) {dup} appear twice; give each a distinct 'name'")
+        return v
+
+    @field_validator("items")
+    @classmethod
+    def _items_need_text(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must be a path to an item table, or null")
+        return v
+
+
+def recommendation_candidate(c: Any) -> tuple[str, dict[str, Any], str]:
+    """A ``recommendation.candidates`` entry -> (its name or kind, its settings, its leaderboard label).
+
+    Raises:
+        ValueError: the entry is neither a name nor a mapping with a ``kind``, naming what was received.
+    """
+    if isinstance(c, str):
+        name, settings = c, {}
+    elif isinstance(c, dict):
+        if "kind" not in c:
+            raise ValueError(f"candidate {c!r}: no 'kind'; expected e.g. {{kind: mf, epochs: 20}}")
+        settings = {k: v for k, v in c.items() if k not in ("kind", "name")}
+        name = str(c["kind"])
+    else:
+        raise ValueError(f"candidate {c!r}: received {type(c).__name__}; expected a name or a mapping with 'kind'")
+    label = c.get("name") if isinstance(c, dict) and c.get("name") else (
+        name if not settings else f"{name}({', '.join(f'{k}={v}' for k, v in sorted(settings.items()))})")
+    return name, settings, str(label)
+
+
 class Spec(_Strict):
-    """A modelloop project: task, data, requirements and the knobs of each stage."""
+    """A modelloop project: task, data, requirements and the knobs of each stage.
+
+    ``task`` names a task: a built-in one (:data:`TASKS`) or a plugin's. That it exists, and what
+    only it knows (candidates, metrics), is checked by :func:`modelloop.tasks.check_spec`.
+    """
 
     name: str = "project"
-    task: Literal["image-classification", "text-classification", "audio-classification",
-                  "tabular-classification", "tabular-regression", "recommendation"] = "image-classification"
+    task: str = "image-classification"
     data: DataSpec
     requirements: Requirements = Requirements()
     selection: SelectionSpec = SelectionSpec()
@@ -329,41 +404,18 @@ class Spec(_Strict):
     gate: GateSpec = GateSpec()
     monitor: MonitorSpec = MonitorSpec()
     policy: PolicySpec = PolicySpec()
-    recommendation: RecommendationSpec | None = None  # see recommendation/config.py
+    recommendation: RecommendationSpec | None = None  # recommendation projects only
     seed: int = 0
+
+    @field_validator("task")
+    @classmethod
+    def _task_named(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError(f"must name a task, e.g. one of {', '.join(TASKS)}")
+        return v
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
-
-    @model_validator(mode="after")
-    def _candidates_fit_task(self) -> Spec:
-        if self.task == "recommendation":
-            from .recommendation.config import check_spec
-
-            return check_spec(self)
-        allowed = {"text-classification": TEXT_CANDIDATES,
-                   "audio-classification": AUDIO_CANDIDATES,
-                   "tabular-classification": TABULAR_CANDIDATES,
-                   "tabular-regression": TABULAR_CANDIDATES}.get(self.task, IMAGE_CANDIDATES)
-        for c in self.selection.candidates or []:
-            if c not in allowed:
-                raise ValueError(f"selection.candidates: {c!r} is not a candidate for {self.task}; "
-                                 f"expected some of {', '.join(allowed)}")
-        return self
-
-    @model_validator(mode="after")
-    def _metric_fits_task(self) -> Spec:
-        """The requirement metric is one of the task's; left unset, it is the task's default."""
-        kind, metrics, default, target = TASK_METRICS.get(self.task, TASK_METRICS["classification"])
-        req = self.requirements
-        if "metric" not in req.model_fields_set and req.metric != default:  # accuracy means nothing here
-            req.metric = default
-            if "target" not in req.model_fields_set:
-                req.target = target
-        if req.metric not in metrics:
-            raise ValueError(f"requirements.metric: {req.metric!r} is not a {kind} metric for {self.task}; "
-                             f"expected one of {', '.join(metrics)}")
-        return self
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -17,10 +17,17 @@ from modelloop import Project
 from modelloop.data.interactions import Interactions, load_movielens_100k
 from modelloop.errors import DataError, SpecError
 from modelloop.models import recommend as rec_models
-from modelloop.recommendation.config import ALIASES, RecommendationSpec, candidate_configs
 from modelloop.registry import LocalRegistry
-from modelloop.spec import parse_spec
-from modelloop.tasks.recommendation import load_data, load_version, register_recommender, split_data
+from modelloop.spec import RecommendationSpec, parse_spec
+from modelloop.tasks import check_spec
+from modelloop.tasks.recommendation import (
+    ALIASES,
+    candidate_configs,
+    load_data,
+    load_version,
+    register_recommender,
+    split_data,
+)
 
 SMALL = {"mf": {"epochs": 3}, "bpr": {"epochs": 3}, "two-tower": {"epochs": 1}}
 KINDS = ["popularity", "mf", "bpr", "two-tower"] + sorted(
@@ -97,7 +104,9 @@ def test_other_tasks_refuse_recommend(tmp_path):
 def _spec(**over):
     base = {"task": "recommendation", "data": {"source": "builtin:movielens-100k"}}
     base.update(over)
-    return parse_spec(base)
+    spec = parse_spec(base)
+    check_spec(spec)
+    return spec
 
 
 def test_spec_checks():
@@ -113,8 +122,8 @@ def test_spec_checks():
     with pytest.raises(SpecError, match="recommendation.candidates"):
         _spec(selection={"candidates": ["linear"]})
     with pytest.raises(SpecError, match="classification metric"):
-        parse_spec({"task": "image-classification", "data": {"source": "builtin:seed-case"},
-                    "requirements": {"metric": "ndcg@10"}})
+        check_spec(parse_spec({"task": "image-classification", "data": {"source": "builtin:seed-case"},
+                               "requirements": {"metric": "ndcg@10"}}))
     names = [c["config"] for c in candidate_configs(RecommendationSpec(), explicit=False)]
     assert {"kind": "mf", "loss": "bpr", "lr": 0.005, "reg": 0.01, "negatives": 4, "epochs": 100} in names
     assert {"kind": "ease"} in names and all(c.get("loss") != "mse" for c in names)

@@ -27,6 +27,7 @@ On PostgreSQL no statement waits without bound: each connection has a ``statemen
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -39,9 +40,10 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from ..errors import NotFoundError, StoreError, StoreUnavailableError
+from ..errors import InputError, NotFoundError, StoreError, StoreUnavailableError
 
-__all__ = ["FeedbackStore", "open_store", "SCHEMA_VERSION", "FEEDBACK_KINDS", "TEXT_DTYPE", "wilson_interval"]
+__all__ = ["FeedbackStore", "open_store", "prediction_row", "check_row", "SCHEMA_VERSION", "FEEDBACK_KINDS",
+           "TEXT_DTYPE", "wilson_interval"]
 
 SCHEMA_VERSION = 2
 FEEDBACK_KINDS = ("label", "thumbs", "rating", "click")
@@ -82,6 +84,53 @@ shadow_predictions = sa.Table(
     sa.Column("scores", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
+
+
+# -- the rows of the predictions table ---------------------------------------------------------
+# The store's length limits on prediction fields (PostgreSQL enforces them; SQLite does not).
+_LIMITS = {c.name: c.type.length for c in predictions.columns if getattr(c.type, "length", None)}
+
+
+def check_row(row: dict[str, Any]) -> None:
+    """Refuse a prediction row whose text fields exceed the store's columns (``label`` 256
+    characters, ``model_version`` 32, ...), before anyone is told it is stored: such a row could
+    be spooled during an outage but never replayed.
+
+    Raises:
+        InputError: naming the field, its length and the limit.
+    """
+    for name, limit in _LIMITS.items():
+        value = row.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            raise InputError(f"prediction field {name!r}: received {len(value)} characters ({shown!r}); expected "
+                             f"at most {limit} characters (the feedback store's limit)")
+
+
+def prediction_row(pid: str, model_version: str, x: np.ndarray | str | dict[str, Any], label: str,
+                   scores: dict[str, float], latency_ms: float) -> dict[str, Any]:
+    """A predictions-table row. Pixels that are whole numbers 0-255 are stored as uint8; a text
+    is stored as its UTF-8 bytes with dtype ``utf-8``; a table row (dict) as its JSON text, like a text.
+
+    Raises:
+        InputError: ``label`` or ``model_version`` is longer than the store keeps (see :func:`check_row`).
+    """
+    if isinstance(x, dict):
+        x = json.dumps(x)
+    if isinstance(x, str):
+        data = x.encode("utf-8")
+        shape, dtype = [len(data)], TEXT_DTYPE
+    else:
+        if x.dtype != np.uint8 and np.array_equal(x, np.rint(x)) and x.min() >= 0 and x.max() <= 255:
+            x = x.astype(np.uint8)
+        data = np.ascontiguousarray(x).tobytes()
+        shape, dtype = list(x.shape), str(x.dtype)
+    row = {"id": pid, "created_at": time.time(), "model_version": model_version,
+           "input_shape": json.dumps(shape), "input_dtype": dtype, "input_data": data,
+           "input_hash": hashlib.sha256(data).hexdigest(), "label": label, "scores": json.dumps(scores),
+           "latency_ms": latency_ms}
+    check_row(row)
+    return row
 
 
 def _migrate_1_to_2(conn: sa.Connection) -> None:
@@ -272,8 +321,6 @@ class FeedbackStore:
     def log_prediction(self, *, model_version: str, x: np.ndarray, label: str, scores: dict[str, float],
                        latency_ms: float) -> str:
         """Store one prediction with its input (C, H, W). Returns the new prediction id."""
-        from .writer import prediction_row
-
         pid = uuid.uuid4().hex
         self.log_many([prediction_row(pid, model_version, x, label, scores, latency_ms)])
         return pid

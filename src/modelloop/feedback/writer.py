@@ -53,7 +53,6 @@ import base64
 import concurrent.futures
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -64,10 +63,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import InputError, StoreError, StoreUnavailableError
-from .store import TEXT_DTYPE, FeedbackStore, predictions
+from .store import FeedbackStore, check_row, prediction_row  # the row format lives beside its table
 
 __all__ = ["PredictionWriter", "PredictionSpool", "prediction_row", "check_row", "ACK_MODES", "COMMIT_TIMEOUT_S"]
 
@@ -78,52 +75,6 @@ STORED, SPOOLED, QUEUED = "stored", "spooled", "queued"  # what ``commit`` retur
 _STOP = object()
 COMMIT_TIMEOUT_S = 30.0  # the longest a request waits for its rows to be durable before a 503
 SPOOL_RESCAN_S = 5.0  # how often the spool folder is checked for files left by a server that is gone
-# The store's length limits on prediction fields (PostgreSQL enforces them; SQLite does not).
-_LIMITS = {c.name: c.type.length for c in predictions.columns if getattr(c.type, "length", None)}
-
-
-def check_row(row: dict[str, Any]) -> None:
-    """Refuse a prediction row whose text fields exceed the store's columns (``label`` 256
-    characters, ``model_version`` 32, ...), before anyone is told it is stored: such a row could
-    be spooled during an outage but never replayed.
-
-    Raises:
-        InputError: naming the field, its length and the limit.
-    """
-    for name, limit in _LIMITS.items():
-        value = row.get(name)
-        if isinstance(value, str) and len(value) > limit:
-            shown = value if len(value) <= 40 else value[:40] + "..."
-            raise InputError(f"prediction field {name!r}: received {len(value)} characters ({shown!r}); expected "
-                             f"at most {limit} characters (the feedback store's limit)")
-
-
-def prediction_row(pid: str, model_version: str, x: np.ndarray | str | dict[str, Any], label: str,
-                   scores: dict[str, float], latency_ms: float) -> dict[str, Any]:
-    """A predictions-table row. Pixels that are whole numbers 0-255 are stored as uint8; a text
-    is stored as its UTF-8 bytes with dtype ``utf-8``; a table row (dict) as its JSON text, like a text.
-
-    Raises:
-        InputError: ``label`` or ``model_version`` is longer than the store keeps (see :func:`check_row`).
-    """
-    if isinstance(x, dict):
-        x = json.dumps(x)
-    if isinstance(x, str):
-        data = x.encode("utf-8")
-        shape, dtype = [len(data)], TEXT_DTYPE
-    else:
-        if x.dtype != np.uint8 and np.array_equal(x, np.rint(x)) and x.min() >= 0 and x.max() <= 255:
-            x = x.astype(np.uint8)
-        data = np.ascontiguousarray(x).tobytes()
-        shape, dtype = list(x.shape), str(x.dtype)
-    row = {"id": pid, "created_at": time.time(), "model_version": model_version,
-           "input_shape": json.dumps(shape), "input_dtype": dtype, "input_data": data,
-           "input_hash": hashlib.sha256(data).hexdigest(), "label": label, "scores": json.dumps(scores),
-           "latency_ms": latency_ms}
-    check_row(row)
-    return row
-
-
 # -- the spool ----------------------------------------------------------------------------------
 class SpoolFullError(StoreUnavailableError):
     """The store is unavailable and the spool holds as much as it may."""

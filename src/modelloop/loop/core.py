@@ -25,8 +25,8 @@ from ..registry import LoadedModel
 from ..registry.lock import ProjectLock, Wait
 from ..registry.store import Registry, open_registry
 from ..settings import ProjectPaths
-from ..spec import Spec, load_spec
-from ..tasks import Task, get_task
+from ..spec import SPEC_FILE, Spec, load_spec
+from ..tasks import Task, check_spec, get_task
 from ..tasks.stages import Context
 from . import lineage as _lineage
 from . import monitor as _monitor
@@ -52,6 +52,7 @@ class Loop:
     def __init__(self, project_dir: str | Path) -> None:
         self.paths = ProjectPaths(project_dir)
         self.spec: Spec = load_spec(self.paths.root)
+        check_spec(self.spec, where=self.paths.root / SPEC_FILE)  # what only the task can check (and its defaults)
         self.task: Task = get_task(self.spec.task)
         url = self.paths.store_url(self.spec.feedback.store_url)
         shared = url.startswith(("postgresql", "postgres://"))

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import RegistryError
-
-if TYPE_CHECKING:
-    from .core import Loop
 
 __all__ = ["lineage"]
 
 
-def lineage(loop: Loop, prediction_id: str | None = None, version: str | None = None) -> dict[str, Any]:
+def lineage(loop: Any, prediction_id: str | None = None, version: str | None = None) -> dict[str, Any]:
     """Walk prediction -> model version -> run -> dataset (+ feedback used) -> parent, and back:
     which later versions trained on this prediction's feedback, which versions descend from this one."""
     out: dict[str, Any] = {}

@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import InputError, RegistryError
 from ..settings import write_private
 from .state import Progress
 
-if TYPE_CHECKING:
-    from .core import Loop
-
 __all__ = ["monitor", "shadow", "shadow_report", "watch_state", "rollback_check", "watch_once"]
 
 
-def watch_state(loop: Loop) -> dict[str, Any]:
+def watch_state(loop: Any) -> dict[str, Any]:
     f = loop.paths.state / "watch.json"
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
-def monitor(loop: Loop) -> dict[str, Any]:
+def monitor(loop: Any) -> dict[str, Any]:
     """The champion's monitoring signals, who sends feedback, and the shadow model's results."""
     ctx = loop.context(None)
     champ = loop.load_champion()
@@ -41,7 +38,7 @@ def monitor(loop: Loop) -> dict[str, Any]:
     return out
 
 
-def shadow(loop: Loop, version: str | None) -> dict[str, Any]:
+def shadow(loop: Any, version: str | None) -> dict[str, Any]:
     """Put ``version`` in shadow mode (it scores live traffic next to the champion, silently),
     or stop shadowing with None."""
     if version is not None and version == loop.registry.champion():
@@ -50,11 +47,11 @@ def shadow(loop: Loop, version: str | None) -> dict[str, Any]:
     return {"shadow": version, "champion": loop.registry.champion()}
 
 
-def shadow_report(loop: Loop, version: str) -> dict[str, Any] | None:
+def shadow_report(loop: Any, version: str) -> dict[str, Any] | None:
     return loop.task.shadow_report(loop.context(None), version)
 
 
-def rollback_check(loop: Loop) -> dict[str, Any] | None:
+def rollback_check(loop: Any) -> dict[str, Any] | None:
     """The task's evidence that the champion serves worse than its predecessor (None: no predecessor)."""
     history = loop.registry.champion_history()
     if len(history) < 2:
@@ -62,7 +59,7 @@ def rollback_check(loop: Loop) -> dict[str, Any] | None:
     return loop.task.rollback_check(loop.context(None), history[-1], history[-2])
 
 
-def watch_once(loop: Loop, progress: Progress | None, force: bool) -> dict[str, Any]:
+def watch_once(loop: Any, progress: Progress | None, force: bool) -> dict[str, Any]:
     """One policy round (the caller holds the writer lock); see ``Loop.watch_once``."""
     pol = loop.spec.policy
     champion = loop.registry.champion()

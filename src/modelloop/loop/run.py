@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import RegistryError
 from ..tasks.stages import NewVersion
 from .state import Progress, RunState
-
-if TYPE_CHECKING:
-    from .core import Loop
 
 __all__ = ["run", "retrain", "register"]
 
 log = logging.getLogger(__name__)
 
 
-def register(loop: Loop, new: NewVersion, progress: Progress | None) -> dict[str, Any]:
+def register(loop: Any, new: NewVersion, progress: Progress | None) -> dict[str, Any]:
     """Register a version, its report written before the version appears (so no crash leaves a
     version without its report and gate)."""
 
@@ -40,7 +37,7 @@ def register(loop: Loop, new: NewVersion, progress: Progress | None) -> dict[str
     return {"version": version, **new.result, "report": str(loop.registry.manifest(version)["report"])}
 
 
-def run(loop: Loop, found: RunState | None, progress: Progress | None) -> dict[str, Any]:
+def run(loop: Any, found: RunState | None, progress: Progress | None) -> dict[str, Any]:
     """One training run (or the rest of an interrupted one, ``found``); see ``Loop.run``."""
     task, spec = loop.task, loop.spec
     ctx = loop.context(progress)
@@ -69,7 +66,7 @@ def run(loop: Loop, found: RunState | None, progress: Progress | None) -> dict[s
     return {**out, "champion": done["champion"]}
 
 
-def retrain(loop: Loop, progress: Progress | None, promote: bool, force: bool) -> dict[str, Any]:
+def retrain(loop: Any, progress: Progress | None, promote: bool, force: bool) -> dict[str, Any]:
     """A challenger trained on the data plus feedback, judged against the champion; see ``Loop.retrain``."""
     task = loop.task
     ctx = loop.context(progress)

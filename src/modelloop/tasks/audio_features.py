@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .features import Featurizer
+from .features import Featurizer, register_featurizer
 
 __all__ = ["LogMelFeaturizer", "mel_filterbank"]
 
@@ -35,6 +35,7 @@ def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, fmin: float, fmax:
     return torch.clamp(torch.minimum(up, down), min=0).float()
 
 
+@register_featurizer
 class LogMelFeaturizer(Featurizer):
     """Waveforms (N, 1, T) or (N, T), float32 at ``sample_rate`` -> standardized log-mels (N, 1, n_mels, frames)."""
 

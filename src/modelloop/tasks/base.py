@@ -1,22 +1,35 @@
 """The task contract: what differs between image, text and audio classification, and nothing else.
 
 A :class:`Task` says *what*: how its data is loaded and split, which candidate models compete
-(each a featurizer + a trainable network), how one raw input is stored with its prediction (so
-feedback becomes a training example) and read back, and how a request body becomes raw inputs.
-The loop, the trainer, the gate, the registry and the server say *how*, the same for every task.
+(each a featurizer + a trainable network), which requirement metrics fit it, how one raw input is
+stored with its prediction (so feedback becomes a training example) and read back, and how a
+request body becomes raw inputs. The loop, the trainer, the gate, the registry and the server say
+*how*, the same for every task.
+
+Tasks are found by name (:func:`get_task`): the built-in ones, those registered with
+:func:`register_task`, and those other packages provide through the ``modelloop.tasks``
+entry-point group, e.g. in their ``pyproject.toml``::
+
+    [project.entry-points."modelloop.tasks"]
+    my-task = "my_package.tasks:MyTask"
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
-from ..spec import DataSpec, ServingSpec, Spec
+from ..errors import InputError, SpecError
+from ..spec import SPEC_FILE, DataSpec, ServingSpec, Spec
 
-__all__ = ["Candidate", "Task", "get_task", "TASK_NAMES", "fields_of"]
+__all__ = ["Candidate", "Task", "get_task", "register_task", "task_names", "check_spec", "TASK_NAMES",
+           "ENTRY_POINT_GROUP", "CLASSIFICATION_METRICS", "fields_of"]
+
+#: the requirement metrics of classification tasks (probabilities in, a label out)
+CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,43 @@ class Task(ABC):
     heavy_json: bool = False
     #: an interrupted run of this task continues with ``run --resume`` (else it is marked interrupted)
     resumable: bool = True
+    #: what the requirement metrics measure, for messages ("classification", "regression", "ranking")
+    metric_kind: str = "classification"
+    #: the metrics ``requirements.metric`` may name for this task
+    metrics: tuple[str, ...] = CLASSIFICATION_METRICS
+    #: ``requirements.metric`` and ``requirements.target`` when the spec leaves them unset
+    default_metric: str = "accuracy"
+    default_target: float = 0.95
+
+    def check_spec(self, spec: Spec) -> None:
+        """Check what only this task knows about ``spec``, and fill in this task's defaults.
+
+        ``selection.candidates`` must name candidates of this task; ``requirements.metric`` must
+        be one of :attr:`metrics`. A spec that leaves the metric unset gets :attr:`default_metric`
+        (and, with the target unset too, :attr:`default_target`). Checking twice changes nothing.
+
+        Raises:
+            SpecError: naming the field, what was received and what was expected.
+        """
+        self._check_candidates(spec)
+        self._check_metric(spec)
+
+    def _check_candidates(self, spec: Spec) -> None:
+        allowed = tuple(self.candidates)
+        for c in spec.selection.candidates or []:
+            if c not in allowed:
+                raise SpecError(f"field 'selection.candidates': received {c!r}, which is not a candidate for "
+                                f"{self.name}; expected some of {', '.join(allowed)}")
+
+    def _check_metric(self, spec: Spec) -> None:
+        req = spec.requirements
+        if "metric" not in req.model_fields_set and req.metric != self.default_metric:
+            req.metric = self.default_metric  # the spec's own default (accuracy) means nothing here
+            if "target" not in req.model_fields_set:
+                req.target = self.default_target
+        if req.metric not in self.metrics:
+            raise SpecError(f"field 'requirements.metric': received {req.metric!r}, which is not a "
+                            f"{self.metric_kind} metric for {self.name}; expected one of {', '.join(self.metrics)}")
 
     @abstractmethod
     def prepare(self, data: DataSpec, base_dir: Path):
@@ -204,8 +254,9 @@ def fields_of(body: dict) -> str:
     return f"{names}" + (f" and {len(body) - 10} more" if len(body) > 10 else "")
 
 
-#: task name -> (module in this package, class)
-_TASKS = {
+# -- the task registry --------------------------------------------------------------------------
+#: the built-in tasks: name -> (module in this package, class), imported on first use
+_BUILTIN = {
     "image-classification": ("image_classification", "ImageClassification"),
     "text-classification": ("text_classification", "TextClassification"),
     "audio-classification": ("audio_classification", "AudioClassification"),
@@ -213,14 +264,123 @@ _TASKS = {
     "tabular-regression": ("tabular_regression", "TabularRegression"),
     "recommendation": ("recommendation", "Recommendation"),
 }
-TASK_NAMES = tuple(_TASKS)
+#: the built-in task names (:func:`task_names` lists every known task, plugins included)
+TASK_NAMES = tuple(_BUILTIN)
+#: the entry-point group through which another package provides tasks: ``NAME = "module:Factory"``
+ENTRY_POINT_GROUP = "modelloop.tasks"
+#: tasks registered with register_task, and those loaded from entry points: name -> (factory, where
+#: it comes from, for messages)
+_REGISTERED: dict[str, tuple[Callable[[], Task], str]] = {}
+
+
+def register_task(name: str, factory: Callable[[], Task], *, replace: bool = False) -> None:
+    """Make :func:`get_task` answer ``name`` with ``factory()``: a :class:`Task` subclass, or any
+    callable that returns a Task whose ``name`` is ``name``.
+
+    A package can instead list its tasks under the entry-point group ``modelloop.tasks``
+    (:data:`ENTRY_POINT_GROUP`); they are loaded the first time their name is asked for.
+
+    Raises:
+        ValueError: ``name`` is empty, a built-in task, or already registered (unless ``replace``).
+        TypeError: ``factory`` is not callable.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"task name: received {name!r}; expected a non-empty string such as 'my-task'")
+    if not callable(factory):
+        raise TypeError(f"task {name!r}: received {factory!r} as its factory; expected a Task subclass or a "
+                        "callable that returns a Task")
+    if name in _BUILTIN:
+        raise ValueError(f"task {name!r}: a built-in task has this name; expected a name not among "
+                         f"{', '.join(TASK_NAMES)}")
+    if name in _REGISTERED and not replace:
+        raise ValueError(f"task {name!r}: already registered ({_REGISTERED[name][1]}); expected a new name, "
+                         "or replace=True")
+    _REGISTERED[name] = (factory, f"registered factory {getattr(factory, '__qualname__', repr(factory))}")
+
+
+def task_names() -> tuple[str, ...]:
+    """Every task name :func:`get_task` knows: the built-in ones, the registered ones, and those
+    of the ``modelloop.tasks`` entry points (read from the installed packages' metadata, not loaded)."""
+    from importlib.metadata import entry_points
+
+    plugins = (ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return tuple(dict.fromkeys([*TASK_NAMES, *_REGISTERED, *plugins]))
+
+
+def _describe_entry_point(ep) -> str:
+    dist = f", distribution {ep.dist.name} {ep.dist.version}" if getattr(ep, "dist", None) else ""
+    return f"entry point '{ep.name} = {ep.value}' (group {ENTRY_POINT_GROUP}{dist})"
+
+
+def _from_entry_point(name: str) -> tuple[Callable[[], Task], str] | None:
+    """The factory of the ``modelloop.tasks`` entry point called ``name`` and its description,
+    loaded now and registered, or None when no installed package provides one."""
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group=ENTRY_POINT_GROUP, name=name))
+    if not found:
+        return None
+    if len({ep.value for ep in found}) > 1:
+        raise SpecError(f"task {name!r}: provided by {len(found)} entry points "
+                        f"({'; '.join(_describe_entry_point(ep) for ep in found)}); expected one")
+    ep = found[0]
+    try:
+        factory = ep.load()
+    except Exception as e:  # whatever a plugin's import raises, the message names the plugin
+        raise SpecError(f"task {name!r}: {_describe_entry_point(ep)} failed to load ({type(e).__name__}: {e}); "
+                        "expected 'module:attribute' naming an importable Task subclass or factory") from e
+    if not callable(factory):
+        raise SpecError(f"task {name!r}: {_describe_entry_point(ep)} gives {factory!r}; expected a Task subclass "
+                        "or a callable that returns a Task")
+    _REGISTERED[name] = (factory, _describe_entry_point(ep))
+    return _REGISTERED[name]
 
 
 def get_task(name: str) -> Task:
-    """The task named ``name`` (its module is imported on first use)."""
+    """The task named ``name``: a built-in one (its module is imported on first use), one
+    registered with :func:`register_task`, or one an installed package provides through the
+    ``modelloop.tasks`` entry-point group (loaded the first time its name is asked for).
+
+    Raises:
+        SpecError: no task has that name (naming the known ones), or a plugin's task cannot be
+            loaded or made (naming its entry point or factory).
+    """
     import importlib
 
-    if name not in _TASKS:
-        raise ValueError(f"task {name!r}: unknown; expected one of {', '.join(TASK_NAMES)}")
-    module, cls = _TASKS[name]
-    return getattr(importlib.import_module(f".{module}", __package__), cls)()
+    if name in _BUILTIN:
+        module, cls = _BUILTIN[name]
+        return getattr(importlib.import_module(f".{module}", __package__), cls)()
+    found = _REGISTERED.get(name) or _from_entry_point(name)
+    if found is None:
+        raise SpecError(f"task {name!r}: unknown; expected one of {', '.join(task_names())} (or a task registered "
+                        f"with register_task, or provided through the {ENTRY_POINT_GROUP!r} entry-point group)")
+    factory, origin = found
+    try:
+        task = factory()
+    except Exception as e:  # whatever a plugin's factory raises, the message names the plugin
+        raise SpecError(f"task {name!r}: {origin} failed ({type(e).__name__}: {e}); expected it to return a "
+                        "Task") from e
+    if not isinstance(task, Task) or getattr(task, "name", None) != name:
+        got = (f"a Task named {getattr(task, 'name', None)!r}" if isinstance(task, Task)
+               else f"{task!r:.80} ({type(task).__name__})")
+        raise SpecError(f"task {name!r}: {origin} returned {got}; expected a Task named {name!r}")
+    return task
+
+
+def check_spec(spec: Spec, where: str | Path = SPEC_FILE) -> None:
+    """Check ``spec`` against its task and fill in the task's defaults (see :meth:`Task.check_spec`).
+
+    Run it wherever a spec meets its task: when a project is opened, and before ``init`` writes one.
+    ``where`` is the file the spec came from, for the message.
+
+    Raises:
+        SpecError: the task is unknown, or the spec does not fit it; naming ``where``, the field,
+            what was received and what was expected.
+    """
+    known = task_names()
+    if spec.task not in known:
+        raise SpecError(f"{where}: field 'task': received {spec.task!r}; expected one of {', '.join(known)}")
+    try:
+        get_task(spec.task).check_spec(spec)
+    except SpecError as e:
+        raise SpecError(f"{where}: {e}") from None

@@ -24,7 +24,7 @@ import torch
 from ..data.transforms import Normalizer
 
 __all__ = ["Featurizer", "PixelFeaturizer", "EfficientNetFeaturizer", "TfidfFeaturizer", "MiniLMFeaturizer",
-           "TokenFeaturizer", "ConcatFeaturizer", "featurizer_from_config"]
+           "TokenFeaturizer", "ConcatFeaturizer", "featurizer_from_config", "register_featurizer"]
 
 log = logging.getLogger(__name__)
 
@@ -295,16 +295,24 @@ class ConcatFeaturizer(Featurizer):
         return cls([featurizer_from_config(c) for c in cfg["parts"]])
 
 
-_KINDS: dict[str, type] = {c.kind: c for c in (PixelFeaturizer, EfficientNetFeaturizer, TfidfFeaturizer,
-                                               MiniLMFeaturizer, TokenFeaturizer, ConcatFeaturizer)}
+#: featurizer kind -> class, for featurizer_from_config. Featurizers of other modules (audio, tables)
+#: add themselves with register_featurizer; the package's ``__init__`` imports those modules, so
+#: every kind is known once ``modelloop.tasks`` is loaded and this module imports none of them.
+_KINDS: dict[str, type[Featurizer]] = {c.kind: c for c in (PixelFeaturizer, EfficientNetFeaturizer, TfidfFeaturizer,
+                                                           MiniLMFeaturizer, TokenFeaturizer, ConcatFeaturizer)}
 
-from .audio_features import LogMelFeaturizer  # noqa: E402  (it subclasses Featurizer, defined above)
 
-_KINDS[LogMelFeaturizer.kind] = LogMelFeaturizer
+def register_featurizer(cls: type[Featurizer]) -> type[Featurizer]:
+    """Class decorator: :func:`featurizer_from_config` rebuilds featurizers of ``cls.kind`` with ``cls``.
 
-from .tabular_features import TabularFeaturizer  # noqa: E402  (it subclasses Featurizer, defined above)
-
-_KINDS[TabularFeaturizer.kind] = TabularFeaturizer
+    Raises:
+        ValueError: another class already has that kind.
+    """
+    if _KINDS.get(cls.kind, cls) is not cls:
+        raise ValueError(f"featurizer kind {cls.kind!r}: received {cls.__qualname__}; expected a kind not taken "
+                         f"(it is {_KINDS[cls.kind].__qualname__}'s)")
+    _KINDS[cls.kind] = cls
+    return cls
 
 
 def featurizer_from_config(cfg: dict[str, Any]) -> Featurizer:

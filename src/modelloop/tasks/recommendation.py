@@ -55,20 +55,33 @@ import torch
 from safetensors.torch import load_file
 
 from ..data.interactions import Interactions, load_interactions, load_movielens_100k, stratified_split
-from ..errors import DataError, InputError, RegistryError
+from ..errors import DataError, InputError, RegistryError, SpecError
 from ..evaluate.ranking import per_user_ranking
 from ..feedback.sampling import feedback_fingerprint, is_holdout
-from ..recommendation.config import K, RecommendationSpec, candidate_configs
 from ..registry.artifact import MANIFEST, PREPROCESSING, WEIGHTS, library_versions
-from ..spec import DataSpec
+from ..spec import DataSpec, RecommendationSpec, Spec, recommendation_candidate
 from .base import Candidate, Task
 from .stages import Context, FeedbackSet, Fitted, NewVersion
 
 __all__ = ["Recommendation", "RecModel", "RecData", "load_version", "load_data", "split_data", "evaluate",
            "top_lists", "PREDICT_HINT", "SPLIT_PROTOCOL", "BUILTINS", "check_k", "load_splits",
-           "register_recommender", "rec_spec"]
+           "register_recommender", "rec_spec", "RANKING_METRICS", "ALIASES", "candidate_configs", "K"]
 
 log = logging.getLogger(__name__)
+#: list length of every ranking metric and of the gate
+K = 10
+RANKING_METRICS = ("ndcg@10", "precision@10", "recall@10")
+#: spec names -> (recommender kind, fixed settings); "mf" picks its loss from the data
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "popularity": ("popularity", {}),
+    "mf": ("mf", {}),
+    "bpr": ("mf", {"loss": "bpr", "lr": 0.005, "reg": 0.01, "negatives": 4, "epochs": 100}),
+    "two-tower": ("two_tower", {}),
+    "two_tower": ("two_tower", {}),
+}
+DEFAULT_EXPLICIT = ("popularity", "mf", "bpr", "ease", "two-tower")
+DEFAULT_IMPLICIT = ("popularity", "bpr", "ease", "two-tower")
+
 BUILTINS = ("movielens-100k",)
 DUPLICATE_RULE = ("duplicated (user, item) rows: with a timestamp column the latest row wins (ties: the last in "
                   "file order); without one the ratings are averaged")
@@ -78,6 +91,46 @@ SPLIT_PROTOCOL = ("per-user stratified split (Microsoft Recommenders python_stra
                   "is in train")
 PREDICT_HINT = ("this project serves recommendation; /predict is for classification projects; "
                 "expected GET /recommend?user=USER&k=10 (or GET /similar?item=ITEM&k=10)")
+
+
+# ------------------------------------------------------------------------------ candidates
+def _known_kinds() -> list[str]:
+    from ..models import recommend
+
+    kinds = getattr(recommend, "_KINDS", {})
+    return sorted(kinds)
+
+
+def _resolve(c: str | dict[str, Any], explicit: bool) -> dict[str, Any]:
+    """A candidate entry -> {"name", "config"} with config ready for ``build_recommender``.
+
+    Raises ValueError naming what was received and what was expected.
+    """
+    name, settings, label = recommendation_candidate(c)
+    if name in ALIASES:
+        kind, fixed = ALIASES[name]
+    else:
+        kinds = _known_kinds()
+        if name not in kinds:
+            raise ValueError(f"unknown candidate {name!r}; expected some of "
+                             f"{', '.join(dict.fromkeys([*ALIASES, *kinds]))}")
+        kind, fixed = name, {}
+    config = {"kind": kind, **fixed, **settings}
+    if kind == "mf" and "loss" not in config:
+        config["loss"] = "mse" if explicit else "bpr"
+    try:
+        from ..models.recommend import build_recommender
+
+        build_recommender(config)
+    except InputError as e:
+        raise ValueError(f"candidate {label!r}: {e}") from None
+    return {"name": label, "config": config}
+
+
+def candidate_configs(rec: RecommendationSpec, explicit: bool) -> list[dict[str, Any]]:
+    """The candidates to compete: [{"name", "config"}] for ``build_recommender``."""
+    entries = rec.candidates or list(DEFAULT_EXPLICIT if explicit else DEFAULT_IMPLICIT)
+    return [_resolve(c, explicit) for c in entries]
 
 
 # ------------------------------------------------------------------------------------ data
@@ -453,6 +506,23 @@ class Recommendation(Task):
     candidates: dict[str, Candidate] = {}
     default_candidates: tuple[str, ...] = ()
     score_name = "val NDCG@10"
+    metric_kind = "ranking"
+    metrics = RANKING_METRICS
+    default_metric = "ndcg@10"
+    default_target = 0.05
+    def _check_candidates(self, spec: Spec) -> None:
+        """The candidates live in ``recommendation.candidates`` (not ``selection.candidates``), and
+        each must be a recommender kind that takes its settings."""
+        if spec.selection.candidates:
+            raise SpecError(f"field 'selection.candidates': received {spec.selection.candidates!r}; expected "
+                            "none for recommendation: list the candidates under recommendation.candidates "
+                            "(names or {kind: ..., settings})")
+        entries = spec.recommendation.candidates if spec.recommendation else None
+        for c in entries or []:
+            try:
+                _resolve(c, explicit=True)
+            except ValueError as e:
+                raise SpecError(f"field 'recommendation.candidates': received {entries!r}; expected: {e}") from None
 
     # -- inputs (served through /recommend and /similar, not /predict) ---------------------------
     def prepare(self, data: DataSpec, base_dir: Path):

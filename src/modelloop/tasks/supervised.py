@@ -83,7 +83,7 @@ class SupervisedTask(Task):
             return batched_logits(model, feat.transform(x))[:, 0].float().numpy()
         return _proba(model, feat, x)
 
-    def metrics(self, y: torch.Tensor, out: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    def measure(self, y: torch.Tensor, out: np.ndarray, class_names: list[str]) -> dict[str, Any]:
         """Test-style metrics of model outputs (probabilities, or values for regression)."""
         if self.regression:
             return regression_metrics(y.numpy(), out)
@@ -364,7 +364,7 @@ class SupervisedTask(Task):
         champ_probs = parent.predict_proba(xte).numpy()
         if self.regression:
             champ_probs = champ_probs[:, 0]
-        champ_metrics = self.metrics(yte, champ_probs, data.class_names)
+        champ_metrics = self.measure(yte, champ_probs, data.class_names)
         gate_spec = ctx.spec.gate
         xh, yh = fb.data["xh"], fb.data["yh"]
         feat, model = fitted.extra["featurizer"], fitted.model
@@ -403,9 +403,9 @@ class SupervisedTask(Task):
         ds = data
         xte, yte = ds.splits["test"]
         probs = self.outputs(model, feat, xte)
-        metrics = self.metrics(yte, probs, ds.class_names)
+        metrics = self.measure(yte, probs, ds.class_names)
         xva, yva = ds.splits["val"]
-        val_metrics = self.metrics(yva, self.outputs(model, feat, xva), ds.class_names) if len(yva) else None
+        val_metrics = self.measure(yva, self.outputs(model, feat, xva), ds.class_names) if len(yva) else None
         latency = serving_latency(feat, model, (xte if len(xte) else ds.splits["train"][0])[:1],
                                   threads=spec.serving.threads)
         size_mb = (model_bytes(model) + feat.frozen_bytes()) / 1e6

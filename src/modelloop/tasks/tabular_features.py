@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .features import Featurizer
+from .features import Featurizer, register_featurizer
 
 __all__ = ["TabularFeaturizer", "MISSING", "OTHER"]
 
@@ -90,6 +90,7 @@ def _category(v: Any, where: str, column: str, max_chars: int | None = None) -> 
                      "(a categorical column)")
 
 
+@register_featurizer
 class TabularFeaturizer(Featurizer):
     """Rows ``{column: value}`` -> (N, D) float32: per numeric column its standardized value (and a
     missing-indicator where training had missing values), per categorical column a one-hot block

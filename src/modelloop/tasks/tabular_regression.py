@@ -18,12 +18,19 @@ from ..spec import DataSpec
 from .base import Candidate
 from .tabular_classification import _TAB, TabularClassification
 
-__all__ = ["TabularRegression"]
+__all__ = ["TabularRegression", "REGRESSION_METRICS"]
+
+#: the requirement metrics of regression: r2 (higher is better), rmse and mae (errors, in the target's units)
+REGRESSION_METRICS = ("r2", "rmse", "mae")
 
 
 class TabularRegression(TabularClassification):
     name = "tabular-regression"
     problem = "regression"
+    metric_kind = "regression"
+    metrics = REGRESSION_METRICS
+    default_metric = "r2"
+    default_target = 0.5
     candidates = {
         "linear": Candidate("linear", "linear", dict(_TAB), about="linear regression on the featurized row"),
         "mlp": Candidate("mlp", "mlp", dict(_TAB), about="one hidden layer on the featurized row"),
