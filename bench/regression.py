@@ -5,7 +5,8 @@ seeds: the task's own 70/15/15 split balanced over the target's deciles (``data.
 ``tabular`` featurizer fit on the training part, then
 
 - linear: ``RidgeRegressor.fit_direct`` (closed-form ridge, penalty chosen on validation);
-- mlp: the generic Trainer on the standardized target (search defaults, early stopping on validation R²);
+- mlp: the generic Trainer with the task's loss (squared error; the network predicts the standardized
+  target, scaled back to its units), search defaults, early stopping on validation R²;
 - hgb: ``HGBNet.fit_direct`` (HistGradientBoostingRegressor, rounds chosen on validation, evaluated
   by the torch tree module);
 
@@ -63,7 +64,8 @@ def run_seed(seed: int) -> dict[str, tuple[float, float, float]]:
             model.fit_direct((ftr, ytr), (fva, yva), params, seed)
         else:
             Trainer(TrainConfig(max_epochs=300, patience=20, batch_size=32, lr=params["lr"],
-                                weight_decay=params["weight_decay"], seed=seed)).fit(model, (ftr, ytr), (fva, yva))
+                                weight_decay=params["weight_decay"], seed=seed),
+                    loss=task.loss, score="r2").fit(model, (ftr, ytr), (fva, yva))
         secs = time.perf_counter() - t
         model.eval()
         with torch.inference_mode():

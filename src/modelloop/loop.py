@@ -333,7 +333,7 @@ class Loop:
         lat = serving_latency(sfeat, model, (xva if len(yva) else xtr)[:1], threads=self.spec.serving.threads)
         row = {"candidate": f"{scand.name} (distilled from {teacher_cand.name})", "family": scand.family,
                "featurizer": scand.featurizer["kind"], "pretrained": False, "distilled_from": teacher_cand.name,
-               "val_accuracy": result.best_val_accuracy, "params": base["params"], "parameters":
+               "val_accuracy": result.best_val_score, "params": base["params"], "parameters":
                count_parameters(model), "p50_ms": lat["p50_ms"], "p95_ms": lat["p95_ms"],
                "size_mb": (model_bytes(model) + sfeat.frozen_bytes()) / 1e6, "featurize_s": None,
                "search_s": round(result.seconds, 2), "trials": 1}
@@ -364,17 +364,19 @@ class Loop:
             t = time.perf_counter()
             fitted = model.fit_direct(train, val, params, spec.seed)
             self._say(progress, f"[training] {config.get('candidate', config['family'])} fitted on {len(train[1])} "
-                      f"examples, {self._score} {fitted['best_val_accuracy']:.4f}")
+                      f"examples, {self._score} {fitted['best_val_score']:.4f}")
             return TrainResult(best_state=model.state_dict(), best_epoch=len(fitted["history"]),
-                               best_val_accuracy=fitted["best_val_accuracy"], history=fitted["history"],
-                               stopped="fitted", seconds=time.perf_counter() - t), model
+                               best_val_score=fitted["best_val_score"], history=fitted["history"],
+                               stopped="fitted", seconds=time.perf_counter() - t,
+                               score_name=fitted["score_name"]), model
         pixels = config.get("featurizer", {"kind": "pixels"})["kind"] == "pixels"
         trainer = Trainer(TrainConfig(
             max_epochs=spec.training.max_epochs, patience=spec.training.patience,
             batch_size=spec.training.batch_size, lr=params.get("lr", 1e-3),
             weight_decay=params.get("weight_decay", 0.0), shift=spec.data.augmentation.shift if pixels else 0,
             seed=spec.seed, time_limit_s=time_limit,
-            checkpoint_path=run_dir / "checkpoint.pt"))
+            checkpoint_path=run_dir / "checkpoint.pt"),
+            loss=self.task.loss, score="r2" if self.regression else "accuracy")
         self._say(progress, f"[training] {config.get('candidate', config['family'])} on {len(train[1])} examples, "
                   f"up to {spec.training.max_epochs} epochs")
 
@@ -385,7 +387,7 @@ class Loop:
 
         result = trainer.fit(model, train, val, on_epoch=on_epoch, resume=resume)
         self._say(progress, f"[training] best epoch {result.best_epoch} of {len(result.history)} "
-                  f"({result.stopped}), {self._score} {result.best_val_accuracy:.4f}")
+                  f"({result.stopped}), {self._score} {result.best_val_score:.4f}")
         return result, model
 
     def _finish(self, *, model, config, feat, ds: Dataset, run_id: str, train_result, parent,

@@ -118,7 +118,8 @@ def test_task_contract(task_name, candidate, data, tmp_path, request):
         model.fit_direct((ftr, ytr), (fva, y[n_train:]), config["params"], 0)
     else:
         # The contract is about plumbing (fit, save, reload, parse), not accuracy: one epoch will do.
-        Trainer(TrainConfig(max_epochs=1, batch_size=32)).fit(model, (ftr, ytr), (fva, y[n_train:]))
+        Trainer(TrainConfig(max_epochs=1, batch_size=32), loss=task.loss,
+                score="r2" if regression else "accuracy").fit(model, (ftr, ytr), (fva, y[n_train:]))
     model.eval()
     with torch.inference_mode():
         out = model(feat.transform(xte))

@@ -171,8 +171,8 @@ class RidgeRegressor(Regressor):
 
     def fit_direct(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                    params: dict[str, Any], seed: int) -> dict[str, Any]:
-        """``best_val_accuracy`` holds the validation R² (see ``Trainer``); ``params`` and ``seed`` are unused:
-        the fit is deterministic."""
+        """Scored by the validation R² (``score_name`` "r2"); ``params`` and ``seed`` are unused: the fit
+        is deterministic. Returns ``{"best_val_score", "score_name", "history", "alpha"}``."""
         from ..evaluate.metrics import r2_score
 
         x = train[0].flatten(1).double()
@@ -200,4 +200,4 @@ class RidgeRegressor(Regressor):
             va = self(val[0])[:, 0].double()
         row = {"epoch": 1, "train_loss": float(((tr - train[1].double()) ** 2).mean()),
                "val_loss": float(((va - yv) ** 2).mean()) if len(yv) else 0.0, "val_accuracy": score}
-        return {"best_val_accuracy": score, "history": [row], "alpha": alpha}
+        return {"best_val_score": score, "score_name": "r2", "history": [row], "alpha": alpha}

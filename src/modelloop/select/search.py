@@ -2,8 +2,9 @@
 
 Every family in the spec gets one trial with sensible defaults first (so the leaderboard always
 compares them all), then TPE explores the joint space until the trial count or the time budget
-runs out. Trials report validation accuracy per epoch and unpromising ones are pruned. The
-study lives in a SQLite file in the run folder, so an interrupted search resumes.
+runs out. Trials report their validation score (accuracy, or R² for a regression) per epoch and
+unpromising ones are pruned. The study lives in a SQLite file in the run folder, so an
+interrupted search resumes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from ..train import TrainConfig, Trainer
 
 if TYPE_CHECKING:
     import optuna
+
+    from ..tasks import Task
 
 __all__ = ["CandidateSearch", "SearchResult", "DEFAULTS"]
 
@@ -74,16 +77,21 @@ def _as_trial_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class SearchResult:
+    """The best trial's family, settings and validation score (named by ``score_name``:
+    "accuracy", or "r2" for a regression), and the leaderboard: one row per trial, best first,
+    each holding its score under ``val_accuracy``."""
+
     best_family: str
     best_params: dict[str, Any]
-    best_val_accuracy: float
+    best_val_score: float
     leaderboard: list[dict[str, Any]] = field(default_factory=list)  # one row per trial, best first
     seconds: float = 0.0
+    score_name: str = "accuracy"
 
     def to_dict(self) -> dict[str, Any]:
         return {"best_family": self.best_family, "best_params": self.best_params,
-                "best_val_accuracy": self.best_val_accuracy, "leaderboard": self.leaderboard,
-                "seconds": self.seconds}
+                "best_val_score": self.best_val_score, "score_name": self.score_name,
+                "leaderboard": self.leaderboard, "seconds": self.seconds}
 
 
 class CandidateSearch:
@@ -95,10 +103,13 @@ class CandidateSearch:
         epochs_per_trial: training epochs each trial gets at most.
         timeout_s: wall-clock budget for the whole search.
         seed: seeds the sampler and every trial's training.
+        task: says the trials' loss (``Task.loss``) and validation score (R² for a regression,
+            else accuracy); None: cross-entropy and accuracy.
     """
 
     def __init__(self, families: list[str], trials: int, epochs_per_trial: int, timeout_s: float,
-                 batch_size: int = 64, shift: int = 0, seed: int = 0, study_name: str = "selection") -> None:
+                 batch_size: int = 64, shift: int = 0, seed: int = 0, study_name: str = "selection",
+                 task: Task | None = None) -> None:
         self.families = list(families)
         self.trials = max(trials, len(self.families))
         self.epochs_per_trial = epochs_per_trial
@@ -107,6 +118,8 @@ class CandidateSearch:
         self.shift = shift
         self.seed = seed
         self.study_name = study_name
+        self.task = task
+        self.score_name = "r2" if task is not None and task.problem == "regression" else "accuracy"
 
     def run(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
             model_base: dict[str, Any], storage_path: Path | None = None, progress=None) -> SearchResult:
@@ -135,7 +148,8 @@ class CandidateSearch:
             trainer = Trainer(TrainConfig(max_epochs=self.epochs_per_trial, patience=3, batch_size=self.batch_size,
                                           lr=params.get("lr", 1e-3), weight_decay=params.get("weight_decay", 0.0),
                                           shift=self.shift,
-                                          seed=self.seed + trial.number))
+                                          seed=self.seed + trial.number),
+                              loss=self.task.loss if self.task is not None else None, score=self.score_name)
 
             def report(epoch: int, row: dict[str, float]) -> None:
                 trial.report(row["val_accuracy"], epoch)
@@ -147,15 +161,15 @@ class CandidateSearch:
             t = time.perf_counter()
             if hasattr(model, "fit_direct"):  # fit by its own algorithm (e.g. boosted trees), not by gradient steps
                 fitted = model.fit_direct(train, val, params, self.seed + trial.number)
-                result = SimpleNamespace(best_val_accuracy=fitted["best_val_accuracy"], history=fitted["history"])
+                result = SimpleNamespace(best_val_score=fitted["best_val_score"], history=fitted["history"])
             else:
                 result = trainer.fit(model, train, val, on_epoch=report)
             trial.set_user_attr("seconds", time.perf_counter() - t)
             trial.set_user_attr("epochs", len(result.history))
             if progress:
                 progress(f"trial {trial.number + 1}/{self.trials}: {family} val accuracy "
-                         f"{result.best_val_accuracy:.3f}")
-            return result.best_val_accuracy
+                         f"{result.best_val_score:.3f}")
+            return result.best_val_score
 
         remaining = self.trials - len(finished)
         if remaining > 0:
@@ -175,4 +189,4 @@ class CandidateSearch:
         complete = [r for r in rows if r["state"] == "complete"]
         best = complete[0]
         return SearchResult(best["family"], best["params"], best["val_accuracy"], rows,
-                            round(time.perf_counter() - t0, 2))
+                            round(time.perf_counter() - t0, 2), score_name=self.score_name)

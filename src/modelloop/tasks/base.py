@@ -97,6 +97,20 @@ class Task(ABC):
         OpenAPI document; what :meth:`parse_json` takes."""
         return {"type": "object"}
 
+    def loss(self, outputs, targets):
+        """What training minimizes over a batch: model outputs and targets -> a scalar tensor.
+
+        Classification: the mean cross-entropy of the logits (N, K) against class indices (N,)
+        int64, or against class probabilities (N, K) float (a teacher's soft targets). Regression
+        (``problem == "regression"``): the mean squared error of the single output (N, 1) against
+        the values (N,), in the target's units.
+        """
+        from ..train.trainer import cross_entropy, squared_error  # torch: not needed to parse a spec
+
+        if self.problem == "regression":
+            return squared_error(outputs, targets)
+        return cross_entropy(outputs, targets)
+
 
 def fields_of(body: dict) -> str:
     """The field names of a request body for a message: a few, each cut short."""
