@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["build_model", "Regressor", "RidgeRegressor", "batched_logits", "PRETRAINED_FAMILIES", "LinearNet",
-           "MLPNet", "SmallCNN", "count_parameters"]
+__all__ = ["build_model", "Regressor", "RidgeRegressor", "batched_logits", "PRETRAINED_FAMILIES", "one_trial",
+           "LinearNet", "MLPNet", "SmallCNN", "count_parameters"]
 
 
 class LinearNet(nn.Module):
@@ -83,7 +83,14 @@ class SmallCNN(nn.Module):
 _ARCH = {"linear": (LinearNet, ()), "mlp": (MLPNet, ("hidden", "dropout")), "cnn": (SmallCNN, ("width", "dropout"))}
 
 
+#: families that continue a pretrained network: one architecture, only the optimizer varies
 PRETRAINED_FAMILIES = ("efficientnet-suffix", "minilm-lora")
+
+
+def one_trial(family: str) -> bool:
+    """Whether a candidate search gives ``family`` its one default trial and no more: a pretrained
+    network, whose trials cost the most and could vary only the optimizer's settings."""
+    return family in PRETRAINED_FAMILIES
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:

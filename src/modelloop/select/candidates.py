@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models import build_model, count_parameters
+from ..models import build_model, count_parameters, one_trial
 from ..spec import LOWER_IS_BETTER, Spec
 from ..tasks import Candidate, featurizer_from_config, get_task
 from .search import CandidateSearch
@@ -87,7 +87,6 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
     (xtr, ytr), (xva, yva) = train, val
     t0 = time.perf_counter()
     task = get_task(spec.task)
-    one_shot = ("efficientnet-suffix", "minilm-lora")  # pretrained networks: one trial, no search
     state: dict[str, dict[str, Any]] = {}
 
     def search(cand: Candidate, n_trials: int) -> None:
@@ -120,8 +119,9 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
                      f"{state[cand.name]['res'].best_val_score:.4f}")
 
     # 2. the remaining trials go to the searchable candidates, more to the more promising ones
-    #    (rank r of n gets a share proportional to n - r), while the time budget lasts.
-    searchable = sorted((c for c in candidates if c.family not in one_shot),
+    #    (rank r of n gets a share proportional to n - r), while the time budget lasts. A pretrained
+    #    network keeps its one trial (see models.one_trial).
+    searchable = sorted((c for c in candidates if not one_trial(c.family)),
                         key=lambda c: -state[c.name]["res"].best_val_score)
     remaining = max(0, sel.trials - len(candidates))
     weights = [len(searchable) - r for r in range(len(searchable))]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..models import build_model, count_parameters
+from ..models import PRETRAINED_FAMILIES, build_model, count_parameters
 from ..train import TrainConfig, Trainer
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def _suggest(trial: optuna.Trial, families: list[str]) -> tuple[str, dict[str, A
         from ..models.trees import suggest_hgb
 
         return family, suggest_hgb(trial)  # boosted trees: no optimizer settings
-    elif family in ("efficientnet-suffix", "minilm-lora"):
+    elif family in PRETRAINED_FAMILIES:
         # Pretrained networks: one architecture, only the optimizer is searched.
         p = {k: v for k, v in DEFAULTS[family].items() if k not in ("lr", "weight_decay")}
     p["lr"] = trial.suggest_float(f"{family}_lr", 3e-4, 1e-2, log=True)
