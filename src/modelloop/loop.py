@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .backends import FitJob, get_backend
 from .compress import ServingModule, choose_backend
 from .data import Dataset
 from .errors import InputError, RegistryError
@@ -36,7 +37,7 @@ from .evaluate import classification_metrics, regression_metrics
 from .evaluate.report import write_report
 from .feedback import FeedbackStore, open_store
 from .gate import check_requirements, compare, compare_regression, paired_errors, paired_evidence
-from .models import batched_logits, build_model, count_parameters
+from .models import batched_logits, count_parameters
 from .registry import LoadedModel, LocalRegistry
 from .registry.artifact import library_versions
 from .registry.lock import ProjectLock, Wait
@@ -44,7 +45,7 @@ from .select.candidates import model_bytes, prepare_features, search_candidates,
 from .settings import PRIVATE_FILE, ProjectPaths, private_dir, write_private
 from .spec import Spec, load_spec
 from .tasks import Task, featurizer_from_config, get_task
-from .train import TrainConfig, Trainer
+from .train import TrainConfig
 from .train.trainer import TrainResult, describe
 
 __all__ = ["Loop"]
@@ -355,40 +356,40 @@ class Loop:
         return (scand, sfeat, model, result, config) if ships == "student" else None
 
     def _train(self, config: dict[str, Any], train, val, run_dir: Path, resume: bool, time_limit: float,
-               progress: Progress | None) -> tuple[Any, torch.nn.Module]:
+               progress: Progress | None) -> tuple[TrainResult, torch.nn.Module]:
+        """Fit ``config``'s model through the backend (gradient steps with early stopping and
+        checkpoints, or the model's own algorithm); (how the fit went, the fitted model)."""
         spec = self.spec
-        params = config["params"]
-        torch.manual_seed(spec.seed)
-        model = build_model(config)
-        if hasattr(model, "fit_direct"):  # fit by its own algorithm (e.g. boosted trees), not by gradient steps
-            t = time.perf_counter()
-            fitted = model.fit_direct(train, val, params, spec.seed)
-            self._say(progress, f"[training] {config.get('candidate', config['family'])} fitted on {len(train[1])} "
-                      f"examples, {self._score} {fitted['best_val_score']:.4f}")
-            return TrainResult(best_state=model.state_dict(), best_epoch=len(fitted["history"]),
-                               best_val_score=fitted["best_val_score"], history=fitted["history"],
-                               stopped="fitted", seconds=time.perf_counter() - t,
-                               score_name=fitted["score_name"]), model
+        if getattr(self, "backend", None) is None:
+            self.backend = get_backend(spec)
+        name = config.get("candidate", config["family"])
         pixels = config.get("featurizer", {"kind": "pixels"})["kind"] == "pixels"
-        trainer = Trainer(TrainConfig(
-            max_epochs=spec.training.max_epochs, patience=spec.training.patience,
-            batch_size=spec.training.batch_size, lr=params.get("lr", 1e-3),
-            weight_decay=params.get("weight_decay", 0.0), shift=spec.data.augmentation.shift if pixels else 0,
-            seed=spec.seed, time_limit_s=time_limit,
-            checkpoint_path=run_dir / "checkpoint.pt"),
-            loss=self.task.loss, score="r2" if self.regression else "accuracy")
-        self._say(progress, f"[training] {config.get('candidate', config['family'])} on {len(train[1])} examples, "
-                  f"up to {spec.training.max_epochs} epochs")
+
+        def on_start(model: torch.nn.Module, method: str) -> None:
+            if method == "trainer":
+                self._say(progress, f"[training] {name} on {len(train[1])} examples, "
+                          f"up to {spec.training.max_epochs} epochs")
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
             if progress:
                 progress(f"[training] epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
                          f"{self._score} {row['val_accuracy']:.4f}")
 
-        result = trainer.fit(model, train, val, on_epoch=on_epoch, resume=resume)
-        self._say(progress, f"[training] best epoch {result.best_epoch} of {len(result.history)} "
-                  f"({result.stopped}), {self._score} {result.best_val_score:.4f}")
-        return result, model
+        fit = self.backend.fit(FitJob(
+            config, train, val,
+            training=TrainConfig(max_epochs=spec.training.max_epochs, patience=spec.training.patience,
+                                 batch_size=spec.training.batch_size,
+                                 shift=spec.data.augmentation.shift if pixels else 0),
+            seed=spec.seed, time_limit_s=time_limit, checkpoint_path=run_dir / "checkpoint.pt", resume=resume,
+            task=self.task, on_start=on_start, on_epoch=on_epoch))
+        result = fit.result
+        if fit.method == "itself":
+            self._say(progress, f"[training] {name} fitted on {len(train[1])} examples, "
+                      f"{self._score} {result.best_val_score:.4f}")
+        else:
+            self._say(progress, f"[training] best epoch {result.best_epoch} of {len(result.history)} "
+                      f"({result.stopped}), {self._score} {result.best_val_score:.4f}")
+        return result, fit.model
 
     def _finish(self, *, model, config, feat, ds: Dataset, run_id: str, train_result, parent,
                 feedback_examples: int, feedback_ids: list[str], selection, fingerprint: str,

@@ -4,18 +4,39 @@ Every model takes the tensor its featurizer makes (standardized images (N, C, H,
 (N, D), TF-IDF vectors (N, V), token ids (N, 2, L), pretrained feature maps, log-mel
 spectrograms (N, 1, n_mels, frames), featurized table rows (N, D)) and returns logits
 (N, K). ``build_model(config)`` rebuilds exactly the architecture whose weights an artifact stores.
+
+Most families learn by gradient steps (``train.Trainer``); a model that fits by its own algorithm
+(closed-form ridge, boosted trees) says so by implementing :class:`FitsItself`, and whoever fits
+models (``backends``) dispatches on that protocol.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-__all__ = ["build_model", "Regressor", "RidgeRegressor", "batched_logits", "PRETRAINED_FAMILIES", "one_trial",
-           "LinearNet", "MLPNet", "SmallCNN", "count_parameters"]
+__all__ = ["build_model", "Regressor", "RidgeRegressor", "batched_logits", "PRETRAINED_FAMILIES", "FitsItself",
+           "one_trial", "LinearNet", "MLPNet", "SmallCNN", "count_parameters"]
+
+
+@runtime_checkable
+class FitsItself(Protocol):
+    """A model fitted by its own algorithm (closed form, boosted trees), not by gradient steps.
+
+    ``fit_direct(train, val, params, seed)`` fits the module in place on feature tensors
+    ``train = (x, y)`` and ``val = (x, y)`` (the validation split chooses what the algorithm tunes,
+    such as a penalty or a number of rounds), with the candidate's ``params`` (keys it does not
+    know, such as ``lr``, are ignored) and ``seed``. It returns ``{"best_val_score": float,
+    "score_name": "accuracy" | "r2", "history": [{"epoch", "train_loss", "val_loss",
+    "val_accuracy"}], ...}``: one history row shaped like the trainer's (its ``val_accuracy``
+    holds the score), and whatever else the algorithm chose.
+    """
+
+    def fit_direct(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+                   params: dict[str, Any], seed: int) -> dict[str, Any]: ...
 
 
 class LinearNet(nn.Module):
@@ -173,8 +194,9 @@ RIDGE_ALPHAS = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
 class RidgeRegressor(Regressor):
-    """Linear regression fitted in closed form (ridge), not by gradient steps: exact on any table
-    size, in milliseconds. The penalty is the one of ``RIDGE_ALPHAS`` with the best validation R²."""
+    """Linear regression fitted in closed form (ridge), not by gradient steps (:class:`FitsItself`):
+    exact on any table size, in milliseconds. The penalty is the one of ``RIDGE_ALPHAS`` with the
+    best validation R²."""
 
     def fit_direct(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                    params: dict[str, Any], seed: int) -> dict[str, Any]:

@@ -9,7 +9,8 @@ logits themselves), within float32 rounding of the sum; a regression ensemble's 
 equals the regressor's ``predict``.
 
 ``fit_direct`` fits the scikit-learn estimator on the given features and copies its trees into the
-module's buffers; the loop calls it instead of the gradient-descent trainer. Buffers take the
+module's buffers: the module fits itself (``models.FitsItself``), so it is fitted by that instead of
+the gradient-descent trainer. Buffers take the
 shapes of whatever ensemble is loaded (``load_state_dict`` resizes them), so an artifact rebuilt by
 ``build_model`` from its config loads trees of any size.
 """

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backends import Backend, get_backend, task_score
 from ..models import build_model, count_parameters, one_trial
 from ..spec import LOWER_IS_BETTER, Spec
 from ..tasks import Candidate, featurizer_from_config, get_task
@@ -70,12 +71,14 @@ def prepare_features(candidate: Candidate, train_x: Any, val_x: Any, cache_dir: 
 
 def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tensor], val: tuple[Any, torch.Tensor],
                       num_classes: int, spec: Spec, timeout_s: float, run_dir: Path, cache_dir: Path | None,
-                      progress=None, target: dict[str, float] | None = None) -> dict[str, Any]:
+                      progress=None, target: dict[str, float] | None = None,
+                      backend: Backend | None = None) -> dict[str, Any]:
     """Search each candidate; measure latency and size of its best trial; choose one.
 
     ``target`` (regression: the training targets' mean and std) makes every candidate predict one
     value; ``val_accuracy`` in its rows is then the validation R² (the spec's task says the loss
-    and the score).
+    and the score). Every trial is fitted and run by ``backend`` (None: the spec's, see
+    ``backends.get_backend``).
 
     Returns the selection record (JSON-able: ``leaderboard`` (one row per candidate), ``trials``
     (every trial), ``chosen`` (the candidate name), ``best_family``, ``best_params``,
@@ -87,6 +90,7 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
     (xtr, ytr), (xva, yva) = train, val
     t0 = time.perf_counter()
     task = get_task(spec.task)
+    backend = get_backend(backend if backend is not None else spec)
     state: dict[str, dict[str, Any]] = {}
 
     def search(cand: Candidate, n_trials: int) -> None:
@@ -94,7 +98,7 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
         left = timeout_s - (time.perf_counter() - t0)
         srch = CandidateSearch([cand.family], n_trials, sel.epochs_per_trial, timeout_s=max(1.0, left),
                                batch_size=spec.training.batch_size, shift=st["shift"], seed=spec.seed,
-                               study_name=f"selection-{cand.name}", task=task)
+                               study_name=f"selection-{cand.name}", task=task, backend=backend)
         st["res"] = srch.run(st["train"], st["val"], st["base"], storage_path=run_dir / "selection.db")
         st["search_s"] = st.get("search_s", 0.0) + st["res"].seconds
 
@@ -155,8 +159,8 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
     chosen, warning = choose(rows, spec)
     st = state[chosen["candidate"]]
     record = {"leaderboard": rows, "trials": trials, "chosen": chosen["candidate"], "best_family": chosen["family"],
-              "best_params": chosen["params"], "best_val_score": chosen["val_accuracy"],
-              "score_name": st["res"].score_name, "best_val_accuracy": chosen["val_accuracy"], "warning": warning,
+              "best_params": chosen["params"], "best_val_score": chosen["val_accuracy"], "score_name": task_score(task),
+              "best_val_accuracy": chosen["val_accuracy"], "warning": warning,
               "rule": sel.choose, "seconds": round(time.perf_counter() - t0, 2)}
     # The chosen candidate's fitted featurizer and features: final training needs them, no need to recompute.
     return record, (st["feat"], st["train"][0], st["val"][0] if len(yva) else None)
