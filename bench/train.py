@@ -109,7 +109,7 @@ def part_throughput(train, test, epochs: int) -> list[str]:
     t = time.perf_counter()
     r = Trainer(TrainConfig(max_epochs=epochs, patience=epochs, batch_size=BATCH, lr=LR)).fit(m, train, test)
     ml_s = time.perf_counter() - t
-    rows.append((f"modelloop Trainer ({_plan(r)})", ml_s, n / ml_s, r.best_val_accuracy, before))
+    rows.append((f"modelloop Trainer ({_plan(r)})", ml_s, n / ml_s, r.best_val_score, before))
 
     out = [f"Training throughput, SmallCNN width 32, {len(y)} images x {epochs} epochs, batch {BATCH}:", "",
            "| trainer | wall s | images/s | test acc | vs plain | load before |", "|---|---|---|---|---|---|"]

@@ -161,6 +161,6 @@ def test_hgb_fit_direct_reports_history_and_keeps_best_rounds():
     model = build_model({"family": "hgb", "input_shape": [30], "num_classes": 2, "params": {"max_iter": 100}})
     out = model.fit_direct((feat.transform(t.rows[:400]), y[:400]), (feat.transform(t.rows[400:]), y[400:]),
                            {"max_iter": 100, "lr": 1e-3}, seed=0)
-    assert out["best_val_accuracy"] > 0.9 and 1 <= out["rounds"] <= 100
+    assert out["best_val_score"] > 0.9 and 1 <= out["rounds"] <= 100
     assert set(out["history"][0]) == {"epoch", "train_loss", "val_loss", "val_accuracy"}
     assert model.feature_idx.shape[0] == out["rounds"]

@@ -57,7 +57,7 @@ def _fit_seed_case(seed_case, precision: str, channels_last: bool) -> float:
     cfg = TrainConfig(max_epochs=3, batch_size=64, threads=1, seed=0, precision=precision, channels_last=channels_last)
     r = Trainer(cfg).fit(cnn(), train, val)
     assert (r.precision, r.channels_last, r.plan_source) == (precision, channels_last, "config")
-    return r.best_val_accuracy
+    return r.best_val_score
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_one_hot_soft_targets_train_like_hard_labels(seed_case):
     hard, soft = results
     assert [h["train_loss"] for h in hard.history] == pytest.approx([h["train_loss"] for h in soft.history],
                                                                     abs=1e-6)
-    assert hard.best_val_accuracy == soft.best_val_accuracy
+    assert hard.best_val_score == soft.best_val_score
     for k in hard.best_state:
         assert torch.allclose(hard.best_state[k], soft.best_state[k], atol=1e-6)
 
@@ -145,7 +145,7 @@ def test_soft_targets_from_a_teacher_train(seed_case):
     probs = torch.full((len(y), 2), 0.05)
     probs[torch.arange(len(y)), y] = 0.95  # a confident teacher
     r = Trainer(TrainConfig(max_epochs=3, batch_size=64, precision="fp32", threads=1)).fit(linear(), (x, probs), val)
-    assert r.best_val_accuracy > 0.75
+    assert r.best_val_score > 0.75
 
 
 class TokenModel(nn.Module):
@@ -168,7 +168,7 @@ def test_integer_inputs_are_not_cast_or_shifted():
     r = Trainer(TrainConfig(max_epochs=15, batch_size=16, lr=0.05, shift=2, threads=1)).fit(
         TokenModel(), (ids, y), (ids, y))
     assert not r.channels_last
-    assert r.best_val_accuracy > 0.8
+    assert r.best_val_score > 0.8
 
 
 def test_probe_measures_and_matches_a_forced_run(seed_case, monkeypatch):
@@ -238,7 +238,7 @@ def test_describe_and_result_stay_compatible(seed_case, monkeypatch, native_bf16
     (x, y), val = seed_case
     r = Trainer(TrainConfig(max_epochs=1, threads=1)).fit(linear(), (x[:64], y[:64]), val)
     d = describe(r)
-    for key in ("best_epoch", "best_val_accuracy", "epochs_run", "stopped", "seconds",
+    for key in ("best_epoch", "best_val_accuracy", "best_val_score", "score_name", "epochs_run", "stopped", "seconds",
                 "device", "precision", "threads", "channels_last", "plan"):
         assert key in d
     assert d["precision"] == "fp32" and d["plan"] == ("default" if native_bf16 else "config")
@@ -269,5 +269,5 @@ def test_cuda_fit(seed_case, precision):
     assert r.device.startswith("cuda") and r.precision == precision
     assert all(t.device.type == "cpu" for t in r.best_state.values())
     assert next(model.parameters()).device.type == "cpu"
-    assert r.best_val_accuracy > 0.8
+    assert r.best_val_score > 0.8
 

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from modelloop.backends import FitJob, LocalBackend
 from modelloop.data.builtin import load_builtin
 from modelloop.data.text import load_rotten_tomatoes
 from modelloop.feedback import FeedbackStore, prediction_row
-from modelloop.models import build_model
 from modelloop.registry import LocalRegistry
 from modelloop.select.candidates import prepare_features
 from modelloop.tasks import TASK_NAMES, get_task
-from modelloop.train import TrainConfig, Trainer
+from modelloop.train import TrainConfig
 
 #: Tasks with a contract file of their own (recommendation does not fit features in, class
 #: probabilities out; see ``test_recommendation.py``).
@@ -102,13 +102,11 @@ def test_task_contract(task_name, candidate, data, tmp_path, request):
     regression = task.problem == "regression"
     if regression:
         config["target"] = {"mean": float(ytr.mean()), "std": float(ytr.std())}
-    torch.manual_seed(0)
-    model = build_model(config)
-    if hasattr(model, "fit_direct"):  # fitted directly (gradient-boosted trees), not by gradient descent
-        model.fit_direct((ftr, ytr), (fva, y[n_train:]), config["params"], 0)
-    else:
-        # The contract is about plumbing (fit, save, reload, parse), not accuracy: one epoch will do.
-        Trainer(TrainConfig(max_epochs=1, batch_size=32)).fit(model, (ftr, ytr), (fva, y[n_train:]))
+    # The backend fits a network by gradient steps with the task's loss and a model that fits
+    # itself (ridge, boosted trees) by its own algorithm. The contract is about plumbing (fit,
+    # save, reload, parse), not accuracy: one epoch will do.
+    model = LocalBackend().fit(FitJob(config, (ftr, ytr), (fva, y[n_train:]),
+                                      training=TrainConfig(max_epochs=1, batch_size=32), seed=0, task=task)).model
     model.eval()
     with torch.inference_mode():
         out = model(feat.transform(xte))

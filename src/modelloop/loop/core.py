@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..backends import get_backend
 from ..errors import RegistryError
 from ..feedback import FeedbackStore, open_store
 from ..registry import LoadedModel
@@ -62,6 +63,8 @@ class Loop:
         self.registry: Registry = open_registry(self.paths.registry, lock=self.lock)
         self.runs = Runs(self.paths, self.registry, self.lock, self.say, resumable=self.task.resumable)
         self._store: FeedbackStore | None = None
+        #: where fits and searches run (see ``backends``)
+        self.backend = get_backend(self.spec)
 
     @property
     def store(self) -> FeedbackStore:
@@ -84,7 +87,8 @@ class Loop:
         """What the task's stages see of this project."""
         return Context(spec=self.spec, paths=self.paths, registry=self.registry, store=lambda: self.store,
                        say=lambda msg: self.say(progress, msg), progress=progress,
-                       write_report=self.runs.write_report, watch_state=lambda: _monitor.watch_state(self))
+                       write_report=self.runs.write_report, watch_state=lambda: _monitor.watch_state(self),
+                       backend=self.backend)
 
     # -- run and retrain -------------------------------------------------------------------------
     def run(self, resume: bool = False, progress: Progress | None = None, wait: Wait = False) -> dict[str, Any]:

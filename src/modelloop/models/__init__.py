@@ -4,18 +4,39 @@ Every model takes the tensor its featurizer makes (standardized images (N, C, H,
 (N, D), TF-IDF vectors (N, V), token ids (N, 2, L), pretrained feature maps, log-mel
 spectrograms (N, 1, n_mels, frames), featurized table rows (N, D)) and returns logits
 (N, K). ``build_model(config)`` rebuilds exactly the architecture whose weights an artifact stores.
+
+Most families learn by gradient steps (``train.Trainer``); a model that fits by its own algorithm
+(closed-form ridge, boosted trees) says so by implementing :class:`FitsItself`, and whoever fits
+models (``backends``) dispatches on that protocol.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-__all__ = ["build_model", "Regressor", "RidgeRegressor", "batched_logits", "PRETRAINED_FAMILIES", "LinearNet",
-           "MLPNet", "SmallCNN", "count_parameters"]
+__all__ = ["build_model", "Regressor", "RidgeRegressor", "batched_logits", "PRETRAINED_FAMILIES", "FitsItself",
+           "one_trial", "LinearNet", "MLPNet", "SmallCNN", "count_parameters"]
+
+
+@runtime_checkable
+class FitsItself(Protocol):
+    """A model fitted by its own algorithm (closed form, boosted trees), not by gradient steps.
+
+    ``fit_direct(train, val, params, seed)`` fits the module in place on feature tensors
+    ``train = (x, y)`` and ``val = (x, y)`` (the validation split chooses what the algorithm tunes,
+    such as a penalty or a number of rounds), with the candidate's ``params`` (keys it does not
+    know, such as ``lr``, are ignored) and ``seed``. It returns ``{"best_val_score": float,
+    "score_name": "accuracy" | "r2", "history": [{"epoch", "train_loss", "val_loss",
+    "val_accuracy"}], ...}``: one history row shaped like the trainer's (its ``val_accuracy``
+    holds the score), and whatever else the algorithm chose.
+    """
+
+    def fit_direct(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+                   params: dict[str, Any], seed: int) -> dict[str, Any]: ...
 
 
 class LinearNet(nn.Module):
@@ -83,7 +104,14 @@ class SmallCNN(nn.Module):
 _ARCH = {"linear": (LinearNet, ()), "mlp": (MLPNet, ("hidden", "dropout")), "cnn": (SmallCNN, ("width", "dropout"))}
 
 
+#: families that continue a pretrained network: one architecture, only the optimizer varies
 PRETRAINED_FAMILIES = ("efficientnet-suffix", "minilm-lora")
+
+
+def one_trial(family: str) -> bool:
+    """Whether a candidate search gives ``family`` its one default trial and no more: a pretrained
+    network, whose trials cost the most and could vary only the optimizer's settings."""
+    return family in PRETRAINED_FAMILIES
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
@@ -166,13 +194,14 @@ RIDGE_ALPHAS = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
 class RidgeRegressor(Regressor):
-    """Linear regression fitted in closed form (ridge), not by gradient steps: exact on any table
-    size, in milliseconds. The penalty is the one of ``RIDGE_ALPHAS`` with the best validation R²."""
+    """Linear regression fitted in closed form (ridge), not by gradient steps (:class:`FitsItself`):
+    exact on any table size, in milliseconds. The penalty is the one of ``RIDGE_ALPHAS`` with the
+    best validation R²."""
 
     def fit_direct(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                    params: dict[str, Any], seed: int) -> dict[str, Any]:
-        """``best_val_accuracy`` holds the validation R² (see ``Trainer``); ``params`` and ``seed`` are unused:
-        the fit is deterministic."""
+        """Scored by the validation R² (``score_name`` "r2"); ``params`` and ``seed`` are unused: the fit
+        is deterministic. Returns ``{"best_val_score", "score_name", "history", "alpha"}``."""
         from ..evaluate.metrics import r2_score
 
         x = train[0].flatten(1).double()
@@ -200,4 +229,4 @@ class RidgeRegressor(Regressor):
             va = self(val[0])[:, 0].double()
         row = {"epoch": 1, "train_loss": float(((tr - train[1].double()) ** 2).mean()),
                "val_loss": float(((va - yv) ** 2).mean()) if len(yv) else 0.0, "val_accuracy": score}
-        return {"best_val_accuracy": score, "history": [row], "alpha": alpha}
+        return {"best_val_score": score, "score_name": "r2", "history": [row], "alpha": alpha}

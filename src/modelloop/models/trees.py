@@ -9,7 +9,8 @@ logits themselves), within float32 rounding of the sum; a regression ensemble's 
 equals the regressor's ``predict``.
 
 ``fit_direct`` fits the scikit-learn estimator on the given features and copies its trees into the
-module's buffers; the loop calls it instead of the gradient-descent trainer. Buffers take the
+module's buffers: the module fits itself (``models.FitsItself``), so it is fitted by that instead of
+the gradient-descent trainer. Buffers take the
 shapes of whatever ensemble is loaded (``load_state_dict`` resizes them), so an artifact rebuilt by
 ``build_model`` from its config loads trees of any size.
 """
@@ -169,8 +170,9 @@ class HGBNet(nn.Module):
             params: ensemble settings (``HGB_DEFAULTS`` keys; others, such as lr, are ignored).
             seed: the estimator's random state.
         Returns:
-            ``{"best_val_accuracy", "history": [{"epoch": 1, "train_loss", "val_loss",
-            "val_accuracy"}], "rounds"}``.
+            ``{"best_val_score", "score_name", "history": [{"epoch": 1, "train_loss", "val_loss",
+            "val_accuracy"}], "rounds"}``: the validation accuracy (score "accuracy"), or for a
+            regression ensemble the validation R² (score "r2").
         """
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
@@ -206,12 +208,12 @@ class HGBNet(nn.Module):
         va_acc = float((va_logits.argmax(1) == yva).mean()) if len(yva) else 0.0
         row = {"epoch": 1, "train_loss": _ce(tr_logits, ytr), "val_loss": _ce(va_logits, yva) if len(yva) else 0.0,
                "val_accuracy": va_acc}
-        return {"best_val_accuracy": va_acc, "history": [row], "rounds": len(clf._predictors)}
+        return {"best_val_score": va_acc, "score_name": "accuracy", "history": [row], "rounds": len(clf._predictors)}
 
 
     def _fit_regression(self, xtr, ytr, xva, yva, s: dict[str, Any], seed: int, estimator) -> dict[str, Any]:
         """The regressor's half of :meth:`fit_direct`: rounds chosen by validation squared error,
-        scored by R² (``best_val_accuracy`` holds the validation R²)."""
+        scored by the validation R² (``score_name`` "r2")."""
         from threadpoolctl import threadpool_limits
 
         from ..evaluate.metrics import r2_score
@@ -233,7 +235,7 @@ class HGBNet(nn.Module):
         r2 = r2_score(yva64, va) if len(yva) else 0.0
         row = {"epoch": 1, "train_loss": float(np.mean((tr - ytr64) ** 2)),
                "val_loss": float(np.mean((va - yva64) ** 2)) if len(yva) else 0.0, "val_accuracy": r2}
-        return {"best_val_accuracy": r2, "history": [row], "rounds": len(reg._predictors)}
+        return {"best_val_score": r2, "score_name": "r2", "history": [row], "rounds": len(reg._predictors)}
 
 
 def _ce(logits: np.ndarray, y: np.ndarray) -> float:

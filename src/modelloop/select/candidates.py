@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models import build_model, count_parameters
+from ..backends import Backend, get_backend, task_score
+from ..models import build_model, count_parameters, one_trial
 from ..spec import LOWER_IS_BETTER, Spec
-from ..tasks import Candidate, featurizer_from_config
+from ..tasks import Candidate, featurizer_from_config, get_task
 from .search import CandidateSearch
 
 __all__ = ["prepare_features", "search_candidates", "choose", "serving_latency", "model_bytes"]
@@ -70,20 +71,26 @@ def prepare_features(candidate: Candidate, train_x: Any, val_x: Any, cache_dir: 
 
 def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tensor], val: tuple[Any, torch.Tensor],
                       num_classes: int, spec: Spec, timeout_s: float, run_dir: Path, cache_dir: Path | None,
-                      progress=None, target: dict[str, float] | None = None) -> dict[str, Any]:
+                      progress=None, target: dict[str, float] | None = None,
+                      backend: Backend | None = None) -> dict[str, Any]:
     """Search each candidate; measure latency and size of its best trial; choose one.
 
     ``target`` (regression: the training targets' mean and std) makes every candidate predict one
-    value; ``val_accuracy`` in its rows is then the validation R².
+    value; ``val_accuracy`` in its rows is then the validation R² (the spec's task says the loss
+    and the score). Every trial is fitted and run by ``backend`` (None: the spec's, see
+    ``backends.get_backend``).
 
     Returns the selection record (JSON-able: ``leaderboard`` (one row per candidate), ``trials``
-    (every trial), ``chosen`` (the candidate name), ``best_family``, ``best_params``, ``warning``)
-    and the chosen candidate's (fitted featurizer, training features, validation features or None).
+    (every trial), ``chosen`` (the candidate name), ``best_family``, ``best_params``,
+    ``best_val_score`` and its ``score_name`` (also written as ``best_val_accuracy``, which
+    stored runs hold), ``warning``) and the chosen candidate's (fitted featurizer, training
+    features, validation features or None).
     """
     sel = spec.selection
     (xtr, ytr), (xva, yva) = train, val
     t0 = time.perf_counter()
-    one_shot = ("efficientnet-suffix", "minilm-lora")  # pretrained networks: one trial, no search
+    task = get_task(spec.task)
+    backend = get_backend(backend if backend is not None else spec)
     state: dict[str, dict[str, Any]] = {}
 
     def search(cand: Candidate, n_trials: int) -> None:
@@ -91,7 +98,7 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
         left = timeout_s - (time.perf_counter() - t0)
         srch = CandidateSearch([cand.family], n_trials, sel.epochs_per_trial, timeout_s=max(1.0, left),
                                batch_size=spec.training.batch_size, shift=st["shift"], seed=spec.seed,
-                               study_name=f"selection-{cand.name}")
+                               study_name=f"selection-{cand.name}", task=task, backend=backend)
         st["res"] = srch.run(st["train"], st["val"], st["base"], storage_path=run_dir / "selection.db")
         st["search_s"] = st.get("search_s", 0.0) + st["res"].seconds
 
@@ -113,12 +120,13 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
         search(cand, 1)
         if progress:
             progress(f"[selection] {cand.name}: default trial val accuracy "
-                     f"{state[cand.name]['res'].best_val_accuracy:.4f}")
+                     f"{state[cand.name]['res'].best_val_score:.4f}")
 
     # 2. the remaining trials go to the searchable candidates, more to the more promising ones
-    #    (rank r of n gets a share proportional to n - r), while the time budget lasts.
-    searchable = sorted((c for c in candidates if c.family not in one_shot),
-                        key=lambda c: -state[c.name]["res"].best_val_accuracy)
+    #    (rank r of n gets a share proportional to n - r), while the time budget lasts. A pretrained
+    #    network keeps its one trial (see models.one_trial).
+    searchable = sorted((c for c in candidates if not one_trial(c.family)),
+                        key=lambda c: -state[c.name]["res"].best_val_score)
     remaining = max(0, sel.trials - len(candidates))
     weights = [len(searchable) - r for r in range(len(searchable))]
     extra = [int(remaining * w / max(1, sum(weights))) for w in weights]
@@ -139,19 +147,20 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
         lat = serving_latency(feat, model, _one(xva if len(yva) else xtr), threads=spec.serving.threads)
         size_mb = (model_bytes(model) + feat.frozen_bytes()) / 1e6
         rows.append({"candidate": cand.name, "family": cand.family, "featurizer": cand.featurizer["kind"],
-                     "pretrained": cand.pretrained, "val_accuracy": res.best_val_accuracy,
+                     "pretrained": cand.pretrained, "val_accuracy": res.best_val_score,
                      "params": res.best_params, "parameters": count_parameters(model),
                      "p50_ms": lat["p50_ms"], "p95_ms": lat["p95_ms"], "size_mb": size_mb,
                      "featurize_s": round(st["feat_s"], 2), "search_s": round(st["search_s"], 2),
                      "trials": len(res.leaderboard)})
         trials += [{**r, "candidate": cand.name} for r in res.leaderboard]
         if progress:
-            progress(f"[selection] {cand.name}: val accuracy {res.best_val_accuracy:.4f}, p95 {lat['p95_ms']:.2f} ms, "
+            progress(f"[selection] {cand.name}: val accuracy {res.best_val_score:.4f}, p95 {lat['p95_ms']:.2f} ms, "
                      f"{size_mb:.2f} MB ({len(res.leaderboard)} trials)")
     chosen, warning = choose(rows, spec)
     st = state[chosen["candidate"]]
     record = {"leaderboard": rows, "trials": trials, "chosen": chosen["candidate"], "best_family": chosen["family"],
-              "best_params": chosen["params"], "best_val_accuracy": chosen["val_accuracy"], "warning": warning,
+              "best_params": chosen["params"], "best_val_score": chosen["val_accuracy"], "score_name": task_score(task),
+              "best_val_accuracy": chosen["val_accuracy"], "warning": warning,
               "rule": sel.choose, "seconds": round(time.perf_counter() - t0, 2)}
     # The chosen candidate's fitted featurizer and features: final training needs them, no need to recompute.
     return record, (st["feat"], st["train"][0], st["val"][0] if len(yva) else None)
@@ -166,7 +175,7 @@ def choose(rows: list[dict[str, Any]], spec: Spec) -> tuple[dict[str, Any], str 
     accurate candidate (best validation R²) is taken.
     """
     req, sel = spec.requirements, spec.selection
-    score = "val R²" if spec.task == "tabular-regression" else "val accuracy"
+    score = getattr(get_task(spec.task), "score_name", "val accuracy")
     need = None if req.metric in LOWER_IS_BETTER else req.target + sel.quality_margin
     for r in rows:
         misses = []

@@ -2,8 +2,12 @@
 
 Every family in the spec gets one trial with sensible defaults first (so the leaderboard always
 compares them all), then TPE explores the joint space until the trial count or the time budget
-runs out. Trials report validation accuracy per epoch and unpromising ones are pruned. The
-study lives in a SQLite file in the run folder, so an interrupted search resumes.
+runs out. Trials report their validation score (accuracy, or R² for a regression) per epoch and
+unpromising ones are pruned. The study lives in a SQLite file in the run folder, so an
+interrupted search resumes.
+
+This module says what a trial is (the search space, the candidate's config); a backend
+(``backends``) fits each trial and runs the trials.
 """
 
 from __future__ import annotations
@@ -12,16 +16,18 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..models import build_model, count_parameters
-from ..train import TrainConfig, Trainer
+from ..backends import Backend, FitJob, SearchJob, get_backend, task_score
+from ..models import PRETRAINED_FAMILIES, count_parameters
+from ..train import TrainConfig
 
 if TYPE_CHECKING:
     import optuna
+
+    from ..tasks import Task
 
 __all__ = ["CandidateSearch", "SearchResult", "DEFAULTS"]
 
@@ -52,7 +58,7 @@ def _suggest(trial: optuna.Trial, families: list[str]) -> tuple[str, dict[str, A
         from ..models.trees import suggest_hgb
 
         return family, suggest_hgb(trial)  # boosted trees: no optimizer settings
-    elif family in ("efficientnet-suffix", "minilm-lora"):
+    elif family in PRETRAINED_FAMILIES:
         # Pretrained networks: one architecture, only the optimizer is searched.
         p = {k: v for k, v in DEFAULTS[family].items() if k not in ("lr", "weight_decay")}
     p["lr"] = trial.suggest_float(f"{family}_lr", 3e-4, 1e-2, log=True)
@@ -74,16 +80,21 @@ def _as_trial_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class SearchResult:
+    """The best trial's family, settings and validation score (named by ``score_name``:
+    "accuracy", or "r2" for a regression), and the leaderboard: one row per trial, best first,
+    each holding its score under ``val_accuracy``."""
+
     best_family: str
     best_params: dict[str, Any]
-    best_val_accuracy: float
+    best_val_score: float
     leaderboard: list[dict[str, Any]] = field(default_factory=list)  # one row per trial, best first
     seconds: float = 0.0
+    score_name: str = "accuracy"
 
     def to_dict(self) -> dict[str, Any]:
         return {"best_family": self.best_family, "best_params": self.best_params,
-                "best_val_accuracy": self.best_val_accuracy, "leaderboard": self.leaderboard,
-                "seconds": self.seconds}
+                "best_val_score": self.best_val_score, "score_name": self.score_name,
+                "leaderboard": self.leaderboard, "seconds": self.seconds}
 
 
 class CandidateSearch:
@@ -95,10 +106,14 @@ class CandidateSearch:
         epochs_per_trial: training epochs each trial gets at most.
         timeout_s: wall-clock budget for the whole search.
         seed: seeds the sampler and every trial's training.
+        task: says the trials' loss and validation score (see ``backends.FitJob``); None:
+            cross-entropy and accuracy.
+        backend: fits the trials and runs them; None: the local backend.
     """
 
     def __init__(self, families: list[str], trials: int, epochs_per_trial: int, timeout_s: float,
-                 batch_size: int = 64, shift: int = 0, seed: int = 0, study_name: str = "selection") -> None:
+                 batch_size: int = 64, shift: int = 0, seed: int = 0, study_name: str = "selection",
+                 task: Task | None = None, backend: Backend | None = None) -> None:
         self.families = list(families)
         self.trials = max(trials, len(self.families))
         self.epochs_per_trial = epochs_per_trial
@@ -107,72 +122,48 @@ class CandidateSearch:
         self.shift = shift
         self.seed = seed
         self.study_name = study_name
+        self.task = task
+        self.backend = backend
 
     def run(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
             model_base: dict[str, Any], storage_path: Path | None = None, progress=None) -> SearchResult:
         """Run (or resume) the search. ``model_base`` holds input_shape and num_classes."""
-        import optuna  # imported here: it costs every command's start-up a second otherwise
+        backend = get_backend(self.backend)
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = f"sqlite:///{storage_path}" if storage_path is not None else None
-        study = optuna.create_study(
-            study_name=self.study_name, storage=storage, load_if_exists=True, direction="maximize",
-            sampler=optuna.samplers.TPESampler(seed=self.seed),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=len(self.families), n_warmup_steps=2),
-        )
-        finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
-                                                            optuna.trial.TrialState.PRUNED)]
-        if not study.trials:
-            for fam in self.families:
-                study.enqueue_trial(_as_trial_params(fam, DEFAULTS[fam]))
-        t0 = time.perf_counter()
-
-        def objective(trial: optuna.Trial) -> float:
+        def objective(trial) -> float:
             family, params = _suggest(trial, self.families)
-            config = {**model_base, "family": family, "params": params}
-            torch.manual_seed(self.seed + trial.number)
-            model = build_model(config)
-            trainer = Trainer(TrainConfig(max_epochs=self.epochs_per_trial, patience=3, batch_size=self.batch_size,
-                                          lr=params.get("lr", 1e-3), weight_decay=params.get("weight_decay", 0.0),
-                                          shift=self.shift,
-                                          seed=self.seed + trial.number))
+            trial.set_user_attr("params", params)
+            started: dict[str, float] = {}
+
+            def start(model: torch.nn.Module, method: str) -> None:
+                trial.set_user_attr("parameters", count_parameters(model))
+                started["t"] = time.perf_counter()
 
             def report(epoch: int, row: dict[str, float]) -> None:
-                trial.report(row["val_accuracy"], epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
+                trial.report(row["val_accuracy"], epoch)  # raises when the trial is pruned
 
-            trial.set_user_attr("params", params)
-            trial.set_user_attr("parameters", count_parameters(model))
-            t = time.perf_counter()
-            if hasattr(model, "fit_direct"):  # fit by its own algorithm (e.g. boosted trees), not by gradient steps
-                fitted = model.fit_direct(train, val, params, self.seed + trial.number)
-                result = SimpleNamespace(best_val_accuracy=fitted["best_val_accuracy"], history=fitted["history"])
-            else:
-                result = trainer.fit(model, train, val, on_epoch=report)
-            trial.set_user_attr("seconds", time.perf_counter() - t)
-            trial.set_user_attr("epochs", len(result.history))
+            fit = backend.fit(FitJob(
+                {**model_base, "family": family, "params": params}, train, val,
+                training=TrainConfig(max_epochs=self.epochs_per_trial, patience=3, batch_size=self.batch_size,
+                                     shift=self.shift),
+                seed=self.seed + trial.number, task=self.task, on_start=start, on_epoch=report))
+            trial.set_user_attr("seconds", time.perf_counter() - started["t"])
+            trial.set_user_attr("epochs", len(fit.history))
             if progress:
                 progress(f"trial {trial.number + 1}/{self.trials}: {family} val accuracy "
-                         f"{result.best_val_accuracy:.3f}")
-            return result.best_val_accuracy
+                         f"{fit.best_val_score:.3f}")
+            return fit.best_val_score
 
-        remaining = self.trials - len(finished)
-        if remaining > 0:
-            study.optimize(objective, n_trials=remaining, timeout=self.timeout_s, catch=())
-        rows = []
-        for t in study.trials:
-            if t.state not in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
-                continue
-            rows.append({
-                "trial": t.number, "family": t.params["family"], "state": t.state.name.lower(),
-                "val_accuracy": t.value if t.value is not None else (max(t.intermediate_values.values())
-                                                                     if t.intermediate_values else None),
-                "params": t.user_attrs.get("params", {}), "parameters": t.user_attrs.get("parameters"),
-                "seconds": round(t.user_attrs.get("seconds", 0.0), 2), "epochs": t.user_attrs.get("epochs"),
-            })
-        rows.sort(key=lambda r: (r["state"] != "complete", -(r["val_accuracy"] or 0.0)))
+        out = backend.search(SearchJob(
+            objective, n_trials=self.trials, timeout_s=self.timeout_s, seed=self.seed, study_name=self.study_name,
+            storage_path=storage_path, first_trials=[_as_trial_params(fam, DEFAULTS[fam]) for fam in self.families],
+            startup_trials=len(self.families), warmup_steps=2))
+        rows = [{
+            "trial": t.number, "family": t.params["family"], "state": t.state, "val_accuracy": t.value,
+            "params": t.attrs.get("params", {}), "parameters": t.attrs.get("parameters"),
+            "seconds": round(t.attrs.get("seconds", 0.0), 2), "epochs": t.attrs.get("epochs"),
+        } for t in out.trials]
         complete = [r for r in rows if r["state"] == "complete"]
         best = complete[0]
-        return SearchResult(best["family"], best["params"], best["val_accuracy"], rows,
-                            round(time.perf_counter() - t0, 2))
+        return SearchResult(best["family"], best["params"], best["val_accuracy"], rows, out.seconds,
+                            score_name=task_score(self.task))

@@ -55,6 +55,8 @@ class Task(ABC):
     input_kind: str  # "image" | "text" | "audio" | "tabular"
     #: "classification" (outputs: class probabilities) or "regression" (one number per input)
     problem: str = "classification"
+    #: how a fit is scored on the validation split (a key of ``train.trainer.SCORES``)
+    val_score: str = "accuracy"
     candidates: dict[str, Candidate]
     default_candidates: tuple[str, ...]
     #: a JSON request body of this task, for the message about a body that is not JSON
@@ -246,6 +248,20 @@ class Task(ABC):
     def predict_offline(self, model, inputs: Any) -> list[dict[str, Any]]:
         """``Project.predict``: Python inputs -> one answer per input (not logged)."""
         raise InputError(f"{self.name}: no offline predict")
+
+    def loss(self, outputs, targets):
+        """What training minimizes over a batch: model outputs and targets -> a scalar tensor.
+
+        Classification: the mean cross-entropy of the logits (N, K) against class indices (N,)
+        int64, or against class probabilities (N, K) float (a teacher's soft targets). Regression
+        (``problem == "regression"``): the mean squared error of the single output (N, 1) against
+        the values (N,), in the target's units.
+        """
+        from ..train.trainer import cross_entropy, squared_error  # torch: not needed to parse a spec
+
+        if self.problem == "regression":
+            return squared_error(outputs, targets)
+        return cross_entropy(outputs, targets)
 
 
 def fields_of(body: dict) -> str:

@@ -25,7 +25,7 @@ import torch
 from ..data import Dataset
 from ..evaluate import classification_metrics, regression_metrics
 from ..feedback.sampling import feedback_fingerprint, is_holdout
-from ..models import batched_logits, build_model, count_parameters
+from ..models import batched_logits, count_parameters
 from ..registry.artifact import library_versions
 from .base import Task
 from .features import featurizer_from_config
@@ -149,7 +149,7 @@ class SupervisedTask(Task):
         selection, fitted = search_candidates(cands, (xtr, ytr), (xva, yva), len(data.class_names), spec,
                                               timeout_s=time_left, run_dir=run.folder,
                                               cache_dir=ctx.paths.state / "cache", progress=ctx.progress,
-                                              target=self.target(ytr))
+                                              target=self.target(ytr), backend=ctx.backend)
         selection["excluded"] = excluded
         if selection["warning"]:
             log.warning("%s", selection["warning"])
@@ -174,50 +174,45 @@ class SupervisedTask(Task):
             config["target"] = self.target(ytr)
         result, model = self.train(ctx, config, train, val, run.folder, resume=resume, time_limit=time_left())
         if cand.pretrained and spec.selection.distill:
-            student = self._distill(ctx, selection, cand, feat, model, result.best_val_accuracy, data, run.folder,
+            student = self._distill(ctx, selection, cand, feat, model, result.best_val_score, data, run.folder,
                                     time_left())
             if student is not None:
                 cand, feat, model, result, config = student
         return Fitted(model, config, result, {"featurizer": feat})
 
     def train(self, ctx: Context, config: dict[str, Any], train, val, run_dir, resume: bool, time_limit: float):
-        """One candidate's final fit: (training result, model)."""
-        from ..train import TrainConfig, Trainer
-        from ..train.trainer import TrainResult
+        """One candidate's final fit through the backend (gradient steps with early stopping and
+        checkpoints, or the model's own algorithm) -> (how the fit went, the fitted model)."""
+        from ..backends import FitJob
+        from ..train import TrainConfig
 
         spec, say, progress = ctx.spec, ctx.say, ctx.progress
-        params = config["params"]
-        torch.manual_seed(spec.seed)
-        model = build_model(config)
-        if hasattr(model, "fit_direct"):  # fit by its own algorithm (e.g. boosted trees), not by gradient steps
-            import time
-
-            t = time.perf_counter()
-            fitted = model.fit_direct(train, val, params, spec.seed)
-            say(f"[training] {config.get('candidate', config['family'])} fitted on {len(train[1])} "
-                f"examples, {self.score_name} {fitted['best_val_accuracy']:.4f}")
-            return TrainResult(best_state=model.state_dict(), best_epoch=len(fitted["history"]),
-                               best_val_accuracy=fitted["best_val_accuracy"], history=fitted["history"],
-                               stopped="fitted", seconds=time.perf_counter() - t), model
+        name = config.get("candidate", config["family"])
         pixels = config.get("featurizer", {"kind": "pixels"})["kind"] == "pixels"
-        trainer = Trainer(TrainConfig(
-            max_epochs=spec.training.max_epochs, patience=spec.training.patience,
-            batch_size=spec.training.batch_size, lr=params.get("lr", 1e-3),
-            weight_decay=params.get("weight_decay", 0.0), shift=spec.data.augmentation.shift if pixels else 0,
-            seed=spec.seed, time_limit_s=time_limit,
-            checkpoint_path=run_dir / "checkpoint.pt"))
-        say(f"[training] {config.get('candidate', config['family'])} on {len(train[1])} examples, "
-            f"up to {spec.training.max_epochs} epochs")
+
+        def on_start(model: torch.nn.Module, method: str) -> None:
+            if method == "trainer":
+                say(f"[training] {name} on {len(train[1])} examples, up to {spec.training.max_epochs} epochs")
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
             if progress:
                 progress(f"[training] epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
                          f"{self.score_name} {row['val_accuracy']:.4f}")
 
-        result = trainer.fit(model, train, val, on_epoch=on_epoch, resume=resume)
-        say(f"[training] best epoch {result.best_epoch} of {len(result.history)} "
-            f"({result.stopped}), {self.score_name} {result.best_val_accuracy:.4f}")
-        return result, model
+        fit = ctx.backend.fit(FitJob(
+            config, train, val,
+            training=TrainConfig(max_epochs=spec.training.max_epochs, patience=spec.training.patience,
+                                 batch_size=spec.training.batch_size,
+                                 shift=spec.data.augmentation.shift if pixels else 0),
+            seed=spec.seed, time_limit_s=time_limit, checkpoint_path=run_dir / "checkpoint.pt", resume=resume,
+            task=self, on_start=on_start, on_epoch=on_epoch))
+        result = fit.result
+        if fit.method == "itself":
+            say(f"[training] {name} fitted on {len(train[1])} examples, {self.score_name} {result.best_val_score:.4f}")
+        else:
+            say(f"[training] best epoch {result.best_epoch} of {len(result.history)} "
+                f"({result.stopped}), {self.score_name} {result.best_val_score:.4f}")
+        return result, fit.model
 
     def _distill(self, ctx: Context, selection: dict[str, Any], teacher_cand, teacher_feat, teacher,
                  teacher_val: float, ds: Dataset, run_dir, time_limit: float):
@@ -249,7 +244,7 @@ class SupervisedTask(Task):
         lat = serving_latency(sfeat, model, (xva if len(yva) else xtr)[:1], threads=ctx.spec.serving.threads)
         row = {"candidate": f"{scand.name} (distilled from {teacher_cand.name})", "family": scand.family,
                "featurizer": scand.featurizer["kind"], "pretrained": False, "distilled_from": teacher_cand.name,
-               "val_accuracy": result.best_val_accuracy, "params": base["params"], "parameters":
+               "val_accuracy": result.best_val_score, "params": base["params"], "parameters":
                count_parameters(model), "p50_ms": lat["p50_ms"], "p95_ms": lat["p95_ms"],
                "size_mb": (model_bytes(model) + sfeat.frozen_bytes()) / 1e6, "featurize_s": None,
                "search_s": round(result.seconds, 2), "trials": 1}

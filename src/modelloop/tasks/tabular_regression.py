@@ -27,6 +27,7 @@ REGRESSION_METRICS = ("r2", "rmse", "mae")
 class TabularRegression(TabularClassification):
     name = "tabular-regression"
     problem = "regression"
+    val_score = "r2"
     metric_kind = "regression"
     metrics = REGRESSION_METRICS
     default_metric = "r2"

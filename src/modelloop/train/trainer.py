@@ -1,14 +1,18 @@
 """The training loop.
 
 Data stays in memory as tensors; batches are index slices and augmentation is one vectorized
-op per batch (no per-sample Python). Early stopping keeps the best epoch by validation accuracy
-(ties broken by validation loss); when validation stops improving it first anneals the learning
-rate to zero over a few epochs, then stops. With a checkpoint path, state is written after every epoch so
-an interrupted run continues where it stopped.
+op per batch (no per-sample Python). Early stopping keeps the best epoch by validation score
+(accuracy, or R² for a regression; ties broken by validation loss); when validation stops improving
+it first anneals the learning rate to zero over a few epochs, then stops. With a checkpoint path,
+state is written after every epoch so an interrupted run continues where it stopped.
 
 How the run uses the hardware (device, bf16/fp16 autocast, thread count, channels_last) is decided
 once at the start of ``fit`` by :mod:`modelloop.train.fast`, measured where the config leaves it
 open, logged, and recorded in the :class:`TrainResult`.
+
+What is minimized and how validation is scored are the caller's to say (``Trainer(config, loss,
+score)``; a task says its loss, see ``Task.loss``): the trainer never guesses them from the targets.
+Without them it trains with :func:`cross_entropy` and scores accuracy.
 """
 
 from __future__ import annotations
@@ -28,12 +32,15 @@ from torch import nn
 from ..data.transforms import random_shift
 from .fast import Plan, autocast, choose_plan, has_conv, is_image_batch, resolve_device, thread_scope
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "describe", "soft_cross_entropy"]
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "describe", "cross_entropy", "soft_cross_entropy",
+           "squared_error", "SCORES"]
 
 log = logging.getLogger(__name__)
 
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DEVICES = ("auto", "cpu", "cuda")
+#: how validation is scored (higher is better): "accuracy" of the argmax, or "r2" of a single output
+SCORES = ("accuracy", "r2")
 
 
 @dataclass
@@ -90,11 +97,14 @@ class TrainResult:
     hardware; ``plan_source`` says how they were decided ("config", "probe", "cache",
     "checkpoint", "default") and ``probe`` the median seconds per step of each timed candidate.
     ``examples_per_s`` is training throughput (examples / seconds spent in training steps).
+    ``best_val_score`` is the best epoch's validation score, named by ``score_name`` (one of
+    :data:`SCORES`); each history row holds its epoch's score under ``val_accuracy``, the name
+    reports and stored runs read.
     """
 
     best_state: dict[str, torch.Tensor]
     best_epoch: int
-    best_val_accuracy: float
+    best_val_score: float
     history: list[dict[str, float]] = field(default_factory=list)
     stopped: str = "max_epochs"  # max_epochs | early_stopping | time_limit
     seconds: float = 0.0
@@ -105,6 +115,12 @@ class TrainResult:
     plan_source: str = "config"
     probe: dict[str, float] = field(default_factory=dict)
     examples_per_s: float = 0.0
+    score_name: str = "accuracy"
+
+    @property
+    def best_val_accuracy(self) -> float:
+        """The former name of :attr:`best_val_score` (which holds R² for a regression), still read."""
+        return self.best_val_score
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -115,19 +131,19 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
-def _is_regression(y: torch.Tensor) -> bool:
-    """Targets (N,) float are values to regress; (N,) int64 are classes, (N, K) float soft classes."""
-    return y.is_floating_point() and y.dim() == 1
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits (N, K) against class indices (N,) int64, or against class
+    probabilities (N, K) float (soft targets, e.g. a teacher's in distillation: :func:`soft_cross_entropy`).
+    The classification loss, and the trainer's when it is given none."""
+    if target.is_floating_point():
+        return soft_cross_entropy(logits, target)
+    return F.cross_entropy(logits.float(), target)
 
 
-def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Hard labels (N,) int64 -> cross-entropy; soft targets (N, K) float -> soft cross-entropy;
-    values (N,) float -> mean squared error of the single output (N, 1)."""
-    if _is_regression(y):
-        return F.mse_loss(logits.float()[:, 0], y.float())
-    if y.is_floating_point():
-        return soft_cross_entropy(logits, y)
-    return F.cross_entropy(logits.float(), y)
+def squared_error(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the single output (N, 1) against values (N,), in the target's units
+    (a regression network answers in them: see ``models.Regressor``)."""
+    return F.mse_loss(outputs.float()[:, 0], target.float())
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -137,10 +153,28 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class Trainer:
-    """Fits one model. ``__init__`` stores the config; ``fit`` does the work."""
+    """Fits one model. ``__init__`` stores the config; ``fit`` does the work.
 
-    def __init__(self, config: TrainConfig) -> None:
+    Args:
+        config: optimization and hardware settings.
+        loss: ``loss(outputs, targets) -> scalar tensor``, minimized on each batch (a task's
+            ``Task.loss``); None: :func:`cross_entropy`.
+        score: how validation is scored after each epoch (the best score picks the best epoch):
+            "accuracy" (targets are class indices, or class probabilities scored against their
+            argmax; the validation loss is the cross-entropy) or "r2" (targets are values; the
+            validation loss is the mean squared error).
+
+    Raises:
+        ValueError: ``score`` is not one of :data:`SCORES`.
+    """
+
+    def __init__(self, config: TrainConfig, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 score: str = "accuracy") -> None:
+        if score not in SCORES:
+            raise ValueError(f"Trainer score: received {score!r}; expected one of {SCORES}")
         self.config = config
+        self.loss = loss if loss is not None else cross_entropy
+        self.score = score
 
     def _to_device(self, t: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
         if device.type == "cuda":
@@ -152,14 +186,15 @@ class Trainer:
 
     def _evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device | None = None,
                   channels_last: bool = False) -> tuple[float, float]:
-        """(mean loss, accuracy) in fp32 — the precision the weights are kept and served in.
+        """(mean loss, score) in fp32 — the precision the weights are kept and served in.
 
-        y: (N,) int64 class indices, or (N, K) float class probabilities (accuracy against the argmax),
-        or (N,) float values: then (mean squared error, R²) — R² plays accuracy's part (higher is better).
+        Score "accuracy": y is (N,) int64 class indices, or (N, K) float class probabilities (accuracy
+        against the argmax); the loss is the cross-entropy. Score "r2": y is (N,) float values; then
+        (mean squared error, R²).
         """
         device = device or torch.device("cpu")
         model.eval()
-        if _is_regression(y):
+        if self.score == "r2":
             with torch.inference_mode():
                 pred = torch.cat([model(self._to_device(x[i : i + 1024], device, channels_last)).float()[:, 0].cpu()
                                   for i in range(0, len(x), 1024)]) if len(x) else torch.zeros(0)
@@ -192,7 +227,7 @@ class Trainer:
                 xb = self._to_device(x, device, channels_last)
                 yb = y.to(device, non_blocking=True)
                 with autocast(device, precision):
-                    loss = _loss(model(xb), yb)
+                    loss = self.loss(model(xb), yb)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -220,8 +255,8 @@ class Trainer:
                 tensor the model accepts (e.g. int64 token ids (N, 2, L)); only a 4-D float x gets
                 the random shift (``config.shift``) and the channels_last layout. y is int64 (N,)
                 class indices, or float (N, K) class probabilities (soft targets, e.g. a teacher's
-                for distillation), trained with :func:`soft_cross_entropy`.
-            val: (x, y int64 (N,)) scored in fp32 after every epoch; it picks the best epoch.
+                for distillation), or float (N,) values to regress: whatever the trainer's loss takes.
+            val: (x, y) scored in fp32 after every epoch by the trainer's score; it picks the best epoch.
             on_epoch: called after each epoch with (epoch, metrics); may raise to stop (e.g. pruning).
             resume: continue from ``config.checkpoint_path`` if it exists (with the hardware
                 choices the interrupted run made, unless the config forces others).
@@ -315,7 +350,7 @@ class Trainer:
                         xb = self._to_device(xb, device, channels_last)
                         yb = y[idx].to(device, non_blocking=True)
                         with autocast(device, plan.precision):
-                            loss = _loss(model(xb), yb)
+                            loss = self.loss(model(xb), yb)
                         opt.zero_grad(set_to_none=True)
                         scaler.scale(loss).backward()
                         scaler.step(opt)
@@ -377,12 +412,18 @@ class Trainer:
         return TrainResult(best["state"], best["epoch"], best["acc"], history, stopped, time.perf_counter() - t0,
                            device=plan.device, precision=plan.precision, threads=plan.threads,
                            channels_last=plan.channels_last, plan_source=plan.source, probe=dict(plan.probe),
-                           examples_per_s=step_examples / step_seconds if step_seconds > 0 else 0.0)
+                           examples_per_s=step_examples / step_seconds if step_seconds > 0 else 0.0,
+                           score_name=self.score)
 
 
 def describe(result: TrainResult) -> dict[str, Any]:
-    """A JSON-able summary of a fit for manifests and reports, including how it used the hardware."""
-    return {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+    """A JSON-able summary of a fit for manifests and reports, including how it used the hardware.
+
+    The best validation score is written as ``best_val_score`` (named by ``score_name``) and, for
+    the manifests and tools that read the former name, as ``best_val_accuracy`` too.
+    """
+    return {"best_epoch": result.best_epoch, "best_val_score": result.best_val_score,
+            "score_name": result.score_name, "best_val_accuracy": result.best_val_score,
             "epochs_run": len(result.history), "stopped": result.stopped, "seconds": round(result.seconds, 2),
             "device": result.device, "precision": result.precision, "threads": result.threads,
             "channels_last": result.channels_last, "plan": result.plan_source,
