@@ -40,7 +40,6 @@ class EchoTask(SupervisedTask):
     metric_kind = "regression"
     metrics = ("rmse", "mae")
     default_metric = "rmse"
-    default_target = 3.0
 
     def prepare(self, data: DataSpec, base_dir: Path):
         raise NotImplementedError
@@ -83,7 +82,7 @@ def test_a_registered_task_checks_the_spec_with_what_it_knows() -> None:
     register_task("echo-test", EchoTask)
     spec = Spec(task="echo-test", data=DataSpec(source="x"))
     check_spec(spec)
-    assert (spec.requirements.metric, spec.requirements.target) == ("rmse", 3.0)  # the task's defaults
+    assert (spec.requirements.metric, spec.requirements.target) == ("rmse", None)  # the task's default; no target
 
     spec = Spec(task="echo-test", data=DataSpec(source="x"), selection=SelectionSpec(candidates=["huge"]))
     with pytest.raises(SpecError) as exc:

@@ -42,7 +42,7 @@ from .spec import LOWER_IS_BETTER, GateSpec, Requirements
 
 __all__ = ["check_requirements", "paired_evidence", "drop_lower_bound", "judge", "compare", "paired_errors",
            "compare_regression", "conclude", "missed_requirements", "ranking_evidence", "slate_test",
-           "compare_ranking"]
+           "compare_ranking", "beats_baseline"]
 
 
 def binomtest(k: int, n: int, p: float, alternative: str):
@@ -54,10 +54,24 @@ def binomtest(k: int, n: int, p: float, alternative: str):
 
 
 def check_requirements(req: Requirements, metrics: dict[str, Any], latency: dict[str, float] | None,
-                       size_mb: float | None) -> dict[str, Any]:
-    """Each requirement with the measured value and whether it passed."""
+                       size_mb: float | None, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each requirement with the measured value and whether it passed.
+
+    A target the user set is a threshold on the test metric. Without one (``req.target`` None),
+    the metric's requirement is to be significantly better than the task's trivial baseline on
+    the test split: ``baseline`` is :func:`beats_baseline`'s evidence.
+    """
     value = metrics[req.metric]
-    if req.metric in LOWER_IS_BETTER:
+    if req.target is None:
+        if baseline is None:
+            raise ValueError("requirements without a target: expected the baseline's evidence")
+        bv = baseline["baseline_value"]
+        checks = [{"name": f"test {req.metric}", "value": value,
+                   "target": (f"significantly better than the {baseline['name']} "
+                              + (f"({req.metric} {bv:.4f}; " if bv is not None else "(")
+                              + f"p = {baseline['p_value']:.3g} at {baseline['confidence']:.0%})"),
+                   "passed": bool(baseline["significantly_better"]), "baseline": baseline}]
+    elif req.metric in LOWER_IS_BETTER:
         checks = [{"name": f"test {req.metric}", "value": value, "target": f"<= {req.target}",
                    "passed": value is not None and value <= req.target}]
     else:
@@ -70,6 +84,36 @@ def check_requirements(req: Requirements, metrics: dict[str, Any], latency: dict
         checks.append({"name": "model size (MB)", "value": size_mb, "target": f"<= {req.max_model_size_mb}",
                        "passed": size_mb <= req.max_model_size_mb})
     return {"passed": all(c["passed"] for c in checks), "checks": checks}
+
+
+def beats_baseline(model: np.ndarray, baseline: np.ndarray, confidence: float, *, name: str,
+                   baseline_value: float | None, binary: bool, unit: str = "example") -> dict[str, Any]:
+    """Is the model significantly better than a trivial baseline, paired per unit (example, user)?
+
+    ``model`` and ``baseline`` are per-unit scores, higher is better: 0/1 correctness
+    (``binary``: McNemar's exact one-sided test on the discordant pairs), or a continuous score
+    such as minus the squared error or a user's NDCG (one-sided Wilcoxon signed-rank test).
+    """
+    a, b = np.asarray(model, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    n = len(a)
+    if binary:
+        only_model, only_base = int(np.sum((a > 0) & (b <= 0))), int(np.sum((b > 0) & (a <= 0)))
+        m = only_model + only_base
+        p = float(binomtest(only_model, m, 0.5, alternative="greater").pvalue) if m else 1.0
+        method = f"McNemar's exact one-sided test on per-{unit} correctness"
+        detail = {"only_model_right": only_model, "only_baseline_right": only_base}
+    else:
+        diff = a - b
+        if np.any(diff != 0):
+            from scipy.stats import wilcoxon
+
+            p = float(wilcoxon(a, b, alternative="greater", zero_method="wilcox").pvalue)
+        else:
+            p = 1.0
+        method = f"one-sided Wilcoxon signed-rank test on paired per-{unit} scores"
+        detail = {"model_better": int(np.sum(diff > 0)), "baseline_better": int(np.sum(diff < 0))}
+    return {"name": name, "baseline_value": baseline_value, "n": n, "p_value": p, "confidence": confidence,
+            "significantly_better": bool(n > 0 and p < 1 - confidence), "method": method, **detail}
 
 
 def paired_evidence(y: np.ndarray, champion_pred: np.ndarray, challenger_pred: np.ndarray, n_classes: int,

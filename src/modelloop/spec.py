@@ -113,25 +113,31 @@ class Requirements(_Strict):
     """What a model must achieve to be shipped.
 
     ``metric`` on the test split must reach ``target`` (at least it; at most it for the error
-    metrics ``rmse`` and ``mae``). Classification tasks measure accuracy, f1_macro,
-    precision_macro or recall_macro; regression measures r2 (the default there), rmse or mae, in
-    the target's units; recommendation ndcg@10 (the default there), precision@10 or recall@10.
-    Which metrics a task takes, and its default metric and target, are the task's to say (see
-    ``Task.check_spec``). The optional budgets gate too:
+    metrics ``rmse`` and ``mae``). Without a ``target``, the model must be significantly better
+    than the task's trivial baseline on the test split (majority class, mean value, popularity
+    ranking; paired per test example or user, at ``gate.confidence``), so that a first run on
+    new data can serve; the report states the baseline and the test. Classification tasks
+    measure accuracy, f1_macro, precision_macro or recall_macro; regression measures r2 (the
+    default there), rmse or mae, in the target's units; recommendation ndcg@10 (the default
+    there), precision@10 or recall@10. Which metrics a task takes, and its default metric, are
+    the task's to say (see ``Task.check_spec``). The optional budgets gate too:
     ``p95_latency_ms`` (single-item prediction on this machine) and ``max_model_size_mb``
     (artifact size). ``time_budget_s`` bounds the whole training run (selection + training).
     """
 
     metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro", "r2", "rmse", "mae",
                     "ndcg@10", "precision@10", "recall@10"] = "accuracy"
-    target: float = 0.95
+    #: None (unset): significantly better than the task's trivial baseline on the test split
+    target: float | None = None
     p95_latency_ms: float | None = Field(None, gt=0)
     max_model_size_mb: float | None = Field(None, gt=0)
     time_budget_s: float = Field(600.0, gt=0)
 
     @field_validator("target")
     @classmethod
-    def _target_fits_metric(cls, v: float, info) -> float:
+    def _target_fits_metric(cls, v: float | None, info) -> float | None:
+        if v is None:
+            return v
         metric = info.data.get("metric", "accuracy")
         if metric in LOWER_IS_BETTER:
             if v < 0:

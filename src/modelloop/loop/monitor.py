@@ -75,6 +75,10 @@ def watch_once(loop: Any, progress: Progress | None, force: bool) -> dict[str, A
         return {"action": "rolled_back", "champion": back, "rollback": rb, "triggers": {}}
     mon = loop.monitor()
     target = pol.live_accuracy_floor if pol.live_accuracy_floor is not None else loop.spec.requirements.target
+    if target is None:  # no target: live accuracy no better than the trivial baseline's on the test split
+        base = next((c.get("baseline") for c in loop.registry.manifest(champion)["requirements"]["checks"]
+                     if c.get("baseline")), None)
+        target = base["baseline_value"] if base and loop.spec.requirements.metric == "accuracy" else None
     new = mon["feedback"]["new_since_last_training"]
     live = mon["live_accuracy"]
     triggers = {
@@ -82,7 +86,7 @@ def watch_once(loop: Any, progress: Progress | None, force: bool) -> dict[str, A
         "drift": {"detected": mon["drift"]["detected"], "fired": pol.retrain_on_drift and mon["drift"]["detected"]
                   and new >= loop.spec.gate.min_feedback_for_evidence},
         "live_accuracy": {"high": live["high"], "floor": target,
-                          "fired": live["high"] is not None and live["high"] < target},
+                          "fired": live["high"] is not None and target is not None and live["high"] < target},
     }
     out: dict[str, Any] = {"action": "none", "champion": champion, "triggers": triggers, "rollback": rb,
                            "monitor": {"drift": mon["drift"], "live_accuracy": live}}

@@ -171,12 +171,15 @@ def choose(rows: list[dict[str, Any]], spec: Spec) -> tuple[dict[str, Any], str 
 
     Quality is validation accuracy (R² for regression) against ``requirements.target +
     selection.quality_margin`` (other metrics are checked on the test split by the gate). For an
-    error metric (rmse, mae) there is no validation score to hold against the target, so the most
-    accurate candidate (best validation R²) is taken.
+    error metric (rmse, mae), or without a target (the requirement is then to beat the task's
+    trivial baseline), there is no validation score to hold against a target, so the most
+    accurate candidate is taken.
     """
     req, sel = spec.requirements, spec.selection
     score = getattr(get_task(spec.task), "score_name", "val accuracy")
-    need = None if req.metric in LOWER_IS_BETTER else req.target + sel.quality_margin
+    # No target (beat the trivial baseline) or an error metric: no validation score to hold against
+    # a target, so the most accurate candidate is taken.
+    need = None if req.metric in LOWER_IS_BETTER or req.target is None else req.target + sel.quality_margin
     for r in rows:
         misses = []
         if r["val_accuracy"] is None or (need is not None and r["val_accuracy"] < need):
@@ -194,7 +197,8 @@ def choose(rows: list[dict[str, Any]], spec: Spec) -> tuple[dict[str, Any], str 
     if sel.choose == "best" or need is None:
         chosen = best
         why = (f"best {score} (selection.choose: best)" if need is not None
-               else f"best {score} (requirements.metric {req.metric} has no validation target)")
+               else f"best {score} (no target: the requirement is to beat the trivial baseline)"
+               if req.target is None else f"best {score} (requirements.metric {req.metric} has no validation target)")
     elif ok:
         chosen = min(ok, key=lambda r: (r["p95_ms"], r["size_mb"]))
         why = "cheapest (lowest p95 latency) of those meeting every requirement"

@@ -71,16 +71,16 @@ class Task(ABC):
     metric_kind: str = "classification"
     #: the metrics ``requirements.metric`` may name for this task
     metrics: tuple[str, ...] = CLASSIFICATION_METRICS
-    #: ``requirements.metric`` and ``requirements.target`` when the spec leaves them unset
+    #: ``requirements.metric`` when the spec leaves it unset (an unset target means: significantly
+    #: better than this task's trivial baseline)
     default_metric: str = "accuracy"
-    default_target: float = 0.95
 
     def check_spec(self, spec: Spec) -> None:
         """Check what only this task knows about ``spec``, and fill in this task's defaults.
 
         ``selection.candidates`` must name candidates of this task; ``requirements.metric`` must
-        be one of :attr:`metrics`. A spec that leaves the metric unset gets :attr:`default_metric`
-        (and, with the target unset too, :attr:`default_target`). Checking twice changes nothing.
+        be one of :attr:`metrics`. A spec that leaves the metric unset gets :attr:`default_metric`.
+        Checking twice changes nothing.
 
         Raises:
             SpecError: naming the field, what was received and what was expected.
@@ -99,8 +99,6 @@ class Task(ABC):
         req = spec.requirements
         if "metric" not in req.model_fields_set and req.metric != self.default_metric:
             req.metric = self.default_metric  # the spec's own default (accuracy) means nothing here
-            if "target" not in req.model_fields_set:
-                req.target = self.default_target
         if req.metric not in self.metrics:
             raise SpecError(f"field 'requirements.metric': received {req.metric!r}, which is not a "
                             f"{self.metric_kind} metric for {self.name}; expected one of {', '.join(self.metrics)}")

@@ -509,7 +509,6 @@ class Recommendation(Task):
     metric_kind = "ranking"
     metrics = RANKING_METRICS
     default_metric = "ndcg@10"
-    default_target = 0.05
     def _check_candidates(self, spec: Spec) -> None:
         """The candidates live in ``recommendation.candidates`` (not ``selection.candidates``), and
         each must be a recommender kind that takes its settings."""
@@ -663,7 +662,7 @@ class Recommendation(Task):
         decision = champ_m = None
         if parent is None:
             test = data.splits["test"]
-            metrics, _, users = evaluate(model, config, test, data.explicit)
+            metrics, per_user, users = evaluate(model, config, test, data.explicit)
             fingerprint, removed = data.fingerprint, 0
         else:
             # gate test set: test minus what the challenger trained on; both models rank the same items
@@ -684,7 +683,11 @@ class Recommendation(Task):
             fingerprint = h.hexdigest()[:16]
         latency = _latency(model, users)
         size_mb = _size_mb(model)
-        gate = check_requirements(spec.requirements, metrics, latency, size_mb)
+        baseline = None
+        if spec.requirements.target is None:
+            baseline = self.baseline(ctx, data, test, metrics, per_user if parent is None else chall_per,
+                                     exclude=None if parent is None else fb_seen)
+        gate = check_requirements(spec.requirements, metrics, latency, size_mb, baseline)
         if parent is None:
             ctx.say(f"[evaluation] test NDCG@10 {metrics['ndcg@10']:.4f}, precision@10 "
                     f"{metrics['precision@10']:.4f}, recall@10 {metrics['recall@10']:.4f}"
@@ -729,6 +732,22 @@ class Recommendation(Task):
                           feedback_interactions=len(fb.data["train"]), decision=decision["decision"],
                           evidence=decision, champion_metrics=champ_m, challenger_metrics=metrics)
         return NewVersion(manifest, model, preprocessing, report, result)
+
+    def baseline(self, ctx: Context, data: RecData, test: Interactions, metrics: dict[str, Any],
+                 per_user: dict[str, np.ndarray], exclude: dict[str, set[str]] | None) -> dict[str, Any]:
+        """Popularity ranking (fit on train + validation) on the same test users, paired per user:
+        what a requirement without a target asks to beat."""
+        from ..gate import beats_baseline
+
+        config = {"kind": "popularity"}
+        full = Interactions(pd.concat([data.splits["train"].frame, data.splits["val"].frame]), data.item_text,
+                            data.fingerprint)
+        model, _ = _fit(config, full, data.item_text)
+        base, base_per, _ = evaluate(model, config, test, data.explicit, exclude=exclude)
+        metric = ctx.spec.requirements.metric
+        key = {"ndcg@10": "ndcg", "precision@10": "precision", "recall@10": "recall"}.get(metric, "ndcg")
+        return beats_baseline(per_user[key], base_per[key], ctx.spec.gate.confidence, name="popularity ranking",
+                              baseline_value=base.get(metric), binary=False, unit="user")
 
     # -- monitoring and the registry's views ------------------------------------------------------
     def monitor(self, ctx: Context, champ: RecModel) -> dict[str, Any]:

@@ -265,6 +265,30 @@ class SupervisedTask(Task):
         selection["shipped"] = row["candidate"] if ships == "student" else teacher_cand.name
         return (scand, sfeat, model, result, config) if ships == "student" else None
 
+    def baseline(self, ctx: Context, data: Dataset, y: torch.Tensor, out: np.ndarray) -> dict[str, Any]:
+        """The trivial baseline on the test split, paired with the model (what a requirement without
+        a target asks to beat): the training split's majority class, or the mean of its targets."""
+        from ..gate import beats_baseline
+
+        ytr = data.splits["train"][1]
+        confidence, metric = ctx.spec.gate.confidence, ctx.spec.requirements.metric
+        if self.regression:
+            mean = float(ytr.double().mean())
+            yv = y.numpy().astype(np.float64)
+            base = regression_metrics(yv, np.full(len(yv), mean))
+            return beats_baseline(-(np.asarray(out, dtype=np.float64) - yv) ** 2, -(mean - yv) ** 2, confidence,
+                                  name=f"mean of the training targets ({mean:.4g})", baseline_value=base.get(metric),
+                                  binary=False)
+        k = len(data.class_names)
+        majority = int(torch.bincount(ytr.long(), minlength=k).argmax())
+        yv = y.numpy()
+        probs = np.zeros((len(yv), k))
+        probs[:, majority] = 1.0
+        base = classification_metrics(yv, probs, data.class_names)
+        return beats_baseline(out.argmax(1) == yv, yv == majority, confidence,
+                              name=f"majority class ({data.class_names[majority]!r})",
+                              baseline_value=base.get(metric), binary=True)
+
     # -- retrain: feedback -> training data ----------------------------------------------------
     def load_model(self, ctx: Context, version: str, backend: str | None = None, threads: int = 1):
         """A registered version, ready to predict (what the server, the gate and monitoring load)."""
@@ -410,7 +434,8 @@ class SupervisedTask(Task):
         else:
             ctx.say(f"[evaluation] test accuracy {metrics['accuracy']:.4f}, F1 macro "
                     f"{metrics['f1_macro']:.4f}, p95 latency {latency['p95_ms']:.2f} ms")
-        gate = check_requirements(spec.requirements, metrics, latency, size_mb)
+        baseline = self.baseline(ctx, ds, yte, probs) if spec.requirements.target is None else None
+        gate = check_requirements(spec.requirements, metrics, latency, size_mb, baseline)
         decision = champ_metrics = None
         if parent is not None:
             champ_metrics, decide = self.judge(ctx, parent, ds, fb, fitted)

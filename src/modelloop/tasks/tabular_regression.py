@@ -31,7 +31,6 @@ class TabularRegression(TabularClassification):
     metric_kind = "regression"
     metrics = REGRESSION_METRICS
     default_metric = "r2"
-    default_target = 0.5
     candidates = {
         "linear": Candidate("linear", "linear", dict(_TAB), about="linear regression on the featurized row"),
         "mlp": Candidate("mlp", "mlp", dict(_TAB), about="one hidden layer on the featurized row"),
