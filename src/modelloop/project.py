@@ -63,11 +63,7 @@ class Project:
                              + " or the requirements")
         if data is None and the_task.default_data is None:
             raise DataError(f"option 'data': missing for {task}; expected {the_task.data_hint}")
-        source = data or the_task.default_data
-        if not source.startswith("builtin:"):
-            # A relative path means relative to where the command runs; store it absolute so the
-            # project works from any directory.
-            source = str(Path(source).resolve())
+        source = the_task.resolve_source(data or the_task.default_data)
         the_task.check_source(source, path.resolve())
         raw = {"name": name or path.resolve().name, "task": task, "data": {"source": source},
                "requirements": {k: v for k, v in given.items() if k in requirement_fields}}

@@ -109,7 +109,8 @@ def check_row(row: dict[str, Any]) -> None:
 
 def prediction_row(pid: str, model_version: str, x: np.ndarray | str | dict[str, Any], label: str,
                    scores: dict[str, float], latency_ms: float) -> dict[str, Any]:
-    """A predictions-table row. Pixels that are whole numbers 0-255 are stored as uint8; a text
+    """A predictions-table row. ``x`` is one input: an array (or tensor), a text, or a table row.
+    Pixels that are whole numbers 0-255 are stored as uint8; a text
     is stored as its UTF-8 bytes with dtype ``utf-8``; a table row (dict) as its JSON text, like a text.
 
     Raises:
@@ -121,6 +122,7 @@ def prediction_row(pid: str, model_version: str, x: np.ndarray | str | dict[str,
         data = x.encode("utf-8")
         shape, dtype = [len(data)], TEXT_DTYPE
     else:
+        x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)  # a tensor row is stored as its array
         if x.dtype != np.uint8 and np.array_equal(x, np.rint(x)) and x.min() >= 0 and x.max() <= 255:
             x = x.astype(np.uint8)
         data = np.ascontiguousarray(x).tobytes()

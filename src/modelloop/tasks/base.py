@@ -217,6 +217,14 @@ class Task(ABC):
     #: ``init`` options this task takes besides the data and the requirements (e.g. text_column)
     init_options: tuple[str, ...] = ()
 
+    def resolve_source(self, source: str) -> str:
+        """The data source as the spec keeps it: a relative path means relative to where the
+        command runs, so it is stored absolute (the project then works from any directory);
+        ``builtin:NAME`` and URLs stay as they are."""
+        if source.startswith("builtin:") or "://" in source:
+            return source
+        return str(Path(source).resolve())
+
     def check_source(self, source: str, base: Path) -> None:
         """Raise DataError, naming the source and what was expected, when ``source`` cannot be this
         task's data (checked at ``init``, before anything is written)."""
