@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["classification_metrics", "regression_metrics", "r2_score", "measure_latency"]
+__all__ = ["classification_metrics", "regression_metrics", "r2_score", "measure_latency", "latency_ms"]
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict[str, Any]:
@@ -76,6 +77,19 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]
             "r2": r2_score(y, p), "target_std": float(y.std()), "mean_error": float(e.mean())}
 
 
+def latency_ms(call: Callable[[int], Any], runs: int = 60, warmup: int = 10) -> dict[str, float]:
+    """p50 and p95 milliseconds of ``call(i)`` on this machine, after ``warmup`` untimed calls
+    (``i`` counts the timed calls from 0, so a caller can vary the input)."""
+    for i in range(warmup):
+        call(i)
+    times = []
+    for i in range(runs):
+        t = time.perf_counter()
+        call(i)
+        times.append((time.perf_counter() - t) * 1000)
+    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95))}
+
+
 def measure_latency(model: torch.nn.Module, example: torch.Tensor, runs: int = 60,
                     warmup: int = 10) -> dict[str, float]:
     """Single-item forward latency on this machine, in milliseconds (p50 and p95).
@@ -83,11 +97,5 @@ def measure_latency(model: torch.nn.Module, example: torch.Tensor, runs: int = 6
     example: (1, C, H, W) float input the model accepts.
     """
     model.eval()
-    times = []
     with torch.inference_mode():
-        for i in range(warmup + runs):
-            t = time.perf_counter()
-            model(example)
-            if i >= warmup:
-                times.append((time.perf_counter() - t) * 1000)
-    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95))}
+        return latency_ms(lambda _: model(example), runs, warmup)

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..backends import Backend, get_backend, task_score
@@ -41,20 +40,16 @@ def serving_latency(featurizer, model: torch.nn.Module, item: Any, runs: int = 3
                     threads: int = 1) -> dict[str, float]:
     """p50/p95 ms of one raw input through featurizer and network (what a single request costs),
     on ``threads`` intra-op threads (the server's ``serving.threads``)."""
+    from ..evaluate.metrics import latency_ms
+
     model.eval()
-    times = []
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            for i in range(warmup + runs):
-                t = time.perf_counter()
-                model(featurizer.transform(item))
-                if i >= warmup:
-                    times.append((time.perf_counter() - t) * 1000)
+            return latency_ms(lambda _: model(featurizer.transform(item)), runs, warmup)
     finally:
         torch.set_num_threads(before)
-    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95))}
 
 
 def _one(x: Any) -> Any:
