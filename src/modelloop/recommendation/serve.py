@@ -1,10 +1,11 @@
 """Recommendations over HTTP: ``GET /recommend``, ``GET /similar``, and feedback on recommendations.
 
-:func:`attach` is called by :func:`modelloop.serve.app.create_app` for every project. For a
-recommendation project it returns a :class:`RecService` whose holder replaces the
-classification model holder (same ``get()`` / ``loaded`` contract, hot-swapped when the
-registry's aliases change); the routes are mounted for every project, and on a project of
-another task they answer 409 naming the task.
+The recommendation task hands these to the server (:class:`modelloop.tasks.recommendation.Recommendation`:
+``routes()`` returns :func:`router`, ``check_feedback()`` calls :func:`check_item`); a server of
+another task has no such routes. Both work on the server's context (what
+:class:`modelloop.tasks.serving.ServingContext` describes) and never import the server: the
+served model is the task's ``serve_model()`` (a ``RecModel``), hot-swapped when the registry's
+aliases change.
 
 - ``GET /recommend?user=U&k=10&exclude_seen=true`` -> ``{prediction_id, model_version, user, k,
   items: [{item, score, title}], fallback, latency_ms}``; ``fallback`` is ``"popularity"`` for a
@@ -22,164 +23,120 @@ another task they answer 409 naming the task.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from typing import Any
 
+import torch
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 
 from ..errors import InputError, ModelloopError, NotFoundError
 from ..feedback import prediction_row
 from .core import _check_k, load_version, rec_spec
 
-__all__ = ["attach", "RecService", "rec_holder", "router"]
+__all__ = ["check_item", "recommendations", "router", "similar_items"]
 
 log = logging.getLogger(__name__)
 
-
-def rec_holder(loop, on_load=None):
-    """The champion recommender, reloaded when the registry's aliases change (a ``ModelHolder``
-    with the recommender loader)."""
-    from ..serve.app import ModelHolder
-
-    return ModelHolder(loop, on_load=on_load, load=lambda version: load_version(loop.registry, version))
+#: where :func:`check_item` keeps, per server, the catalogue of each version it has seen
+_CATALOGUES = "recommendation.catalogues"
 
 
-class RecService:
-    """What the recommendation routes and the feedback hook share."""
-
-    def __init__(self, loop, metrics, keys, writer_box: dict[str, Any]) -> None:
-        self.loop = loop
-        self.keys = keys
-        self.metrics = metrics
-        self.writer_box = writer_box
-        self.holder = rec_holder(loop, on_load=lambda m: metrics.serving(m.version, m.backend))
-        self.max_k = rec_spec(loop.spec).max_k
-        self._catalogues: dict[str, tuple[set[str], list[str]]] = {}
-
-    # -- requests --------------------------------------------------------------------------
-    def recommend(self, user: str | None, k: Any, exclude_seen: Any, response: Response | None = None
-                  ) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        if user is None or not str(user).strip():
-            raise InputError("query parameter 'user': missing; expected a user id, e.g. /recommend?user=42&k=10")
-        user = str(user)
-        k = _check_k(k, self.max_k)
-        flag = str(exclude_seen).lower()
-        if flag not in ("true", "false", "1", "0", "yes", "no"):
-            raise InputError(f"query parameter 'exclude_seen': received {exclude_seen!r}; expected true or false")
-        excl = flag in ("true", "1", "yes")
-        m = self.holder.get()
-        model = m.model
-        scores = model.score_matrix([user], exclude_seen=excl)[0]
-        import math
-
-        import torch
-
-        top = torch.topk(scores, min(k, scores.shape[0]))
-        items = [(model.items[j], float(v)) for j, v in zip(top.indices.tolist(), top.values.tolist(), strict=True)
-                 if v > -math.inf]
-        fallback = None if user in model.user_index else "popularity"
-        pid = uuid.uuid4().hex
-        latency_ms = (time.perf_counter() - t0) * 1000
-        out = {"prediction_id": pid, "model_version": m.version, "user": user, "k": k, "exclude_seen": excl,
-               "items": [{"item": i, "score": s, "title": m.title(i)} for i, s in items],
-               "fallback": fallback, "latency_ms": latency_ms}
-        request = {"user": user, "k": k, "exclude_seen": excl, "fallback": fallback}
-        row = prediction_row(pid, m.version, request, items[0][0] if items else "", dict(items), latency_ms)
-        logged = self.writer_box["w"].commit_blocking([row])  # on a worker thread: wait for the commit
-        if response is not None:
-            response.headers["X-Modelloop-Logged"] = logged
-        self.metrics.predictions.labels(m.version).inc()
-        return out
-
-    def similar(self, item: str | None, k: Any) -> dict[str, Any]:
-        if item is None or not str(item).strip():
-            raise InputError("query parameter 'item': missing; expected an item id, e.g. /similar?item=50&k=10")
-        k = _check_k(k, self.max_k)
-        m = self.holder.get()
-        if str(item) not in m.model.item_index:
-            raise NotFoundError(f"query parameter 'item': received {item!r}, not one of the {len(m.model.items)} "
-                                f"items model {m.version} knows; expected a known item id (e.g. "
-                                f"{', '.join(repr(i) for i in m.model.items[:3])})")
-        sims = m.model.similar_items(str(item), k)
-        return {"item": str(item), "title": m.title(str(item)), "model_version": m.version, "k": k,
-                "items": [{"item": i, "title": m.title(i)} for i in sims]}
-
-    def _catalogue(self, version: str) -> tuple[set[str], list[str]]:
-        """The items the version that served a prediction knows (its training items and item texts)."""
-        if version not in self._catalogues:
-            current = self.holder.loaded
-            try:
-                m = current if current is not None and current.version == version else load_version(
-                    self.loop.registry, version)
-            except ModelloopError:
-                m = self.holder.get()
-            self._catalogues[version] = (set(m.model.items) | set(m.item_text), list(m.model.items[:3]))
-        return self._catalogues[version]
-
-    def refuse_predict(self) -> None:
-        from ..tasks.recommendation import PREDICT_HINT
-
-        raise InputError(PREDICT_HINT)
-
-    def feedback(self, body, request: Request):
-        """POST /feedback for a recommendation: ``label`` = the item clicked or rated."""
-        from ..serve.schemas import FeedbackOut
-        from ..serve.security import key_from_request
-
-        self.keys.require(request, "client")
-        self.writer_box["w"].flush()  # spooled predictions are in the store before we look (503 while it is down)
-        pred = self.loop.store.get_prediction(body.prediction_id)
-        if body.label is None:
-            raise InputError("field 'label': missing; expected the id of the item the user clicked or rated")
-        item = str(body.label)
-        known, examples = self._catalogue(pred["model_version"])
-        if item not in known:
-            raise InputError(f"field 'label': received {body.label!r}; expected an item id of the catalogue "
-                             f"({len(known)} items, e.g. {', '.join(repr(i) for i in examples)})")
-        fid = self.loop.store.add_feedback(body.prediction_id, item,
-                                           client=self.keys.fingerprint(key_from_request(request)),
-                                           kind=body.kind, value=body.value)
-        self.metrics.feedback.inc()
-        return FeedbackOut(feedback_id=fid, prediction_id=body.prediction_id, kind=body.kind, label=item,
-                           value=body.value)
+def recommendations(ctx, user: str | None, k: Any, exclude_seen: Any, response: Response | None = None
+              ) -> dict[str, Any]:
+    """The top-k items for ``user``, logged as a prediction (call from a worker thread)."""
+    t0 = time.perf_counter()
+    if user is None or not str(user).strip():
+        raise InputError("query parameter 'user': missing; expected a user id, e.g. /recommend?user=42&k=10")
+    user = str(user)
+    k = _check_k(k, rec_spec(ctx.spec).max_k)
+    flag = str(exclude_seen).lower()
+    if flag not in ("true", "false", "1", "0", "yes", "no"):
+        raise InputError(f"query parameter 'exclude_seen': received {exclude_seen!r}; expected true or false")
+    excl = flag in ("true", "1", "yes")
+    m = ctx.holder.get()
+    model = m.model
+    scores = model.score_matrix([user], exclude_seen=excl)[0]
+    top = torch.topk(scores, min(k, scores.shape[0]))
+    items = [(model.items[j], float(v)) for j, v in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+             if v > -math.inf]
+    fallback = None if user in model.user_index else "popularity"
+    pid = uuid.uuid4().hex
+    latency_ms = (time.perf_counter() - t0) * 1000
+    out = {"prediction_id": pid, "model_version": m.version, "user": user, "k": k, "exclude_seen": excl,
+           "items": [{"item": i, "score": s, "title": m.title(i)} for i, s in items],
+           "fallback": fallback, "latency_ms": latency_ms}
+    request = {"user": user, "k": k, "exclude_seen": excl, "fallback": fallback}
+    row = prediction_row(pid, m.version, request, items[0][0] if items else "", dict(items), latency_ms)
+    logged = ctx.writer.commit_blocking([row])  # on a worker thread: wait for the commit
+    if response is not None:
+        response.headers["X-Modelloop-Logged"] = logged
+    ctx.served(m.version)
+    return out
 
 
-def router(loop, service: RecService | None, open_predict: bool = True) -> APIRouter:
-    """The /recommend and /similar routes; on a project of another task they answer 409."""
+def similar_items(ctx, item: str | None, k: Any) -> dict[str, Any]:
+    """The k items nearest to ``item`` (NotFoundError naming an item the model does not know)."""
+    if item is None or not str(item).strip():
+        raise InputError("query parameter 'item': missing; expected an item id, e.g. /similar?item=50&k=10")
+    k = _check_k(k, rec_spec(ctx.spec).max_k)
+    m = ctx.holder.get()
+    if str(item) not in m.model.item_index:
+        raise NotFoundError(f"query parameter 'item': received {item!r}, not one of the {len(m.model.items)} "
+                            f"items model {m.version} knows; expected a known item id (e.g. "
+                            f"{', '.join(repr(i) for i in m.model.items[:3])})")
+    sims = m.model.similar_items(str(item), k)
+    return {"item": str(item), "title": m.title(str(item)), "model_version": m.version, "k": k,
+            "items": [{"item": i, "title": m.title(i)} for i in sims]}
+
+
+def _catalogue(ctx, version: str) -> tuple[set[str], list[str]]:
+    """The items the version that served a prediction knows (its training items and item texts),
+    and a few of them for messages; kept per server and version."""
+    catalogues = ctx.cache.setdefault(_CATALOGUES, {})
+    if version not in catalogues:
+        current = ctx.holder.loaded
+        try:
+            m = current if current is not None and current.version == version else load_version(
+                ctx.registry, version)
+        except ModelloopError:
+            m = ctx.holder.get()
+        catalogues[version] = (set(m.model.items) | set(m.item_text), list(m.model.items[:3]))
+    return catalogues[version]
+
+
+def check_item(ctx, version: str, label: Any) -> str:
+    """The item a feedback ``label`` names, checked against the catalogue of ``version``.
+
+    Raises:
+        InputError: ``label`` missing, or not an item of that catalogue (naming field 'label').
+    """
+    if label is None:
+        raise InputError("field 'label': missing; expected the id of the item the user clicked or rated")
+    item = str(label)
+    known, examples = _catalogue(ctx, version)
+    if item not in known:
+        raise InputError(f"field 'label': received {label!r}; expected an item id of the catalogue "
+                         f"({len(known)} items, e.g. {', '.join(repr(i) for i in examples)})")
+    return item
+
+
+def router(ctx) -> APIRouter:
+    """The /recommend and /similar routes over the server's context ``ctx``."""
     r = APIRouter()
-
-    def _wrong_task(path: str) -> JSONResponse:
-        return JSONResponse(status_code=409, content={"detail": (
-            f"this project serves {loop.spec.task}; {path} is for recommendation projects; "
-            "expected POST /predict")})
 
     @r.get("/recommend")
     def recommend(request: Request, response: Response, user: str | None = None, k: str = "10",
                   exclude_seen: str = "true"):
         """Top-k items for a user (a user without history gets the most popular items, ``fallback``)."""
-        if service is None:
-            return _wrong_task("/recommend")
-        if not open_predict:
-            service.keys.require(request, "client")
-        return service.recommend(user, k, exclude_seen, response)
+        ctx.check_predict_key(request)
+        return recommendations(ctx, user, k, exclude_seen, response)
 
     @r.get("/similar")
     def similar(request: Request, item: str | None = None, k: str = "10"):
         """The k items most similar to ``item`` (cosine of the model's item vectors)."""
-        if service is None:
-            return _wrong_task("/similar")
-        if not open_predict:
-            service.keys.require(request, "client")
-        return service.similar(item, k)
+        ctx.check_predict_key(request)
+        return similar_items(ctx, item, k)
 
     return r
-
-
-def attach(loop, metrics, keys, writer_box: dict[str, Any]) -> RecService | None:
-    """The recommendation service for a recommendation project, else None."""
-    if loop.spec.task != "recommendation":
-        return None
-    return RecService(loop, metrics, keys, writer_box)

@@ -45,3 +45,29 @@ class Recommendation(Task):
     def describe_input(self, model) -> dict[str, Any]:
         return {"input": "user id", "endpoints": ["/recommend?user=USER&k=10&exclude_seen=true",
                                                   "/similar?item=ITEM&k=10"]}
+
+    # -- serving: GET /recommend and /similar instead of POST /predict ---------------------------
+    # The route code lives in modelloop.recommendation.serve (imported when a server asks for it).
+    served_route = "/recommend"
+
+    def serve_model(self, registry, version: str, *, backend: str | None = None, threads: int = 1):
+        """The registered recommender (``RecModel``); it has one serving backend, PyTorch."""
+        from ..recommendation.core import load_version
+
+        return load_version(registry, version)
+
+    def routes(self, ctx):
+        """``GET /recommend`` and ``GET /similar``."""
+        from ..recommendation.serve import router
+
+        return router(ctx)
+
+    def check_predict(self) -> None:
+        raise InputError(PREDICT_HINT)
+
+    def check_feedback(self, label, predicted: str, version: str, ctx) -> str:
+        """``label`` is the item the user clicked or rated: an item of the catalogue of the
+        version that recommended (required, whatever ``predicted`` was)."""
+        from ..recommendation.serve import check_item
+
+        return check_item(ctx, version, label)
