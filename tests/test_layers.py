@@ -45,22 +45,12 @@ LAYERS: dict[int, tuple[str, ...]] = {
     # and the demo (which serves the loop to simulated users).
     6: ("serve", "cli", "project", "demo"),
 }
-#: What is left of the recommendation package (its routes) sits with the server.
-LAYERS[6] += ("recommendation",)
 
 #: modules that never import the loop, the interfaces or the recommendation package
 FOUNDATIONS = ("data", "models", "tasks", "train")
-NOT_FOR_FOUNDATIONS = ("loop", "serve", "cli", "project", "demo", "recommendation")
+NOT_FOR_FOUNDATIONS = ("loop", "serve", "cli", "project", "demo")
 #: who may import ``serve``: itself and the other interfaces; nothing imports ``cli``
-SERVE_IMPORTERS = ("serve", "cli", "project", "demo", "recommendation")
-
-#: Import cycles that exist while recommendation runs through its own package beside the loop
-#: (and disappear when it is a task like the others). Each entry is a set of modules: a cycle
-#: is tolerated only when all its modules are in one of these sets. Any other cycle fails.
-_KNOWN_CYCLES_UNTIL_RECOMMENDATION_IS_A_TASK: tuple[frozenset[str], ...] = (
-    frozenset({"serve.app", "recommendation.serve"}),
-)
-
+SERVE_IMPORTERS = ("serve", "cli", "project", "demo")
 
 # -- the graph -----------------------------------------------------------------------------------
 
@@ -259,29 +249,14 @@ def test_the_graph_sees_relative_lazy_and_submodule_imports(tmp_path: Path) -> N
 
 
 def test_no_import_cycles(graph: dict[str, dict[str, int]]) -> None:
-    known = [frozenset(f"{PACKAGE}.{m}" for m in group) for group in _KNOWN_CYCLES_UNTIL_RECOMMENDATION_IS_A_TASK]
     problems = []
     for group in strongly_connected(graph):
-        if any(group <= k for k in known):
-            continue
-        # Each module of the group is on a cycle; show one through a module no allowance covers.
-        start = min(group, key=lambda m: (any(m in k for k in known), m))
-        path = cycle_through(graph, start, group)
+        path = cycle_through(graph, min(group), group)  # each module of the group is on a cycle: show one
         steps = " -> ".join(f"{_short(a)} ({_where(a, graph[a][b])})" for a, b in zip(path, path[1:], strict=False))
         problems.append(f"import cycle: {steps} -> {_short(path[-1])}"
                         + (f" (the cycle's modules: {', '.join(sorted(map(_short, group)))})"
                            if len(group) > len(path) - 1 else ""))
     assert not problems, "\n".join(problems)
-
-
-def test_known_cycles_are_still_there(graph: dict[str, dict[str, int]]) -> None:
-    """An allowance that no cycle needs any more is removed, so that it cannot let a new one in."""
-    groups = strongly_connected(graph)
-    for allowed in _KNOWN_CYCLES_UNTIL_RECOMMENDATION_IS_A_TASK:
-        full = {f"{PACKAGE}.{m}" for m in allowed}
-        assert any(g <= full and len(g) > 1 for g in groups), (
-            f"no import cycle among {sorted(allowed)} any more: remove it from "
-            "_KNOWN_CYCLES_UNTIL_RECOMMENDATION_IS_A_TASK in tests/test_layers.py")
 
 
 def test_every_module_has_a_layer(graph: dict[str, dict[str, int]]) -> None:

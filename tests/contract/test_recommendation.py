@@ -3,7 +3,7 @@
 - fit -> register in a real LocalRegistry -> load -> identical recommendations, similar items and
   rating estimates;
 - a request over HTTP (a real uvicorn server) answers the same list as the in-process model;
-- the spec, data and request checks answer clear errors; other tasks refuse /recommend.
+- the spec, data and request checks answer clear errors; other tasks' servers have no /recommend.
 """
 
 from __future__ import annotations
@@ -95,10 +95,11 @@ def test_other_tasks_refuse_recommend(tmp_path):
 
     p = Project.init(tmp_path / "tab", task="tabular-classification")
     with BackgroundServer(create_app(p.path)) as server:
-        r = httpx.get(f"{server.url}/recommend", params={"user": "1"})
-        assert r.status_code == 409 and "tabular-classification" in r.json()["detail"]
-        assert "/recommend is for recommendation projects" in r.json()["detail"]
-        assert httpx.get(f"{server.url}/similar", params={"item": "1"}).status_code == 409
+        # the recommendation task adds /recommend and /similar; a server of another task has neither
+        assert httpx.get(f"{server.url}/recommend", params={"user": "1"}).status_code == 404
+        assert httpx.get(f"{server.url}/similar", params={"item": "1"}).status_code == 404
+        paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+        assert "/recommend" not in paths and "/similar" not in paths
 
 
 def _spec(**over):

@@ -83,10 +83,11 @@ class ShadowScorer:
                 else:
                     probs = model.run(np.ascontiguousarray(np.concatenate([xs for _, xs in items]), dtype=np.float32))
                 now = time.time()
-                rows = [{"prediction_id": pid, "model_version": model.version,
-                         "label": f"{float(p[0]):.6g}" if model.regression else model.class_names[int(p.argmax())],
-                         "scores": json.dumps(dict(zip(model.class_names, map(float, p), strict=True))),
-                         "created_at": now} for pid, p in zip(ids, probs, strict=True)]
+                rows = []
+                for pid, p in zip(ids, probs, strict=True):
+                    label, scores, _ = self._loop.task.read_output(model, p)  # as /predict stores its answers
+                    rows.append({"prediction_id": pid, "model_version": model.version, "label": label,
+                                 "scores": json.dumps(scores), "created_at": now})
                 self._loop.store.log_many([], shadow_rows=rows)
             except Exception:
                 log.exception("shadow scoring failed for %d inputs", len(ids))

@@ -170,9 +170,10 @@ class Task(ABC):
     def fit(self, ctx, data, selection: dict[str, Any], fitted: Any, run, resume: bool, time_left):
         """The chosen candidate's final fit -> ``stages.Fitted``; ``time_left()`` is the budget left."""
 
-    @abstractmethod
     def load_model(self, ctx, version: str, backend: str | None = None, threads: int = 1):
-        """A registered version ready to serve (``.version``, ``.manifest``)."""
+        """A registered version ready to predict (``.version``, ``.manifest``): what the gate,
+        monitoring and ``Project`` use; the server's :meth:`serve_model`."""
+        return self.serve_model(ctx.registry, version, backend=backend, threads=threads)
 
     @abstractmethod
     def feedback(self, ctx, parent, data):
@@ -268,6 +269,54 @@ class Task(ABC):
         if self.problem == "regression":
             return squared_error(outputs, targets)
         return cross_entropy(outputs, targets)
+
+    # -- serving: what the server asks the task (it never branches on the task's name) ------------
+    #: the route whose requests the server counts as served predictions (``/stats``)
+    served_route: str = "/predict"
+
+    def serve_model(self, registry, version: str, *, backend: str | None = None, threads: int = 1):
+        """The model the server answers with for registered ``version``: by default the registry's
+        ``LoadedModel`` on ``backend`` (None: the one its manifest chose) with ``threads`` threads."""
+        return registry.load(version, backend=backend, threads=threads)
+
+    def routes(self, ctx):
+        """The routes this task adds to the server besides the shared ones (``/predict``,
+        ``/feedback``, ...), as a FastAPI ``APIRouter`` built on ``ctx`` (a
+        :class:`~.serving.ServingContext`), or None: none."""
+        return None
+
+    def check_predict(self) -> None:
+        """Raises InputError (naming the routes to use instead) when this task's models are not
+        served through ``POST /predict``; called before anything else of the request is read."""
+        return None
+
+    def read_output(self, model, output) -> tuple[str, dict[str, float], dict[str, Any]]:
+        """One input's row of ``model``'s outputs (a numpy vector) -> (the label the prediction
+        store keeps, the scores it keeps by name, the fields ``/predict`` answers between
+        ``prediction_id`` and ``model_version``). Classification: the most probable class and
+        every class's probability."""
+        names = model.class_names
+        scores = {n: float(v) for n, v in zip(names, output, strict=True)}
+        label = names[int(output.argmax())]
+        return label, scores, {"label": label, "scores": scores}
+
+    def check_feedback(self, label, predicted: str, version: str, ctx) -> str:
+        """The label the feedback store keeps for ``label`` (as ``POST /feedback`` received it:
+        a text, a number or None) given on a prediction that model ``version`` answered with
+        ``predicted``; ``ctx`` is the server's :class:`~.serving.ServingContext`.
+        Classification: a class of that version (None confirms ``predicted``).
+
+        Raises:
+            InputError: naming field 'label', what was received and what was expected.
+        """
+        from ..errors import InputError
+        from .serving import json_safe
+
+        classes = ctx.registry.manifest(version)["class_names"]
+        kept = predicted if label is None else str(label)
+        if kept not in classes:
+            raise InputError(f"field 'label': received {json_safe(label)!r}; expected one of {', '.join(classes)}")
+        return kept
 
 
 def fields_of(body: dict) -> str:

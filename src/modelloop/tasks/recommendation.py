@@ -64,7 +64,7 @@ from .base import Candidate, Task
 from .stages import Context, FeedbackSet, Fitted, NewVersion
 
 __all__ = ["Recommendation", "RecModel", "RecData", "load_version", "load_data", "split_data", "evaluate",
-           "top_lists", "PREDICT_HINT", "SPLIT_PROTOCOL", "BUILTINS", "check_k", "load_splits",
+           "top_lists", "PREDICT_HINT", "SPLIT_PROTOCOL", "BUILTINS", "load_splits",
            "register_recommender", "rec_spec", "RANKING_METRICS", "ALIASES", "candidate_configs", "K"]
 
 log = logging.getLogger(__name__)
@@ -434,18 +434,6 @@ def write_report_page(path: Path, title: str, m: dict[str, Any]) -> None:
     Path(path).write_text(page)
 
 
-def _check_k(k: Any, max_k: int, field_name: str = "k") -> int:
-    try:
-        value = int(str(k))
-    except ValueError:
-        raise InputError(f"query parameter {field_name!r}: received {k!r}; expected an integer from 1 to "
-                         f"{max_k}") from None
-    if not 1 <= value <= max_k:
-        raise InputError(f"query parameter {field_name!r}: received {value}; expected an integer from 1 to {max_k}")
-    return value
-
-
-check_k = _check_k
 
 
 @dataclass
@@ -607,9 +595,6 @@ class Recommendation(Task):
                       {"candidate": best["candidate"], "val": best["val"], "train_interactions": len(full)})
 
     # -- retrain --------------------------------------------------------------------------------
-    def load_model(self, ctx: Context, version: str, backend: str | None = None, threads: int = 1) -> RecModel:
-        return load_version(ctx.registry, version)
-
     def feedback(self, ctx: Context, parent: RecModel, data: RecData) -> FeedbackSet:
         """Feedback on served lists as interactions: a click (or label, or thumbs up) is a positive
         (``recommendation.click_rating`` on explicit ratings), a rating counts its value, thumbs
@@ -841,6 +826,29 @@ class Recommendation(Task):
                              f"model {model.version} knows; expected a known item id")
         return {"item": str(item), "title": model.title(str(item)), "model_version": model.version,
                 "items": [{"item": i, "title": model.title(i)} for i in model.model.similar_items(str(item), k)]}
+    # -- serving: GET /recommend and /similar instead of POST /predict ---------------------------
+    # The route code lives in tasks/recommendation_http.py (imported when a server asks for it).
+    served_route = "/recommend"
+
+    def serve_model(self, registry, version: str, *, backend: str | None = None, threads: int = 1):
+        """The registered recommender (``RecModel``); it has one serving backend, PyTorch."""
+        return load_version(registry, version)
+
+    def routes(self, ctx):
+        """``GET /recommend`` and ``GET /similar``."""
+        from .recommendation_http import router
+
+        return router(ctx)
+
+    def check_predict(self) -> None:
+        raise InputError(PREDICT_HINT)
+
+    def check_feedback(self, label, predicted: str, version: str, ctx) -> str:
+        """``label`` is the item the user clicked or rated: an item of the catalogue of the
+        version that recommended (required, whatever ``predicted`` was)."""
+        from .recommendation_http import check_item
+
+        return check_item(ctx, version, label, lambda v: self.serve_model(ctx.registry, v))
 
 
 @torch.no_grad()

@@ -290,10 +290,6 @@ class SupervisedTask(Task):
                               baseline_value=base.get(metric), binary=True)
 
     # -- retrain: feedback -> training data ----------------------------------------------------
-    def load_model(self, ctx: Context, version: str, backend: str | None = None, threads: int = 1):
-        """A registered version, ready to predict (what the server, the gate and monitoring load)."""
-        return ctx.registry.load(version, backend=backend, threads=threads)
-
     def feedback_split(self, ctx: Context, class_names: list[str], like) -> dict[str, Any]:
         """Trusted labelled feedback, split by prediction id into a training part and a hold-out part.
 

@@ -12,6 +12,7 @@ champion and challenger on paired squared errors.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..data.tabular import prepare_regression_dataset
 from ..spec import DataSpec
@@ -47,3 +48,30 @@ class TabularRegression(TabularClassification):
         from ..data.tabular import REGRESSION_BUILTINS
 
         return REGRESSION_BUILTINS
+
+    # -- serving ------------------------------------------------------------------------------
+    def read_output(self, model, output) -> tuple[str, dict[str, float], dict[str, Any]]:
+        """One number: the label the store keeps is the value, 6 significant digits; the answer
+        shows ``value`` and that ``label``."""
+        value = float(output[0])
+        label = f"{value:.6g}"
+        return label, {model.class_names[0]: value}, {"value": value, "label": label}
+
+    def check_feedback(self, label, predicted: str, version: str, ctx) -> str:
+        """The true value (None confirms ``predicted``), a finite number, kept with 6 significant
+        digits; a boolean or anything else that is not a finite number is an InputError."""
+        import math
+
+        from ..errors import InputError
+        from .serving import json_safe
+
+        target = ctx.registry.manifest(version)["class_names"][0]
+        text = predicted if label is None else str(label)
+        try:
+            number = float(text)
+        except ValueError:
+            number = float("nan")
+        if isinstance(label, bool) or not math.isfinite(number):
+            raise InputError(f"field 'label': received {json_safe(label)!r}; expected the true value of "
+                             f"{target!r}, a finite number")
+        return f"{number:.6g}"

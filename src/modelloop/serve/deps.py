@@ -1,0 +1,213 @@
+"""What the routes of one app share: the project's loop, the served model, keys, metrics, the
+prediction writer, the micro-batcher and the retraining jobs, in one :class:`ServeContext`.
+
+Every route module (:mod:`.routes`) builds its ``APIRouter`` from the context, and so does a task
+that adds routes of its own (``Task.routes(ctx)``): the context is also what
+:class:`modelloop.tasks.serving.ServingContext` describes to tasks, which never import the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+from fastapi import HTTPException, Request
+
+from ..errors import ModelloopError
+from ..feedback import PredictionWriter
+from ..loop import Loop
+from ..spec import ServingSpec
+from ..tasks.base import Task
+from .batching import MicroBatcher
+from .metrics import ServerMetrics
+from .security import KeyRing, key_from_request, load_keys
+from .shadow import ShadowScorer
+
+__all__ = ["ModelHolder", "RetrainJobs", "ServeContext"]
+
+log = logging.getLogger(__name__)
+
+
+class ModelHolder:
+    """The champion, reloaded when the registry's aliases change.
+
+    ``load(version)`` builds what is served (default: the registry's ``LoadedModel`` with the
+    chosen backend); the server passes the task's ``serve_model``.
+    """
+
+    def __init__(self, loop: Loop, backend: str | None = None, threads: int = 1, on_load=None, load=None) -> None:
+        self._loop = loop
+        self._load = load or (lambda version: loop.registry.load(version, backend=backend, threads=threads))
+        self._lock = threading.Lock()
+        self._mtime = -1
+        self._model: Any = None
+        self._on_load = on_load
+
+    def get(self) -> Any:
+        """The current champion, loading a new one if the aliases moved (call off the event loop)."""
+        mtime = self._loop.registry.state_mtime()
+        if mtime != self._mtime:
+            with self._lock:
+                if mtime != self._mtime:
+                    version = self._loop.registry.champion()
+                    if version is not None and (self._model is None or self._model.version != version):
+                        model = self._load(version)
+                        self._model = model
+                        log.info("serving model %s (%s)", version, getattr(model, "backend", "torch"))
+                        if self._on_load:
+                            self._on_load(model)
+                    self._mtime = mtime
+        if self._model is None:
+            raise ModelloopError("no champion model to serve yet; run 'modelloop run DIR' first")
+        return self._model
+
+    @property
+    def loaded(self) -> Any:
+        return self._model
+
+
+class RetrainJobs:
+    """Retraining started over HTTP, one at a time, in a background thread."""
+
+    def __init__(self, project_dir: Path) -> None:
+        self.project_dir = project_dir
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, kind: str = "retrain") -> dict[str, Any]:
+        with self._lock:
+            if any(j["status"] == "running" for j in self.jobs.values()):
+                raise HTTPException(status_code=409, detail="a retrain is already running")
+            job = {"id": uuid.uuid4().hex[:12], "kind": kind, "status": "running", "started_at": time.time(),
+                   "result": None, "error": None}
+            self.jobs[job["id"]] = job
+        threading.Thread(target=self._run, args=(job,), daemon=True, name="modelloop-retrain").start()
+        return job
+
+    def _run(self, job: dict[str, Any]) -> None:
+        try:
+            loop = Loop(self.project_dir)
+            if job["kind"] == "watch":
+                res = loop.watch_once()
+                job["result"] = {k: res.get(k) for k in ("action", "version", "decision", "reasons", "champion")}
+                job["result"]["triggers"] = res["triggers"]
+            else:
+                res = loop.retrain()
+                job["result"] = {k: res[k] for k in ("version", "parent", "feedback_examples", "decision",
+                                                     "champion_version")}
+                job["result"]["reasons"] = res["evidence"]["reasons"]
+            job["status"] = "skipped" if job["result"].get("decision") == "skipped" else "done"
+        except Exception as e:  # reported to the caller through the job
+            log.exception("retrain failed")
+            job["status"], job["error"] = "failed", str(e)
+        job["finished_at"] = time.time()
+
+
+@dataclass(eq=False)
+class ServeContext:
+    """One app's shared state. Build it with :meth:`for_project`; :meth:`open` and :meth:`close`
+    run in the app's lifespan (the writer and the worker-thread limiter exist only in between)."""
+
+    loop: Loop
+    config: ServingSpec
+    holder: ModelHolder
+    metrics: ServerMetrics
+    keys: KeyRing
+    batcher: MicroBatcher
+    jobs: RetrainJobs
+    shadow: ShadowScorer
+    #: per-app state a task's hooks keep, by a key the task chooses
+    cache: dict[str, Any] = field(default_factory=dict)
+    _writer: PredictionWriter | None = None
+    _limiter: anyio.CapacityLimiter | None = None
+
+    @classmethod
+    def for_project(cls, project_dir: str | Path, *, max_batch_size: int | None = None,
+                    max_wait_ms: float | None = None, backend: str | None = None) -> ServeContext:
+        """The context of a project folder. Keyword arguments override the spec's ``serving``."""
+        loop = Loop(project_dir)
+        cfg = loop.spec.serving
+        metrics = ServerMetrics()
+        holder = ModelHolder(loop, on_load=lambda m: metrics.serving(m.version, m.backend),
+                             load=lambda version: loop.task.serve_model(loop.registry, version, backend=backend,
+                                                                        threads=cfg.threads))
+
+        def forward(x: np.ndarray) -> tuple[np.ndarray, Any]:
+            model = holder.get()
+            return model.run(x), model
+
+        batcher = MicroBatcher(forward, max_batch_size or cfg.max_batch_size,
+                               cfg.max_wait_ms if max_wait_ms is None else max_wait_ms, on_batch=metrics.on_batch)
+        return cls(loop=loop, config=cfg, holder=holder, metrics=metrics,
+                   keys=load_keys(cfg.keys, loop.paths.state / "keys.json"), batcher=batcher,
+                   jobs=RetrainJobs(loop.paths.root), shadow=ShadowScorer(loop, cfg.threads))
+
+    # -- the project ---------------------------------------------------------------------------
+    @property
+    def task(self) -> Task:
+        return self.loop.task
+
+    @property
+    def spec(self):
+        return self.loop.spec
+
+    @property
+    def registry(self):
+        return self.loop.registry
+
+    @property
+    def store(self):
+        return self.loop.store
+
+    # -- lifespan ------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Start what lives as long as the server: worker threads, the writer, the batcher; load
+        the champion if there is one."""
+        self._limiter = anyio.CapacityLimiter(self.config.decode_threads)
+        self._writer = PredictionWriter(self.store, spool_dir=self.loop.paths.state)  # spool: store outages
+        self.batcher.start()
+        try:
+            self.holder.get()
+        except ModelloopError as e:
+            log.warning("%s", e)
+
+    async def close(self) -> None:
+        await self.batcher.stop()
+        self.writer.close()
+        self.shadow.close()
+
+    @property
+    def writer(self) -> PredictionWriter:
+        """The prediction writer (acknowledged once rows are committed, or spooled in an outage)."""
+        if self._writer is None:
+            raise RuntimeError("the prediction writer starts with the app's lifespan")
+        return self._writer
+
+    async def off_loop(self, fn, *args):
+        """``fn(*args)`` in one of ``serving.decode_threads`` worker threads (others wait their turn)."""
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    # -- what routes ask -----------------------------------------------------------------------
+    def model_for_parsing(self) -> Any:
+        """The served model (loaded if none is yet), to read a request the way it takes it."""
+        return self.holder.loaded or self.holder.get()
+
+    def check_predict_key(self, request: Request) -> None:
+        """Refuses a caller without a client key unless ``serving.open_predict``."""
+        if not self.config.open_predict:
+            self.keys.require(request, "client")
+
+    def client_of(self, request: Request) -> str | None:
+        """The fingerprint of the caller's key, as the feedback store records it."""
+        return self.keys.fingerprint(key_from_request(request))
+
+    def served(self, version: str, n: int = 1) -> None:
+        """Counts ``n`` predictions served by ``version``."""
+        self.metrics.predictions.labels(version).inc(n)
