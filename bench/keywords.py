@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from modelloop.data.audio import augment_waveforms, load_audio_folder
@@ -35,15 +34,10 @@ WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off"]
 
 
 def p50_ms(fn, x, runs: int = 200, warmup: int = 20) -> float:
+    from modelloop.evaluate.metrics import latency_ms
+
     with torch.inference_mode():
-        for _ in range(warmup):
-            fn(x)
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            fn(x)
-            times.append((time.perf_counter() - t) * 1000)
-    return float(np.percentile(times, 50))
+        return latency_ms(lambda _: fn(x), runs, warmup)["p50_ms"]
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from ..data.audio import (
 )
 from ..errors import DataError, InputError
 from ..spec import DataSpec, ServingSpec
-from .base import Candidate, fields_of
+from .base import Candidate, fields_of, file_inputs
 from .image_classification import MAX_ITEMS, _check_items
 from .supervised import SupervisedTask
 
@@ -120,12 +120,7 @@ class AudioClassification(SupervisedTask):
             raise DataError(f"data source {source!r}: {why}; expected {self.data_hint}")
 
     def offline_inputs(self, files: list[Path], texts: list[str], rows: list[str]) -> tuple[list[str], Any, str]:
-        if not files:
-            raise InputError("argument 'FILES': missing; expected one or more audio clips for an audio model")
-        for f in files:
-            if not f.is_file():
-                raise InputError(f"audio file {str(f)!r}: no such file; expected a WAV, FLAC or OGG clip")
-        return [str(f) for f in files], [str(f) for f in files], "file"
+        return file_inputs(files, "audio clips", "an audio model", "a WAV, FLAC or OGG clip")
 
     def predict_offline(self, model, inputs: Any) -> list[dict[str, Any]]:
         """WAV/FLAC/OGG file paths or 16 kHz waveforms ((T,) or (N, T))."""

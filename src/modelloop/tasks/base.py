@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import InputError, SpecError
 from ..spec import SPEC_FILE, DataSpec, ServingSpec, Spec
 
-__all__ = ["Candidate", "Task", "get_task", "register_task", "task_names", "check_spec", "TASK_NAMES",
+__all__ = ["Candidate", "Task", "file_inputs", "get_task", "register_task", "task_names", "check_spec", "TASK_NAMES",
            "ENTRY_POINT_GROUP", "CLASSIFICATION_METRICS", "fields_of"]
 
 #: the requirement metrics of classification tasks (probabilities in, a label out)
@@ -317,6 +317,18 @@ class Task(ABC):
         if kept not in classes:
             raise InputError(f"field 'label': received {json_safe(label)!r}; expected one of {', '.join(classes)}")
         return kept
+
+
+def file_inputs(files: list[Path], what: str, model: str, expected: str) -> tuple[list[str], list[str], str]:
+    """``modelloop predict``'s FILES argument checked: every file exists (``what``: "image
+    files"; ``model``: "an image model"; ``expected``: what one file should be) -> the
+    :meth:`Task.offline_inputs` triple."""
+    if not files:
+        raise InputError(f"argument 'FILES': missing; expected one or more {what} for {model}")
+    for f in files:
+        if not f.is_file():
+            raise InputError(f"{what.split()[0]} file {str(f)!r}: no such file; expected {expected}")
+    return [str(f) for f in files], [str(f) for f in files], "file"
 
 
 def fields_of(body: dict) -> str:

@@ -17,7 +17,7 @@ from ..data import prepare_dataset
 from ..data.image import decode_images, parse_pixels
 from ..errors import DataError, InputError
 from ..spec import DataSpec, ServingSpec
-from .base import Candidate, fields_of
+from .base import Candidate, fields_of, file_inputs
 from .supervised import SupervisedTask
 
 __all__ = ["ImageClassification", "FEW_PER_CLASS"]
@@ -134,12 +134,7 @@ class ImageClassification(SupervisedTask):
                             + ", ".join(f"builtin:{n}" for n in BUILTINS) + ")")
 
     def offline_inputs(self, files: list[Path], texts: list[str], rows: list[str]) -> tuple[list[str], Any, str]:
-        if not files:
-            raise InputError("argument 'FILES': missing; expected one or more image files for an image model")
-        for f in files:
-            if not f.is_file():
-                raise InputError(f"image file {str(f)!r}: no such file; expected a PNG, JPEG or BMP image")
-        return [str(f) for f in files], [str(f) for f in files], "file"
+        return file_inputs(files, "image files", "an image model", "a PNG, JPEG or BMP image")
 
     def predict_offline(self, model, inputs: Any) -> list[dict[str, Any]]:
         """Image file paths or pixel arrays (one image (C, H, W) / (H, W) / flat, or a batch (N, ...)),
