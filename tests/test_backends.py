@@ -200,3 +200,39 @@ def test_search_runs_first_trials_prunes_and_resumes(tmp_path):
     assert len(LocalBackend().search(job).trials) == 3
     job.n_trials = 4
     assert len(LocalBackend().search(job).trials) == 4
+
+
+class _Recording(LocalBackend):
+    """The local backend, recording what it was asked to fit (the fits themselves are real)."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.fits: list[str] = []
+
+    def fit(self, job: FitJob):
+        self.fits.append(job.model_config.get("candidate", job.model_config["family"]))
+        return super().fit(job)
+
+    def fit_with(self, fit, *args):
+        self.fits.append(args[0]["kind"])
+        return super().fit_with(fit, *args)
+
+
+@pytest.mark.parametrize("task", ["tabular-classification", "recommendation"])
+def test_every_fit_of_a_run_and_a_retrain_goes_through_the_loops_backend(task, tmp_path):
+    """The search trials, the final fit, a recommender's fits and a challenger's: all through the
+    one backend the loop holds (the seam a distributed backend replaces)."""
+    from modelloop.loop import Loop
+    from tests.e2e.tiny_projects import build
+
+    proj = build(task, tmp_path)
+    loop = Loop(proj)
+    loop.backend = _Recording()
+    loop.run()
+    assert loop.backend.fits  # every candidate fit of this run went through it
+    expected = {"linear"} if task == "tabular-classification" else {"popularity"}
+    assert set(loop.backend.fits) == expected
+    before = len(loop.backend.fits)
+    loop.retrain(force=True)
+    assert len(loop.backend.fits) == before + 1  # the challenger

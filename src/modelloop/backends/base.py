@@ -201,3 +201,9 @@ class Backend(ABC):
     @abstractmethod
     def search(self, job: SearchJob) -> SearchOutcome:
         """Run (or resume) the trials of ``job`` and return its leaderboard."""
+
+    def fit_with(self, fit: Callable[..., Any], *args: Any) -> Any:
+        """Run a fit that a task does by its own procedure on its own data (a recommender on
+        interactions: ``fit(*args)`` -> whatever it returns). ``fit`` is a module-level function
+        of plain arguments, so a distributed backend can run it on a worker; here, in process."""
+        return fit(*args)

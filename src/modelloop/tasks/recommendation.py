@@ -563,7 +563,7 @@ class Recommendation(Task):
                 row.update(decision="skipped: selection time budget spent", val=None)
                 board.append(row)
                 continue
-            model, fit_s = _fit(c["config"], splits["train"], data.item_text)
+            model, fit_s = ctx.backend.fit_with(_fit, c["config"], splits["train"], data.item_text)
             m, _, users = evaluate(model, c["config"], splits["val"], data.explicit)
             lat = _latency(model, users)
             row.update(val=m, fit_s=round(fit_s, 2), p50_ms=lat["p50_ms"], p95_ms=lat["p95_ms"],
@@ -590,7 +590,7 @@ class Recommendation(Task):
         splits = data.splits
         full = Interactions(pd.concat([splits["train"].frame, splits["val"].frame]), data.item_text, data.fingerprint)
         ctx.say(f"[training] {best['candidate']} on train + validation ({len(full)} interactions)")
-        model, fit_s = _fit(best["config"], full, data.item_text)
+        model, fit_s = ctx.backend.fit_with(_fit, best["config"], full, data.item_text)
         return Fitted(model, best["config"], {"seconds": fit_s},
                       {"candidate": best["candidate"], "val": best["val"], "train_interactions": len(full)})
 
@@ -630,7 +630,8 @@ class Recommendation(Task):
         pm = parent.manifest
         config = pm["model"]["config"]
         ctx.say(f"[training] challenger {pm['model']['candidate']} on {len(train_frame)} interactions")
-        model, fit_s = _fit(config, Interactions(train_frame, data.item_text, data.fingerprint), data.item_text)
+        model, fit_s = ctx.backend.fit_with(_fit, config, Interactions(train_frame, data.item_text, data.fingerprint),
+                                            data.item_text)
         return Fitted(model, config, {"seconds": fit_s},
                       {"candidate": pm["model"]["candidate"], "val": None, "train_interactions": len(train_frame)})
 
@@ -725,7 +726,7 @@ class Recommendation(Task):
         config = {"kind": "popularity"}
         full = Interactions(pd.concat([data.splits["train"].frame, data.splits["val"].frame]), data.item_text,
                             data.fingerprint)
-        model, _ = _fit(config, full, data.item_text)
+        model, _ = ctx.backend.fit_with(_fit, config, full, data.item_text)
         base, base_per, _ = evaluate(model, config, test, data.explicit, exclude=exclude)
         metric = ctx.spec.requirements.metric
         key = {"ndcg@10": "ndcg", "precision@10": "precision", "recall@10": "recall"}.get(metric, "ndcg")
