@@ -1,10 +1,11 @@
-"""The task contract: what differs between image, text and audio classification, and nothing else.
+"""The task contract: what differs between tasks (images, texts, audio, tables, recommendation, ...), and nothing else.
 
 A :class:`Task` says *what*: how its data is loaded and split, which candidate models compete
-(each a featurizer + a trainable network), which requirement metrics fit it, how one raw input is
-stored with its prediction (so feedback becomes a training example) and read back, and how a
-request body becomes raw inputs. The loop, the trainer, the gate, the registry and the server say
-*how*, the same for every task.
+and how they fit, how a model is evaluated and what evidence the gate compares, how feedback
+becomes training data, which requirement metrics fit it, how a request body becomes raw inputs and
+an output becomes the answer, and which routes it adds to the server. The loop, the trainer, the
+backends, the gate, the registry and the server say *how*, the same for every task (see
+``docs/architecture.md`` for the stages and the groups of this contract).
 
 Tasks are found by name (:func:`get_task`): the built-in ones, those registered with
 :func:`register_task`, and those other packages provide through the ``modelloop.tasks``
@@ -49,7 +50,9 @@ class Candidate:
 
 
 class Task(ABC):
-    """Everything task-specific the loop needs; about six methods."""
+    """Everything task-specific the loop, the server and the command line need, in groups: inputs,
+    the run's stages, the retrain's stages, a version, monitoring, projects, serving, training.
+    :class:`~.supervised.SupervisedTask` implements the stages for (input, label) examples."""
 
     name: str
     input_kind: str  # "image" | "text" | "audio" | "tabular"
