@@ -301,8 +301,9 @@ _CRASHING_WRITER = textwrap.dedent("""
 """)
 
 
-def test_a_spool_left_by_a_killed_writer_is_replayed_by_the_next_one(db, tmp_path):
-    spool = tmp_path / "state"
+def _killed_writer(db, spool) -> set[str]:
+    """Run ``_CRASHING_WRITER`` on ``spool`` while the store is locked (so its predictions are
+    spooled) until it kills itself; the ids it acknowledged."""
     proc = subprocess.Popen([sys.executable, "-c", _CRASHING_WRITER, str(db), str(spool)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "open\n", proc.stderr.read()
@@ -312,7 +313,12 @@ def test_a_spool_left_by_a_killed_writer_is_replayed_by_the_next_one(db, tmp_pat
     finally:
         lock.release()
     assert proc.returncode == -signal.SIGKILL, err[-2000:]
-    acknowledged = set(json.loads(out))
+    return set(json.loads(out))
+
+
+def test_a_spool_left_by_a_killed_writer_is_replayed_by_the_next_one(db, tmp_path):
+    spool = tmp_path / "state"
+    acknowledged = _killed_writer(db, spool)
     (f,) = spool_files(spool)
     with open(f, "ab") as fh:
         fh.write(b'not a row\n{"id": "torn')  # a damaged line is skipped; a torn one was never acknowledged
@@ -631,16 +637,7 @@ def test_a_live_writer_replays_the_spool_of_a_server_killed_beside_it(db, tmp_pa
     store = FeedbackStore(f"sqlite:///{db}")
     survivor = PredictionWriter(store, spool_dir=spool)  # the other server on the project, running on
     try:
-        proc = subprocess.Popen([sys.executable, "-c", _CRASHING_WRITER, str(db), str(spool)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert proc.stdout.readline() == "open\n", proc.stderr.read()
-        lock = SqliteLock(db)
-        try:
-            out, err = proc.communicate("go\n", timeout=120)
-        finally:
-            lock.release()
-        assert proc.returncode == -signal.SIGKILL, err[-2000:]
-        acknowledged = set(json.loads(out))
+        acknowledged = _killed_writer(db, spool)
         deadline = time.monotonic() + 20
         while not (acknowledged <= sqlite_ids(db) and not spool_files(spool)) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -21,9 +21,11 @@ from modelloop.project import Project
 __all__ = ["BUILDERS", "build", "TASKS"]
 
 
-def _shrink(proj: Path, selection: dict | None = None, **serving) -> None:
-    """One trial of one epoch or two, the torch backend only, no distillation."""
+def _shrink(proj: Path, selection: dict | None = None, augmentation: dict | None = None, **serving) -> None:
+    """One trial of one epoch or two, the torch backend only, no distillation (and ``augmentation``
+    settings of the data section)."""
     spec = yaml.safe_load((proj / "modelloop.yaml").read_text())
+    spec["data"]["augmentation"].update(augmentation or {})
     if spec["task"] != "recommendation":
         spec["selection"].update(trials=1, epochs_per_trial=1, distill=False, **(selection or {}))
         spec["training"].update(max_epochs=2, patience=1)
@@ -48,10 +50,7 @@ def image(root: Path, **serving) -> Path:
                                 per_class=40, size=8, colour=False)
     proj = root / "image"
     Project.init(proj, task="image-classification", data=str(folder), target=0.0)
-    spec = yaml.safe_load((proj / "modelloop.yaml").read_text())
-    spec["data"]["augmentation"]["shift"] = 0
-    (proj / "modelloop.yaml").write_text(yaml.safe_dump(spec))
-    _shrink(proj, {"candidates": ["linear"]}, **serving)
+    _shrink(proj, {"candidates": ["linear"]}, {"shift": 0}, **serving)
     return _run(proj)
 
 
@@ -117,10 +116,7 @@ def audio(root: Path, **serving) -> Path:
     make_keywords(clips, ["yes", "no"], ["en-us", "en-gb"], [150, 200], [40, 60], workers=2)
     proj = root / "audio"
     Project.init(proj, task="audio-classification", data=str(clips), target=0.0)
-    spec = yaml.safe_load((proj / "modelloop.yaml").read_text())
-    spec["data"]["augmentation"]["copies"] = 0
-    (proj / "modelloop.yaml").write_text(yaml.safe_dump(spec))
-    _shrink(proj, {"candidates": ["cnn"]}, **serving)
+    _shrink(proj, {"candidates": ["cnn"]}, {"copies": 0}, **serving)
     return _run(proj)
 
 

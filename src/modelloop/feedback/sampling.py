@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["is_holdout", "feedback_fingerprint"]
+__all__ = ["is_holdout", "feedback_fingerprint", "trained_fingerprint"]
 
 
 def is_holdout(prediction_id: str, fraction: float) -> bool:
@@ -20,4 +20,13 @@ def feedback_fingerprint(rows: Iterable[tuple[Any, Any]]) -> str:
     h = hashlib.sha256()
     for pid, label in sorted((str(p), str(v)) for p, v in rows):
         h.update(f"{pid}\t{label}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def trained_fingerprint(base: str, prediction_ids: Iterable[str]) -> str:
+    """The fingerprint of what a retrained version learned from: the dataset snapshot ``base``
+    plus the predictions whose feedback it trained on, in the order given."""
+    h = hashlib.sha256(base.encode())
+    for pid in prediction_ids:
+        h.update(pid.encode())
     return h.hexdigest()[:16]

@@ -15,7 +15,9 @@ instead of training another.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +39,6 @@ from .state import Progress, Runs
 __all__ = ["Loop", "Progress"]
 
 log = logging.getLogger(__name__)
-
-STAGES = ("data", "selection", "training", "evaluation", "report", "gate", "registry")
-
 
 class Loop:
     """The product loop on one project folder.
@@ -87,8 +86,17 @@ class Loop:
         """What the task's stages see of this project."""
         return Context(spec=self.spec, paths=self.paths, registry=self.registry, store=lambda: self.store,
                        say=lambda msg: self.say(progress, msg), progress=progress,
-                       write_report=self.runs.write_report, watch_state=lambda: _monitor.watch_state(self),
+                       watch_state=lambda: _monitor.watch_state(self),
                        backend=self.backend)
+
+    @contextlib.contextmanager
+    def _writer(self, operation: str, wait: Wait, progress: Progress | None) -> Iterator[None]:
+        """Hold the project's writer lock, after what every writer does first: tidy what crashed
+        writers left half-written and finish the versions they registered."""
+        with self.lock.hold(operation, wait=wait):
+            self.runs.prepare_writer()
+            self.runs.recover(progress)
+            yield
 
     # -- run and retrain -------------------------------------------------------------------------
     def run(self, resume: bool = False, progress: Progress | None = None, wait: Wait = False) -> dict[str, Any]:
@@ -147,9 +155,7 @@ class Loop:
             BusyError: another writer holds the project's lock.
             RegistryError: no champion to retrain from.
         """
-        with self.lock.hold("retrain", wait=wait):
-            self.runs.prepare_writer()
-            self.runs.recover(progress)
+        with self._writer("retrain", wait, progress):
             return _run.retrain(self, progress, promote, force)
 
     def feedback_split(self, class_names: list[str], like) -> dict[str, Any]:
@@ -166,9 +172,7 @@ class Loop:
         Raises:
             BusyError: another writer holds the project's lock.
         """
-        with self.lock.hold("recover", wait=wait):
-            self.runs.prepare_writer()
-            self.runs.recover(progress)
+        with self._writer("recover", wait, progress):
             return self.check()
 
     def check(self, finished: bool = True) -> list[str]:
@@ -224,7 +228,5 @@ class Loop:
         Raises:
             BusyError: another writer holds the project's lock.
         """
-        with self.lock.hold("watch", wait=wait):
-            self.runs.prepare_writer()
-            self.runs.recover(progress)
+        with self._writer("watch", wait, progress):
             return _monitor.watch_once(self, progress, force)

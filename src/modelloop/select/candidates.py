@@ -22,7 +22,7 @@ import torch
 from ..backends import Backend, get_backend, task_score
 from ..models import build_model, count_parameters, one_trial
 from ..spec import LOWER_IS_BETTER, Spec
-from ..tasks import Candidate, featurizer_from_config, get_task
+from ..tasks import Candidate, Task, featurizer_from_config, get_task
 from .search import CandidateSearch
 
 __all__ = ["prepare_features", "search_candidates", "choose", "serving_latency", "model_bytes"]
@@ -67,7 +67,7 @@ def prepare_features(candidate: Candidate, train_x: Any, val_x: Any, cache_dir: 
 def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tensor], val: tuple[Any, torch.Tensor],
                       num_classes: int, spec: Spec, timeout_s: float, run_dir: Path, cache_dir: Path | None,
                       progress=None, target: dict[str, float] | None = None,
-                      backend: Backend | None = None) -> dict[str, Any]:
+                      backend: Backend | None = None, task: Task | None = None) -> dict[str, Any]:
     """Search each candidate; measure latency and size of its best trial; choose one.
 
     ``target`` (regression: the training targets' mean and std) makes every candidate predict one
@@ -84,7 +84,7 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
     sel = spec.selection
     (xtr, ytr), (xva, yva) = train, val
     t0 = time.perf_counter()
-    task = get_task(spec.task)
+    task = task if task is not None else get_task(spec.task)
     backend = get_backend(backend if backend is not None else spec)
     state: dict[str, dict[str, Any]] = {}
 
@@ -151,7 +151,7 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
         if progress:
             progress(f"[selection] {cand.name}: val accuracy {res.best_val_score:.4f}, p95 {lat['p95_ms']:.2f} ms, "
                      f"{size_mb:.2f} MB ({len(res.leaderboard)} trials)")
-    chosen, warning = choose(rows, spec)
+    chosen, warning = choose(rows, spec, getattr(task, "score_name", "val accuracy"))
     st = state[chosen["candidate"]]
     record = {"leaderboard": rows, "trials": trials, "chosen": chosen["candidate"], "best_family": chosen["family"],
               "best_params": chosen["params"], "best_val_score": chosen["val_accuracy"], "score_name": task_score(task),
@@ -161,17 +161,17 @@ def search_candidates(candidates: list[Candidate], train: tuple[Any, torch.Tenso
     return record, (st["feat"], st["train"][0], st["val"][0] if len(yva) else None)
 
 
-def choose(rows: list[dict[str, Any]], spec: Spec) -> tuple[dict[str, Any], str | None]:
+def choose(rows: list[dict[str, Any]], spec: Spec, score: str = "val accuracy") -> tuple[dict[str, Any], str | None]:
     """Mark each row with whether it meets the requirements and why; return the chosen row and a warning.
 
-    Quality is validation accuracy (R² for regression) against ``requirements.target +
+    ``score`` names the rows' ``val_accuracy`` in messages (the task's ``score_name``: "val R²" for a
+    regression). Quality is validation accuracy (R² for regression) against ``requirements.target +
     selection.quality_margin`` (other metrics are checked on the test split by the gate). For an
     error metric (rmse, mae), or without a target (the requirement is then to beat the task's
     trivial baseline), there is no validation score to hold against a target, so the most
     accurate candidate is taken.
     """
     req, sel = spec.requirements, spec.selection
-    score = getattr(get_task(spec.task), "score_name", "val accuracy")
     # No target (beat the trivial baseline) or an error metric: no validation score to hold against
     # a target, so the most accurate candidate is taken.
     need = None if req.metric in LOWER_IS_BETTER or req.target is None else req.target + sel.quality_margin

@@ -57,7 +57,7 @@ from safetensors.torch import load_file
 from ..data.interactions import Interactions, load_interactions, load_movielens_100k, stratified_split
 from ..errors import DataError, InputError, RegistryError, SpecError
 from ..evaluate.ranking import per_user_ranking
-from ..feedback.sampling import feedback_fingerprint, is_holdout
+from ..feedback.sampling import feedback_fingerprint, is_holdout, trained_fingerprint
 from ..registry.artifact import MANIFEST, PREPROCESSING, WEIGHTS, library_versions
 from ..spec import DataSpec, RecommendationSpec, Spec, recommendation_candidate
 from .base import Candidate, Task
@@ -661,10 +661,7 @@ class Recommendation(Task):
             for mm in (champ_m, metrics):
                 mm["evaluated_on"] = (f"test split minus {removed} (user, item) pairs learned from feedback; "
                                       "feedback items excluded from both models' lists")
-            h = hashlib.sha256(data.fingerprint.encode())
-            for pid in fb.train_ids:
-                h.update(pid.encode())
-            fingerprint = h.hexdigest()[:16]
+            fingerprint = trained_fingerprint(data.fingerprint, fb.train_ids)
         latency = _latency(model, users)
         size_mb = _size_mb(model)
         baseline = None

@@ -22,8 +22,8 @@ class Context:
     """The project as a task's stages see it.
 
     ``say(msg)`` reports progress; ``store()`` opens the feedback store on first use;
-    ``backend`` runs fits and searches (see ``modelloop.backends``); ``write_report(version,
-    write)`` writes a version's report atomically.
+    ``backend`` runs fits and searches (see ``modelloop.backends``); ``watch_state()`` is what the
+    retraining policy recorded (``last_retrain_at``).
     """
 
     spec: Any
@@ -32,7 +32,6 @@ class Context:
     store: Callable[[], Any]
     say: Callable[[str], None]
     progress: Callable[[str], None] | None
-    write_report: Callable[[str, Callable[[Path], Any]], Path]
     backend: Any = None
     watch_state: Callable[[], dict[str, Any]] = dict
 

@@ -14,7 +14,6 @@ squared errors.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 
 from ..data import Dataset
 from ..evaluate import classification_metrics, regression_metrics
-from ..feedback.sampling import feedback_fingerprint, is_holdout
+from ..feedback.sampling import feedback_fingerprint, is_holdout, trained_fingerprint
 from ..models import batched_logits, count_parameters
 from ..registry.artifact import library_versions
 from .base import Task
@@ -149,7 +148,7 @@ class SupervisedTask(Task):
         selection, fitted = search_candidates(cands, (xtr, ytr), (xva, yva), len(data.class_names), spec,
                                               timeout_s=time_left, run_dir=run.folder,
                                               cache_dir=ctx.paths.state / "cache", progress=ctx.progress,
-                                              target=self.target(ytr), backend=ctx.backend)
+                                              target=self.target(ytr), backend=ctx.backend, task=self)
         selection["excluded"] = excluded
         if selection["warning"]:
             log.warning("%s", selection["warning"])
@@ -252,7 +251,7 @@ class SupervisedTask(Task):
         # Both fully trained: the teacher's score is its final training's, not its short search trial's.
         teacher_row["val_accuracy"] = teacher_val
         pair = [dict(teacher_row), row]
-        winner, _ = choose(pair, ctx.spec)
+        winner, _ = choose(pair, ctx.spec, self.score_name)
         board.append(pair[1])
         for r in board:  # the decision between teacher and student replaces the teacher's
             if r["candidate"] == teacher_cand.name:
@@ -363,12 +362,7 @@ class SupervisedTask(Task):
 
     def dataset_fingerprint(self, data: Dataset, fb: FeedbackSet | None) -> str:
         """The fingerprint of what a version learned from: the dataset, plus the feedback it trained on."""
-        if fb is None:
-            return data.fingerprint
-        h = hashlib.sha256(data.fingerprint.encode())
-        for pid in fb.train_ids:
-            h.update(pid.encode())
-        return h.hexdigest()[:16]
+        return data.fingerprint if fb is None else trained_fingerprint(data.fingerprint, fb.train_ids)
 
     def judge(self, ctx: Context, parent, data: Dataset, fb: FeedbackSet, fitted: Fitted):
         """The champion re-evaluated now on the challenger's test split, and the function that
