@@ -71,8 +71,9 @@ def _command(fn):
 @_command
 def init(
     directory: DirArg,
-    task: Annotated[str, typer.Option(help="The task: image-classification, text-classification or "
-                                           "audio-classification.")] = (
+    task: Annotated[str, typer.Option(help="The task: image-classification, text-classification, "
+                                           "audio-classification, tabular-classification, tabular-regression, "
+                                           "recommendation or faq (answers from an FAQ).")] = (
         "image-classification"),
     data: Annotated[str | None, typer.Option(help="Images: a folder of class subfolders, or builtin:seed-case / "
                                              "builtin:mnist784. Texts: a CSV/TSV/JSONL/Parquet file, or "
@@ -99,6 +100,12 @@ def init(
                                                             "(default: --item-column).")] = None,
     item_text_columns: Annotated[str | None, typer.Option(help="Recommendation: comma-separated text columns of "
                                                                "--items.")] = None,
+    id_column: Annotated[str | None, typer.Option(help="FAQ: the entry id column (absent: the row number).")] = None,
+    question_column: Annotated[str | None, typer.Option(help="FAQ: the entry question column.")] = None,
+    answer_column: Annotated[str | None, typer.Option(help="FAQ: the entry answer column.")] = None,
+    examples: Annotated[str | None, typer.Option(help="FAQ: example customer questions (columns query and id; an "
+                                                      "empty id: no entry answers it), or builtin:faq-example.")
+                        ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write DIR/modelloop.yaml: data source, task and requirements."""
@@ -106,7 +113,9 @@ def init(
 
     task_opts = {"text_column": text_column, "label_column": label_column, "user_column": user_column,
                  "item_column": item_column, "rating_column": rating_column, "timestamp_column": timestamp_column,
-                 "items": items, "item_id_column": item_id_column, "item_text_columns": item_text_columns}
+                 "items": items, "item_id_column": item_id_column, "item_text_columns": item_text_columns,
+                 "id_column": id_column, "question_column": question_column, "answer_column": answer_column,
+                 "examples": examples}
     p = Project.init(directory, task=task, data=data, overwrite=force, metric=metric, target=target,
                      p95_latency_ms=p95_latency_ms, max_model_size_mb=max_model_size_mb, time_budget_s=time_budget_s,
                      **{k: v for k, v in task_opts.items() if v is not None})

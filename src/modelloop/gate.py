@@ -344,8 +344,10 @@ def compare_regression(req: Requirements, champion: dict[str, Any], challenger: 
 
 
 # -- ranking (recommendation) ---------------------------------------------------------------------
-def ranking_evidence(champ: np.ndarray, chall: np.ndarray, confidence: float, seed: int = 0) -> dict[str, Any]:
-    """Paired per-user NDCG@10: Wilcoxon signed-rank both ways and a bootstrap bound of the drop."""
+def ranking_evidence(champ: np.ndarray, chall: np.ndarray, confidence: float, seed: int = 0,
+                     score: str = "ndcg@10") -> dict[str, Any]:
+    """Paired per-user (or per-question) scores, higher is better (``score``: their name, e.g.
+    NDCG@10 or a reciprocal rank): Wilcoxon signed-rank both ways and a bootstrap bound of the drop."""
     n = len(champ)
     diff = champ - chall  # > 0: champion better
     nonzero = int(np.sum(diff != 0))
@@ -364,14 +366,14 @@ def ranking_evidence(champ: np.ndarray, chall: np.ndarray, confidence: float, se
     else:
         bound = 0.0
     alpha = 1 - confidence
-    return {"n_users": n, "champion_ndcg@10": float(champ.mean()) if n else None,
-            "challenger_ndcg@10": float(chall.mean()) if n else None,
+    return {"n_users": n, "n": n, f"champion_{score}": float(champ.mean()) if n else None,
+            f"challenger_{score}": float(chall.mean()) if n else None,
             "mean_drop": float(diff.mean()) if n else 0.0, "drop_lower_bound": bound,
             "users_champion_better": int(np.sum(diff > 0)), "users_challenger_better": int(np.sum(diff < 0)),
             "users_tied": int(np.sum(diff == 0)), "p_challenger_worse": p_worse, "p_challenger_better": p_better,
             "significantly_worse": bool(n > 0 and p_worse < alpha),
             "significantly_better": bool(n > 0 and p_better < alpha),
-            "method": "one-sided Wilcoxon signed-rank on per-user NDCG@10; paired bootstrap (2000) for the drop"}
+            "method": f"one-sided Wilcoxon signed-rank on paired {score}; paired bootstrap (2000) for the drop"}
 
 
 def slate_test(champ_ranks: list[int | None], chall_ranks: list[int | None], champ_hits: np.ndarray,
@@ -450,3 +452,42 @@ def compare_ranking(spec, champ_m: dict[str, Any], chall_m: dict[str, Any], cham
             "confidence": gate.confidence, "significantly_better_on": better, "test": test, "feedback": fb,
             "requirements": chall_req, "champion_value": champ_m[metric], "challenger_value": chall_m[metric],
             "test_examples": test["n_users"], "margin": gate.max_accuracy_drop}
+
+
+def compare_answers(spec, champ_test: np.ndarray, chall_test: np.ndarray, champ_fb: np.ndarray,
+                    chall_fb: np.ndarray, chall_req: dict[str, Any]) -> dict[str, Any]:
+    """Champion vs challenger answer retrievers, paired per question: the reciprocal rank of the
+    right entry on the test questions and on held-out feedback questions.
+
+    On each, one-sided Wilcoxon signed-rank tests both ways at ``gate.confidence`` and a paired
+    bootstrap bound of the mean drop (:func:`ranking_evidence`). Rejected when the challenger is
+    significantly worse on either, when the bound of its test drop exceeds
+    ``gate.max_accuracy_drop``, or when it misses a requirement. Held-out feedback counts once
+    there are ``gate.min_feedback_for_evidence`` questions; with neither test nor enough
+    feedback questions there is no evidence, and the challenger is not promoted.
+    """
+    gate = spec.gate
+    reasons = missed_requirements(chall_req)
+    test = ranking_evidence(champ_test, chall_test, gate.confidence, seed=spec.seed, score="mrr")
+    fb = ranking_evidence(champ_fb, chall_fb, gate.confidence, seed=spec.seed, score="mrr")
+    if test["n"] and test["significantly_worse"]:
+        reasons.append(f"significantly worse on the test questions: MRR {test['challenger_mrr']:.4f} vs champion "
+                       f"{test['champion_mrr']:.4f} (Wilcoxon p = {test['p_challenger_worse']:.3g})")
+    if test["n"] and test["drop_lower_bound"] > gate.max_accuracy_drop + 1e-9:
+        reasons.append(f"test MRR drops by {test['mean_drop']:.4f} (lower {gate.confidence:.0%} bound "
+                       f"{test['drop_lower_bound']:.4f} > {gate.max_accuracy_drop})")
+    enough = fb["n"] >= gate.min_feedback_for_evidence
+    fb["enough"] = enough
+    if enough and fb["significantly_worse"]:
+        reasons.append(f"significantly worse on held-out feedback questions: MRR {fb['challenger_mrr']:.4f} vs "
+                       f"champion {fb['champion_mrr']:.4f} (Wilcoxon p = {fb['p_challenger_worse']:.3g})")
+    if not test["n"] and not enough:
+        reasons.append(f"no evidence: no test questions and {fb['n']} held-out feedback questions "
+                       f"(< {gate.min_feedback_for_evidence})")
+    decision, better = conclude(reasons, test if test["n"] else {"significantly_better": False},
+                                fb if enough else None)
+    return {"decision": decision, "reasons": reasons, "metric": spec.requirements.metric,
+            "confidence": gate.confidence, "significantly_better_on": better, "test": test, "feedback": fb,
+            "requirements": chall_req, "champion_value": test.get("champion_mrr"),
+            "challenger_value": test.get("challenger_mrr"), "test_examples": test["n"],
+            "margin": gate.max_accuracy_drop}

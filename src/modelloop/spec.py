@@ -38,6 +38,7 @@ __all__ = [
     "GateSpec",
     "MonitorSpec",
     "PolicySpec",
+    "FaqSpec",
     "KeysSpec",
     "load_spec",
     "save_spec",
@@ -47,7 +48,7 @@ __all__ = [
 SPEC_FILE = "modelloop.yaml"
 #: the built-in tasks (``modelloop.tasks.task_names()`` lists every task, plugins included)
 TASKS = ("image-classification", "text-classification", "audio-classification", "tabular-classification",
-         "tabular-regression", "recommendation")
+         "tabular-regression", "recommendation", "faq")
 METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
 FAMILIES = ("linear", "mlp", "cnn")
 
@@ -119,14 +120,15 @@ class Requirements(_Strict):
     new data can serve; the report states the baseline and the test. Classification tasks
     measure accuracy, f1_macro, precision_macro or recall_macro; regression measures r2 (the
     default there), rmse or mae, in the target's units; recommendation ndcg@10 (the default
-    there), precision@10 or recall@10. Which metrics a task takes, and its default metric, are
+    there), precision@10 or recall@10; FAQ answering top1 (top-1 accuracy of the in-scope
+    questions, the default there), mrr@5 or recall@3. Which metrics a task takes, and its default metric, are
     the task's to say (see ``Task.check_spec``). The optional budgets gate too:
     ``p95_latency_ms`` (single-item prediction on this machine) and ``max_model_size_mb``
     (artifact size). ``time_budget_s`` bounds the whole training run (selection + training).
     """
 
     metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro", "r2", "rmse", "mae",
-                    "ndcg@10", "precision@10", "recall@10"] = "accuracy"
+                    "ndcg@10", "precision@10", "recall@10", "top1", "mrr@5", "recall@3"] = "accuracy"
     #: None (unset): significantly better than the task's trivial baseline on the test split
     target: float | None = None
     p95_latency_ms: float | None = Field(None, gt=0)
@@ -372,6 +374,51 @@ class RecommendationSpec(_Strict):
         return v
 
 
+class FaqSpec(_Strict):
+    """The ``faq:`` section of a customer-service (FAQ answering) project.
+
+    Example::
+
+        task: faq
+        data:
+          source: builtin:faq-example            # or a CSV/TSV/JSONL/Parquet file of FAQ entries
+          split: {validation: 0.15, test: 0.15, seed: 0}   # of the example questions
+        faq:
+          id_column: id                          # absent from the file: the row number is the id
+          question_column: question
+          answer_column: answer
+          examples: null                         # optional customer questions: columns query, id
+          query_column: query                    # (an empty id: a question no entry answers)
+          example_id_column: id
+          candidates: null                       # default: every candidate the data allows
+          answer_rate: 0.9                       # without out-of-scope examples: the share of
+                                                 # in-scope validation questions to answer
+          max_question_chars: 1000
+          max_k: 10
+
+    ``examples: builtin:faq-example`` takes the built-in example's customer questions.
+    """
+
+    id_column: str = "id"
+    question_column: str = "question"
+    answer_column: str = "answer"
+    examples: str | None = None
+    query_column: str = "query"
+    example_id_column: str = "id"
+    candidates: list[str] | None = None
+    answer_rate: float = Field(0.9, gt=0, le=1)
+    max_question_chars: int = Field(1000, ge=10, le=100_000)
+    max_k: int = Field(10, ge=1, le=100)
+    fine_tune_epochs: int = Field(8, ge=1, le=100)
+
+    @field_validator("candidates")
+    @classmethod
+    def _some(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("must name at least one candidate (or leave it unset to let the task choose)")
+        return v
+
+
 def recommendation_candidate(c: Any) -> tuple[str, dict[str, Any], str]:
     """A ``recommendation.candidates`` entry -> (its name or kind, its settings, its leaderboard label).
 
@@ -411,6 +458,7 @@ class Spec(_Strict):
     monitor: MonitorSpec = MonitorSpec()
     policy: PolicySpec = PolicySpec()
     recommendation: RecommendationSpec | None = None  # recommendation projects only
+    faq: FaqSpec | None = None  # FAQ answering projects only
     seed: int = 0
 
     @field_validator("task")

@@ -36,6 +36,7 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "TEXT_SUFFIXES",
     "TextTable",
+    "read_rows",
     "check_classes",
     "load_rotten_tomatoes",
     "load_text_table",
@@ -369,6 +370,19 @@ def load_text_table(path: str | os.PathLike, text_column: str = "text", label_co
             offset and line), has a malformed row (names the line), lacks the text or label
             column (names the columns it has), or has no usable row.
     """
+    frame, lines = read_rows(path, "texts and labels")
+    return _build_table(frame, lines, str(path), text_column, label_column)
+
+
+def read_rows(path: str | os.PathLike, what: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """A CSV/TSV/JSONL/Parquet file (by its suffix; text files UTF-8) -> (its rows as a frame of
+    objects, the line or row number each row starts at). ``what`` names the file's contents
+    for messages ("texts and labels", "FAQ entries").
+
+    Raises:
+        DataError: missing file, a folder, an unsupported suffix, bad UTF-8 or a malformed row
+            (naming the file, the line and what was expected).
+    """
     p = Path(path)
     source = str(path)
     suffix = p.suffix.lower()
@@ -378,18 +392,15 @@ def load_text_table(path: str | os.PathLike, text_column: str = "text", label_co
             + ", ".join(TEXT_SUFFIXES)
         )
     if not p.exists():
-        raise DataError(f"data source {source!r}: no such file; expected a {suffix} file of texts and labels")
+        raise DataError(f"data source {source!r}: no such file; expected a {suffix} file of {what}")
     if p.is_dir():
-        raise DataError(f"data source {source!r}: is a folder; expected a {suffix} file of texts and labels")
+        raise DataError(f"data source {source!r}: is a folder; expected a {suffix} file of {what}")
     if suffix == ".parquet":
-        frame, lines = _read_parquet(p, source)
-    else:
-        text = _decode(p.read_bytes(), source)
-        if suffix in (".jsonl", ".json"):
-            frame, lines = _read_jsonl(text, source)
-        else:
-            frame, lines = _read_delimited(text, source, "\t" if suffix == ".tsv" else ",")
-    return _build_table(frame, lines, source, text_column, label_column)
+        return _read_parquet(p, source)
+    text = _decode(p.read_bytes(), source)
+    if suffix in (".jsonl", ".json"):
+        return _read_jsonl(text, source)
+    return _read_delimited(text, source, "\t" if suffix == ".tsv" else ",")
 
 
 def check_classes(labels: Iterable[str], source: str) -> list[str]:

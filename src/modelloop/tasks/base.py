@@ -349,6 +349,7 @@ _BUILTIN = {
     "tabular-classification": ("tabular_classification", "TabularClassification"),
     "tabular-regression": ("tabular_regression", "TabularRegression"),
     "recommendation": ("recommendation", "Recommendation"),
+    "faq": ("faq", "FaqAnswering"),
 }
 #: the built-in task names (:func:`task_names` lists every known task, plugins included)
 TASK_NAMES = tuple(_BUILTIN)
