@@ -313,8 +313,8 @@ def demo(directory: Annotated[Path, typer.Argument(help="Folder for the demo pro
          traffic: Annotated[int, typer.Option(help="How many live requests simulated users send.")] = 600,
          task: Annotated[str, typer.Option(help="The case: image-classification (the founding case), "
                                            "text-classification, audio-classification, "
-                                           "tabular-classification, tabular-regression or "
-                                           "recommendation.")] = "image-classification",
+                                           "tabular-classification, tabular-regression, "
+                                           "recommendation or faq.")] = "image-classification",
          as_json: JsonOpt = False) -> None:
     """The whole loop on the founding case (or one example per --task), with simulated users, in a few minutes."""
     from .demo import run_demo
@@ -363,6 +363,11 @@ def monitor(directory: DirArg, as_json: JsonOpt = False) -> None:
         out.print(f"live accuracy: {la['value']:.3f} [{la['low']:.3f}, {la['high']:.3f}] on {la['n']} labelled")
     out.print(f"feedback: {res['feedback']['new_since_last_training']} new since last training, "
               f"{res['feedback']['feedback']} rows in all")
+    if res.get("abstention") and res["abstention"].get("rate") is not None:
+        ab = res["abstention"]
+        out.print(f"handed over to a person: {ab['abstained']} of {ab['answers']} recent answers ({ab['rate']:.0%})")
+    for g in res.get("gaps") or []:
+        out.print(f"gap ({g['size']} question{'s' if g['size'] != 1 else ''}): {g['example']!r}", highlight=False)
     if "shadow" in res:
         sh = res["shadow"]
         out.print(f"shadow {sh['version']}: {sh['scored']} scored, agreement {sh['agreement']}, accuracy on "

@@ -21,6 +21,9 @@ one example; :func:`run_demo` runs the same loop for all of them:
   measured value for 60% of the predictions (the outcome, once known), whatever the error.
 - ``recommendation``: MovieLens-100k split in time per user (see :func:`run_recommendation_demo`);
   users ask ``GET /recommend`` and click what they went on to watch: a case with its own users.
+- ``faq``: the built-in help desk (see :func:`run_faq_demo`): customers ask ``POST /answer``,
+  say when it helped, agents correct the rest; half the questions are held back and measured
+  before and after learning.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from .serve import create_app
 from .serve.security import keys_for
 from .spec import SPEC_FILE
 
-__all__ = ["run_demo", "run_recommendation_demo", "free_port", "BackgroundServer", "DEMO_CASES", "DemoCase",
+__all__ = ["run_demo", "run_recommendation_demo", "run_faq_demo", "free_port", "BackgroundServer", "DEMO_CASES", "DemoCase",
            "Traffic"]
 
 log = logging.getLogger(__name__)
@@ -310,6 +313,120 @@ def run_recommendation_demo(directory: Path, traffic: int = 600, seed: int = 0, 
     }
 
 
+def faq_traffic(seed: int = _DATA_SEED) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The built-in help desk's customer questions in two halves, (question, entry id or
+    ``__none__``) each: per entry (and of the out-of-scope questions) half are asked now, with
+    feedback, and half are held back to measure before and after learning."""
+    from .data.faq import builtin_faq_example
+
+    _, ex = builtin_faq_example()
+    rng = np.random.default_rng(seed)
+    asked: list[tuple[str, str]] = []
+    held: list[tuple[str, str]] = []
+    for eid in dict.fromkeys(ex.ids):
+        rows = [q for q, i in zip(ex.queries, ex.ids, strict=True) if i == eid]
+        order = rng.permutation(len(rows))
+        half = len(rows) // 2
+        asked += [(rows[j], eid) for j in order[:half]]
+        held += [(rows[j], eid) for j in order[half:]]
+    asked = [asked[j] for j in rng.permutation(len(asked))]
+    return asked, held
+
+
+def measure_answers(retriever, questions: list[tuple[str, str]]) -> dict[str, Any]:
+    """Top-1 accuracy of the in-scope ``questions`` (question, entry id) and what the retriever's
+    threshold does: in-scope questions refused, out-of-scope (``__none__``) refused."""
+    from .data.faq import NO_ANSWER
+
+    res = retriever.answer([q for q, _ in questions], 1)
+    inq = [(a, i) for a, (_, i) in zip(res, questions, strict=True) if i != NO_ANSWER]
+    out = [a for a, (_, i) in zip(res, questions, strict=True) if i == NO_ANSWER]
+    return {"top1": sum(a["answers"][0]["id"] == i for a, i in inq) / max(len(inq), 1),
+            "in_scope": len(inq), "out_of_scope": len(out),
+            "in_scope_refused": sum(a["abstained"] for a, _ in inq) / max(len(inq), 1),
+            "out_of_scope_refused": sum(a["abstained"] for a in out) / max(len(out), 1) if out else None}
+
+
+def run_faq_demo(directory: Path, traffic: int = 600, seed: int = 0, progress=None, fine_tune_epochs: int | None = None,
+                 **init_options: Any) -> dict[str, Any]:
+    """Customer service's demo on the built-in help desk (synthetic; ``builtin:faq-example``).
+
+    The project starts from the FAQ alone: v1 is zero-shot MiniLM, unmeasured, and serves.
+    Simulated customers ask half of the example questions (``traffic`` at most) over
+    ``POST /answer``; one who is helped says so (thumbs up), and an agent corrects every wrong
+    answer (the right entry, or "no entry answers it"), as a help desk's agents do when they take
+    over. Then the project retrains on that feedback and the gate decides; the other half of the
+    questions, never seen, is measured with v1 and with the champion after. Returns the summary."""
+    from .data.faq import NO_ANSWER, write_faq_example
+    from .tasks.faq import load_version
+
+    directory = Path(directory)
+    say = progress or (lambda m: log.info(m))
+    t0 = time.perf_counter()
+    directory.mkdir(parents=True, exist_ok=True)
+    faq_file, _ = write_faq_example(directory / "data")
+    say(f"[demo] init {directory} on {faq_file} (the FAQ alone: the first version is zero-shot)")
+    project = Project.init(directory, task="faq", data=str(faq_file), name="helpdesk", **init_options)
+    if fine_tune_epochs is not None:
+        spec = project.loop.spec
+        spec.faq.fine_tune_epochs = fine_tune_epochs
+        from .spec import save_spec
+
+        save_spec(spec, project.path)
+        project = Project(directory)
+    first = project.run(progress=progress)
+    asked, held = faq_traffic()
+    asked = asked[:max(1, traffic)]
+    app = create_app(project.path)
+    keys, _ = keys_for(project.loop.spec.serving.keys, project.loop.paths.state / "keys.json")
+    headers = {"Authorization": f"Bearer {(keys['client'] or keys['admin'])[0]}"}
+    sent = helped = corrected = abstained = 0
+    lineage_of = None
+    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=30, headers=headers) as client:
+        say(f"[demo] serving {first['version']} on {server.url}; {len(asked)} customers ask a question")
+        for question, truth in asked:
+            r = client.post("/answer", json={"question": question, "k": 3})
+            r.raise_for_status()
+            res = r.json()
+            sent += 1
+            abstained += res["abstained"]
+            served = NO_ANSWER if res["abstained"] else res["answers"][0]["id"]
+            if served == truth:
+                body = {"prediction_id": res["prediction_id"], "kind": "thumbs", "value": 1}
+                helped += 1
+            else:
+                body = {"prediction_id": res["prediction_id"], "label": truth}
+                corrected += 1
+                lineage_of = lineage_of or res["prediction_id"]
+            client.post("/feedback", json=body).raise_for_status()
+        say(f"[demo] {sent} questions: {helped} helped, {corrected} corrected by an agent, {abstained} handed over")
+        second = project.retrain(progress=progress)
+        served_after = client.get("/health").json()["model_version"]
+    registry = project.loop.registry
+    before = measure_answers(load_version(registry, first["version"]).retriever, held)
+    after = measure_answers(load_version(registry, registry.champion()).retriever, held)
+    say(f"[demo] held-back questions ({before['in_scope']} in scope, {before['out_of_scope']} out of scope): top1 "
+        f"{before['top1']:.3f} -> {after['top1']:.3f}; out-of-scope refused {before['out_of_scope_refused']:.2f} -> "
+        f"{after['out_of_scope_refused']:.2f}; in-scope refused {before['in_scope_refused']:.2f} -> "
+        f"{after['in_scope_refused']:.2f}")
+    versions = [{"version": m["version"], "test_score": m.get("top1"), "parent": m["parent"],
+                 "feedback_examples": m["feedback_examples"], "aliases": m["aliases"]} for m in project.models()]
+    return {
+        "project": str(project.path), "task": "faq", "versions": versions, "champion": registry.champion(),
+        "decision": second["decision"], "reasons": second["evidence"]["reasons"],
+        "traffic": {"requests": sent, "helped": helped, "corrected": corrected, "abstained": abstained,
+                    "feedback": helped + corrected},
+        "held_back": {"before": before, "after": after, "first_version": first["version"],
+                      "champion": registry.champion()},
+        "title": "customer service (a synthetic help desk's FAQ)", "score_name": "test top1",
+        "traffic_line": (f"{sent} questions ({helped} helped, {corrected} corrected by an agent, {abstained} handed "
+                         f"over); held-back questions top1 {before['top1']:.3f} -> {after['top1']:.3f}"),
+        "lineage": project.loop.lineage(prediction_id=lineage_of) if lineage_of else None,
+        "served_after_retrain": served_after, "reports": [first["report"], second["report"]],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
 DEMO_CASES: dict[str, DemoCase] = {
     "image-classification": DemoCase("image-classification", "the founding case (even vs odd digits)", 0.95,
                                      "images", _image_case),
@@ -323,6 +440,8 @@ DEMO_CASES: dict[str, DemoCase] = {
                                    "patient rows", _regression_case, metric="R²", metric_key="r2", numeric=True),
     "recommendation": DemoCase("recommendation", "recommendation (MovieLens-100k)", 0.05, "recommendation requests",
                                metric="NDCG@10", metric_key="ndcg@10", run=run_recommendation_demo),
+    "faq": DemoCase("faq", "customer service (a synthetic help desk's FAQ)", 0.0, "questions", metric="top1",
+                    metric_key="top1", run=run_faq_demo),
 }
 
 

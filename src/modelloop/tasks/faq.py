@@ -767,6 +767,9 @@ class FaqAnswering(Task):
         return list(texts), list(texts), "question"
 
     def predict_offline(self, model: FaqModel, inputs: Any) -> list[dict[str, Any]]:
+        """Questions (a text or a list) -> the top 3 entries of each and whether it abstains."""
+        if isinstance(inputs, str):
+            inputs = [inputs]
         return [{"abstained": a["abstained"], "answers": a["answers"], "model_version": model.version}
                 for a in model.retriever.answer([str(q) for q in inputs], 3)]
 
