@@ -34,7 +34,7 @@ async function api(path, opts = {}) {
 }
 
 // ---- tabs
-const TABS = ["draw", "upload", "text", "row", "user"];
+const TABS = ["draw", "upload", "text", "row", "user", "ask"];
 function openTab(name) {
   document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("active", t.dataset.tab === name));
   TABS.forEach((t) => $("pane-" + t).classList.toggle("hidden", t !== name));
@@ -154,6 +154,76 @@ function showRecs(res) {
   $("feedback").classList.add("hidden");
   $("fb-status").textContent = "";
   $("feedback").after($("fb-status"));
+  refresh();
+}
+
+// ---- FAQ answering: a chat; each answer takes "helped", "wrong" or the entry that answers it
+const NO_ANSWER = "__none__";
+function bubble(cls, text) {
+  const d = document.createElement("div"); d.className = "msg " + cls;
+  const p = document.createElement("p"); p.textContent = text; d.append(p);
+  $("faq-chat").append(d); return d;
+}
+$("ask").onclick = async () => {
+  const question = $("faq-question").value.trim();
+  if (!question) return;
+  $("faq-empty").classList.add("hidden");
+  bubble("user", question);
+  $("faq-question").value = "";
+  try {
+    const res = await api("/answer", { method: "POST", headers: { "content-type": "application/json", ...auth("client") },
+      body: JSON.stringify({ question, k: Number($("faq-k").value) || 3 }) });
+    showAnswer(res);
+  } catch (e) { bubble("bot error", "Error: " + e.message); }
+  $("faq-chat").scrollTop = $("faq-chat").scrollHeight;
+};
+function showAnswer(res) {
+  state.last = res;
+  const top = res.answers[0], handover = res.abstained || !top;
+  const msg = bubble("bot" + (handover ? " handover" : ""),
+    handover ? (res.message || "No entry answers that.") : top.answer);
+  msg.dataset.prediction = res.prediction_id;
+  msg.firstChild.className = "answer";
+  const meta = document.createElement("small"); meta.className = "meta";
+  meta.textContent = (handover ? "" : `“${top.question}” · score ${top.score.toFixed(3)} · `)
+    + `model ${res.model_version} · ${res.latency_ms.toFixed(1)} ms`;
+  msg.append(meta);
+  const status = document.createElement("p"); status.className = "status";
+  const send = async (body, button, done) => {
+    try {
+      await api("/feedback", { method: "POST", headers: { "content-type": "application/json", ...auth("client") },
+        body: JSON.stringify({ prediction_id: res.prediction_id, ...body }) });
+      msg.querySelectorAll("button.chosen").forEach((b) => b.classList.remove("chosen"));
+      button.classList.add("chosen"); status.textContent = done; status.className = "status ok"; refresh();
+    } catch (e) { status.textContent = e.message; status.className = "status err"; }
+  };
+  const row = document.createElement("div"); row.className = "row";
+  const helped = document.createElement("button"); helped.className = "secondary helped"; helped.textContent = "✓ Helped";
+  helped.onclick = () => send({ kind: "thumbs", value: 1 }, helped, "thanks: “helped” stored");
+  const wrong = document.createElement("button"); wrong.className = "secondary wrong"; wrong.textContent = "✗ Wrong";
+  wrong.onclick = () => send({ kind: "thumbs", value: -1 }, wrong,
+    "thanks: “wrong” stored; pick the entry that answers it, if one does");
+  row.append(helped, wrong); msg.append(row);
+  // The runners-up (every entry listed, when it handed over): pick the one that answers the question.
+  const others = handover ? res.answers : res.answers.slice(1);
+  const list = document.createElement("div"); list.className = "runners";
+  const title = document.createElement("small"); title.className = "hint";
+  title.textContent = handover ? "Closest entries — pick the one that answers it:" : "Other entries — the right one instead?";
+  list.append(title);
+  others.forEach((a) => {
+    const b = document.createElement("button"); b.className = "secondary pick"; b.dataset.entry = a.id;
+    const q = document.createElement("b"); q.textContent = a.question;
+    const s = document.createElement("small"); s.textContent = ` ${a.score.toFixed(3)}`;
+    const t = document.createElement("span"); t.textContent = a.answer;
+    b.append(q, s, t);
+    b.onclick = () => send({ label: a.id }, b, `thanks: the right entry “${a.question}” stored`);
+    list.append(b);
+  });
+  const none = document.createElement("button"); none.className = "secondary pick none"; none.dataset.entry = NO_ANSWER;
+  none.textContent = "None of these answers it";
+  none.onclick = () => send({ label: NO_ANSWER }, none, "thanks: “no entry answers it” stored");
+  list.append(none);
+  msg.append(list, status);
   refresh();
 }
 
@@ -321,6 +391,11 @@ async function init() {
   if (info.input === "text") onlyTabs(["text"]);  // the text pane replaces drawing and uploading
   else if (info.input === "row") { buildRowForm(info); onlyTabs(["row"]); }
   else if (info.input === "user id") onlyTabs(["user"]);
+  else if ((info.endpoints || []).includes("POST /answer")) {  // FAQ answering: the chat instead of /predict
+    onlyTabs(["ask"]);
+    $("try").classList.add("wide"); $("try").querySelector("h2").textContent = "Ask the FAQ";
+    $("result-card").classList.add("hidden");
+  }
   else if (info.input === "audio") {
     onlyTabs(["upload"]);
     $("file").accept = ".wav,.flac,.ogg,audio/wav,audio/x-wav,audio/flac,audio/ogg";
