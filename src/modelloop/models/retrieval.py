@@ -285,12 +285,14 @@ def _lora_backbone(encoder: str, lora: dict[str, Any], adapters: dict[str, torch
 
 def fine_tune(retriever: Retriever, pairs: list[tuple[str, int]], *, epochs: int = 8, lr: float = 5e-4,
               batch_size: int = 32, r: int = 8, seed: int = 0, start: dict[str, torch.Tensor] | None = None,
+              hard_negatives: bool = True,
               time_left: Callable[[], float] | None = None, say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fine-tune ``retriever``'s encoder on (customer question, entry index) pairs, in place.
 
     Multiple-negatives ranking loss: each question's entry text (its question, its answer, or
     both, by ``fields``) is its positive and the other entries in the batch are its negatives
-    (entries repeated within a batch are masked out). LoRA adapters (rank ``r``) on every linear
+    (entries repeated within a batch are masked out); with ``hard_negatives``, each question's
+    most similar wrong entry (by the starting encoder) joins the batch as a negative too. LoRA adapters (rank ``r``) on every linear
     layer; ``start`` continues from a previous fine-tune's adapters. Then the keys are embedded
     with the tuned encoder. Returns the training record.
     """
@@ -322,18 +324,33 @@ def fine_tune(retriever: Retriever, pairs: list[tuple[str, int]], *, epochs: int
         hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
         return F.normalize(_mean_pool(hidden, enc["attention_mask"]), dim=1)
 
+    # Hard negatives: each question's most similar wrong entry under the starting encoder, so the
+    # loss also separates the entries it confuses, not only random ones.
+    hard = np.zeros(len(pairs), dtype=np.int64)
+    if hard_negatives and len(texts) > 1:
+        model.eval()
+        with torch.no_grad():
+            ent = torch.cat([embed(texts[i:i + 64]) for i in range(0, len(texts), 64)])
+            qs = torch.cat([embed([t for t, _ in pairs[i:i + 64]]) for i in range(0, len(pairs), 64)])
+            sims = qs @ ent.T
+            sims[torch.arange(len(pairs)), torch.tensor([e for _, e in pairs])] = -2.0
+            hard = sims.argmax(dim=1).numpy()
+        model.train()
     stopped = "epochs"
     for epoch in range(epochs):
         order = rng.permutation(len(pairs))
         for s in range(0, len(order), batch_size):
-            chunk = [pairs[i] for i in order[s:s + batch_size]]
+            rows = order[s:s + batch_size]
+            chunk = [pairs[i] for i in rows]
             if len(chunk) < 2:
                 continue
             owners = torch.tensor([e for _, e in chunk])
+            cand = owners if not hard_negatives else torch.cat([owners, torch.from_numpy(hard[rows])])
             q = embed([t for t, _ in chunk])
-            p = embed([texts[e] for _, e in chunk])
+            p = embed([texts[int(e)] for e in cand])
             logits = 20.0 * q @ p.T                                       # scale 20, as sentence-transformers
-            same = (owners[:, None] == owners[None, :]) & ~torch.eye(len(chunk), dtype=torch.bool)
+            same = owners[:, None] == cand[None, :]
+            same[torch.arange(len(chunk)), torch.arange(len(chunk))] = False
             logits = logits.masked_fill(same, -1e4)
             loss = F.cross_entropy(logits, torch.arange(len(chunk)))
             opt.zero_grad()

@@ -106,6 +106,7 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
     own = ctx.task.routes(ctx)  # the task's own routes (recommendation: /recommend, /similar), if any
     if own is not None:
         app.include_router(own)
+        ctx.metrics.add_endpoints(r.path for r in own.routes)
     app.mount("/ui", ui.static(), name="ui")
 
     build_openapi = app.openapi

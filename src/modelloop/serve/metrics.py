@@ -12,23 +12,34 @@ __all__ = ["ServerMetrics", "ENDPOINTS"]
 
 disable_created_metrics()  # the *_created series only add noise to every scrape
 
-ENDPOINTS = ("/predict", "/recommend", "/similar", "/feedback", "/models", "/health", "/ready", "/metrics", "/stats",
-             "/info", "/admin", "/ui", "/docs", "/", "/openapi.json")
+#: the shared routes' labels; a server adds its task's own routes (``ServerMetrics.add_endpoints``)
+ENDPOINTS = ("/predict", "/feedback", "/models", "/health", "/ready", "/metrics", "/stats", "/info", "/admin", "/ui",
+             "/docs", "/", "/openapi.json")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5,
                     1.0, 2.5, 5.0)
 
 
-def endpoint_of(path: str) -> str:
+def endpoint_of(path: str, endpoints: tuple[str, ...] = ENDPOINTS) -> str:
     """A bounded label for a request path (never the raw path: no label explosion)."""
     if path in ("/", "/openapi.json"):
         return path
-    for e in ENDPOINTS:
+    for e in endpoints:
         if e != "/" and path.startswith(e) and (len(path) == len(e) or path[len(e)] == "/"):
             return e
     return "other"
 
 
 class ServerMetrics:
+    #: the routes requests are counted by (the shared ones and the task's own)
+    endpoints: tuple[str, ...] = ENDPOINTS
+
+    def add_endpoints(self, paths) -> None:
+        """Count requests to these paths (a task's own routes, e.g. ``/answer``) by their own label."""
+        self.endpoints = tuple(dict.fromkeys([*self.endpoints, *paths]))
+
+    def endpoint_of(self, path: str) -> str:
+        return endpoint_of(path, self.endpoints)
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry

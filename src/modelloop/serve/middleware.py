@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from .metrics import ServerMetrics, endpoint_of
+from .metrics import ServerMetrics
 
 __all__ = ["GuardMiddleware", "SMALL_ROUTES", "SMALL_BODY_BYTES"]
 
@@ -73,7 +73,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        endpoint = endpoint_of(scope["path"])
+        endpoint = self.metrics.endpoint_of(scope["path"])
         limit = self.limit(scope["path"])
         status = [500]
         started = [False]

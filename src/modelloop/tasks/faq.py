@@ -13,8 +13,7 @@ Models (candidates; see :mod:`modelloop.models.retrieval`)
     ``bm25`` (lexical), ``minilm`` (frozen all-MiniLM-L6-v2: the question against each entry's
     question, answer or both, chosen on validation), ``hybrid`` (both scores fused),
     ``minilm-examples`` (the training questions become extra keys of their entries) and
-    ``minilm-tuned`` (MiniLM fine-tuned contrastively on the training questions, with them as
-    keys). Candidates that learn need example questions; with the FAQ alone the first version
+    ``minilm-tuned`` (MiniLM fine-tuned contrastively on the training questions). Candidates that learn need example questions; with the FAQ alone the first version
     is zero-shot MiniLM: nothing is fitted and its quality is unknown until examples or feedback
     exist (the report says so), and it serves.
 
@@ -30,7 +29,8 @@ Feedback and retraining
     agent's correction; ``__none__``: no entry answers it), thumbs up (the answer shown was right;
     on an abstention: handing over was right), thumbs down (the answer shown was wrong). Labelled
     questions become (question, entry) pairs: the challenger fine-tunes from the champion's
-    adapters on the examples plus those pairs, and keeps them as keys. A share of predictions
+    adapters on the examples plus those pairs (kept as keys too when the champion uses its
+    questions as keys). A share of predictions
     (``feedback.holdout_fraction``, by a hash of the id) is held out for the gate, which
     compares champion and challenger per question (reciprocal rank, paired Wilcoxon test) on the
     test examples and on the held-out feedback.
@@ -81,12 +81,14 @@ CANDIDATES: dict[str, tuple[dict[str, Any], bool, str]] = {
     "hybrid": ({"kind": "hybrid"}, False, "MiniLM cosine fused with BM25"),
     "minilm-examples": ({"kind": "dense", "examples": True}, True,
                         "frozen MiniLM; the training questions are extra keys of their entries"),
-    "minilm-tuned": ({"kind": "dense", "examples": True}, True,
-                     "MiniLM fine-tuned contrastively (LoRA) on the training questions, which are keys too"),
+    "minilm-tuned": ({"kind": "dense"}, True,
+                     "MiniLM fine-tuned contrastively (LoRA, hard negatives) on the training questions"),
 }
 DEFAULT_CANDIDATES = tuple(CANDIDATES)
 #: the zero-shot candidate when there is nothing to choose on
 ZERO_SHOT = "minilm"
+#: what a zero-shot MiniLM compares a question with: each entry's question and answer joined
+ZERO_SHOT_FIELDS = "qa"
 #: the abstention threshold of a dense zero-shot version with no validation questions (a cosine)
 DEFAULT_THRESHOLD = 0.3
 PREDICT_HINT = ("this project answers questions from an FAQ; expected POST /answer with {\"question\": \"...\", "
@@ -431,7 +433,7 @@ class FaqAnswering(Task):
         board: list[dict[str, Any]] = []
         if not val_q:
             chosen = ZERO_SHOT if ZERO_SHOT in names else names[0]
-            config = {**CANDIDATES[chosen][0], "fields": "both"}
+            config = {**CANDIDATES[chosen][0], "fields": ZERO_SHOT_FIELDS}
             for n in names:
                 board.append({"candidate": n, "config": {**CANDIDATES[n][0]}, "val": None,
                               "decision": ("chosen: zero-shot (no validation questions to choose on)" if n == chosen
@@ -445,7 +447,7 @@ class FaqAnswering(Task):
         ctx.say(f"[selection] candidates {', '.join(names)} (by validation {metric}; {len(val_q)} in-scope and "
                 f"{len(val_out)} out-of-scope validation questions)")
         fitted: dict[str, Any] = {}
-        fields = "both"
+        fields = ZERO_SHOT_FIELDS
         for n in names:
             base, needs_examples, _ = CANDIDATES[n]
             row: dict[str, Any] = {"candidate": n}
@@ -459,7 +461,7 @@ class FaqAnswering(Task):
                 continue
             variants = [{**base, "fields": fields}]
             if n == "minilm":
-                variants = [{**base, "fields": f} for f in ("question", "answer", "both")]
+                variants = [{**base, "fields": f} for f in ("qa", "question", "answer", "both")]
             elif n == "hybrid":
                 variants = [{**base, "fields": fields, "weight": w} for w in (0.1, 0.2, 0.3, 0.5)]
             best = None
@@ -544,8 +546,9 @@ class FaqAnswering(Task):
         return FeedbackSet(fingerprint, len(pairs), train, val, hold, {"pairs": pairs, "counts": counts})
 
     def fit_challenger(self, ctx: Context, parent: FaqModel, data: FaqData, fb: FeedbackSet, run) -> Fitted:
-        """The champion's retriever with the training questions and the feedback pairs as keys,
-        fine-tuned on them from the champion's adapters (the pretrained weights when it has none)."""
+        """The champion's retriever fine-tuned on the training questions and the feedback pairs,
+        from the champion's adapters (the pretrained weights when it has none); a lexical champion
+        is refitted as it is."""
         spec = ctx.spec
         pairs = fb.data["pairs"]
         idx = data.faq.index()
@@ -561,7 +564,6 @@ class FaqAnswering(Task):
             r, rec = ctx.backend.fit_with(fit_candidate, "refit", config, data.faq, keys, 1, spec.seed)
             name = parent.manifest["model"]["candidate"]
         else:
-            config = {**config, "kind": "dense" if config["kind"] == "dense" else config["kind"], "examples": True}
             start = dict(parent.retriever._adapters) or None
             r, rec = ctx.backend.fit_with(fit_candidate, "minilm-tuned", config, data.faq, keys,
                                           faq_spec(spec).fine_tune_epochs, spec.seed, start, ctx.say)
