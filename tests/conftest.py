@@ -195,7 +195,7 @@ def postgres():
 # Session fixtures worth building once: the files that use one run on the same worker.
 _SHARED = {"demo_run": "demo-project", "tiny_project": "tiny-projects"}
 # Heaviest first, so the longest group does not start last and leave one worker idle at the end.
-_FIRST = ("demo-project", "tests/e2e/test_loop_scenarios.py", "tests/e2e/test_mnist784.py")
+_FIRST = ("demo-project", "tests/e2e/test_loop_scenarios.py", "tests/e2e/test_mnist784.py", "tests/e2e/test_faq.py")
 _TESTS = Path(__file__).resolve().parent.parent
 
 

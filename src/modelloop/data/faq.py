@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from .text import normalize_text, read_rows
+from .text import _INTEGRAL_FLOAT, normalize_text, read_rows
 
 __all__ = ["Faq", "Examples", "load_faq", "load_examples", "builtin_faq_example", "split_examples", "BUILTIN",
            "NO_ANSWER", "write_faq_example", "question_of"]
@@ -157,6 +157,9 @@ def load_examples(path: str | os.PathLike, faq: Faq, query_column: str = "query"
     for row, line in enumerate(lines):
         rec = frame.iloc[row]
         q, eid = _cell(rec[query_column]), _cell(rec[id_column]) or NO_ANSWER
+        whole = _INTEGRAL_FLOAT.fullmatch(eid)
+        if eid not in known and whole and whole.group(1) in known:
+            eid = whole.group(1)  # "3.0": a numeric id column with blanks, as pandas writes it
         if not q:
             raise DataError(f"examples {source!r}: line {line}: column {query_column!r} is empty; expected a "
                             "customer question")

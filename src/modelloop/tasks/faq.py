@@ -645,8 +645,10 @@ class FaqAnswering(Task):
             "feedback_examples": len(fb.train_ids) if fb else 0, "decision": None, "task": self.name,
             "measured": measured}
         if parent is not None:
+            champ_test = measure(parent.retriever, test_q, _remap(test_t, data.faq, parent.retriever), [])
             result.update(feedback_validation=len(fb.val_ids), feedback_holdout=len(fb.hold_ids),
-                          decision=decision["decision"], evidence=decision)
+                          decision=decision["decision"], evidence=decision,
+                          champion_metrics=rank_metrics(champ_test.ranks), challenger_metrics=metrics)
         return NewVersion(manifest, r, r.preprocessing(), report, result)
 
     def baseline(self, ctx: Context, data: FaqData, m: Measured) -> dict[str, Any]:
