@@ -80,7 +80,8 @@ def main() -> None:
     print(f"machine: {describe()}; load average at the start {load()}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        res = run_faq_demo(Path(tmp) / "helpdesk", fine_tune_epochs=args.epochs, progress=lambda m: print(m, flush=True))
+        res = run_faq_demo(Path(tmp) / "helpdesk", fine_tune_epochs=args.epochs,
+                           progress=lambda m: print(m, flush=True))
         load_loop = load()
         faq, _ = builtin_faq_example()
         _, held = faq_traffic()

@@ -52,7 +52,8 @@ from .serve import create_app
 from .serve.security import keys_for
 from .spec import SPEC_FILE
 
-__all__ = ["run_demo", "run_recommendation_demo", "run_faq_demo", "free_port", "BackgroundServer", "DEMO_CASES", "DemoCase",
+__all__ = ["run_demo", "run_recommendation_demo", "run_faq_demo", "free_port", "BackgroundServer", "DEMO_CASES",
+           "DemoCase",
            "Traffic"]
 
 log = logging.getLogger(__name__)

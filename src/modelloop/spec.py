@@ -409,7 +409,7 @@ class FaqSpec(_Strict):
     answer_rate: float = Field(0.9, gt=0, le=1)
     max_question_chars: int = Field(1000, ge=10, le=100_000)
     max_k: int = Field(10, ge=1, le=100)
-    fine_tune_epochs: int = Field(8, ge=1, le=100)
+    fine_tune_epochs: int = Field(4, ge=1, le=100)
 
     @field_validator("candidates")
     @classmethod

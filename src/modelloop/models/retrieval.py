@@ -50,6 +50,8 @@ did i me my we our you your it its this that these those there here can could wo
 must have has had not no so than too very just about into over what which who whom how when where why""".split())
 #: LoRA on every linear layer of the transformer blocks (attention and feed-forward)
 _LORA_TARGETS = r".*encoder\.layer\.\d+\..*(query|key|value|dense)$"
+#: fine-tuning on an FAQ of at most this many entries scores every question against every entry
+ALL_ENTRIES_UP_TO = 128
 #: BM25 -> [0, 1) for fusion: b / (b + _B_HALF)
 _B_HALF = 5.0
 
@@ -285,16 +287,21 @@ def _lora_backbone(encoder: str, lora: dict[str, Any], adapters: dict[str, torch
 
 def fine_tune(retriever: Retriever, pairs: list[tuple[str, int]], *, epochs: int = 8, lr: float = 5e-4,
               batch_size: int = 32, r: int = 8, seed: int = 0, start: dict[str, torch.Tensor] | None = None,
-              hard_negatives: bool = True,
+              hard_negatives: bool = True, null_score: float = 0.3,
               time_left: Callable[[], float] | None = None, say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Fine-tune ``retriever``'s encoder on (customer question, entry index) pairs, in place.
+    """Fine-tune ``retriever``'s encoder on (customer question, entry index) pairs, in place;
+    entry index -1 marks a question no entry answers.
 
-    Multiple-negatives ranking loss: each question's entry text (its question, its answer, or
-    both, by ``fields``) is its positive and the other entries in the batch are its negatives
-    (entries repeated within a batch are masked out); with ``hard_negatives``, each question's
-    most similar wrong entry (by the starting encoder) joins the batch as a negative too. LoRA adapters (rank ``r``) on every linear
-    layer; ``start`` continues from a previous fine-tune's adapters. Then the keys are embedded
-    with the tuned encoder. Returns the training record.
+    Contrastive: each question's entry text (its question, its answer, or both, by ``fields``)
+    is its positive. An FAQ of up to :data:`ALL_ENTRIES_UP_TO` entries has every other entry as
+    a negative of every question (a softmax over the whole FAQ); a larger one uses the
+    multiple-negatives ranking loss (the other entries in the batch are the negatives, repeats
+    masked out) and, with ``hard_negatives``, each question's most similar wrong entry (by the
+    starting encoder) joins the batch as a negative too. When some questions are answered by no
+    entry, "none" is one more candidate with the fixed cosine ``null_score`` (the abstention
+    threshold's neighbourhood): those questions learn to score below it, the others above. LoRA
+    adapters (rank ``r``) on every linear layer; ``start`` continues from a previous fine-tune's
+    adapters. Then the keys are embedded with the tuned encoder. Returns the training record.
     """
     from peft import get_peft_model_state_dict
 
@@ -326,14 +333,17 @@ def fine_tune(retriever: Retriever, pairs: list[tuple[str, int]], *, epochs: int
 
     # Hard negatives: each question's most similar wrong entry under the starting encoder, so the
     # loss also separates the entries it confuses, not only random ones.
+    every_entry = len(texts) <= ALL_ENTRIES_UP_TO
+    with_null = any(e < 0 for _, e in pairs)
     hard = np.zeros(len(pairs), dtype=np.int64)
-    if hard_negatives and len(texts) > 1:
+    if hard_negatives and not every_entry and len(texts) > 1:
         model.eval()
         with torch.no_grad():
             ent = torch.cat([embed(texts[i:i + 64]) for i in range(0, len(texts), 64)])
             qs = torch.cat([embed([t for t, _ in pairs[i:i + 64]]) for i in range(0, len(pairs), 64)])
             sims = qs @ ent.T
-            sims[torch.arange(len(pairs)), torch.tensor([e for _, e in pairs])] = -2.0
+            own = [(i, e) for i, (_, e) in enumerate(pairs) if e >= 0]
+            sims[[i for i, _ in own], [e for _, e in own]] = -2.0
             hard = sims.argmax(dim=1).numpy()
         model.train()
     stopped = "epochs"
@@ -344,15 +354,21 @@ def fine_tune(retriever: Retriever, pairs: list[tuple[str, int]], *, epochs: int
             chunk = [pairs[i] for i in rows]
             if len(chunk) < 2:
                 continue
-            owners = torch.tensor([e for _, e in chunk])
-            cand = owners if not hard_negatives else torch.cat([owners, torch.from_numpy(hard[rows])])
+            owners = [e for _, e in chunk]
+            if every_entry:  # a small FAQ: every entry is a candidate of every question
+                cand = list(range(len(texts)))
+            else:  # the batch's entries, and each question's hard negative
+                cand = list(dict.fromkeys([e for e in owners if e >= 0]
+                                          + ([int(h) for h in hard[rows]] if hard_negatives else [])))
+            if not cand:
+                continue
+            pos = {e: j for j, e in enumerate(cand)}
             q = embed([t for t, _ in chunk])
-            p = embed([texts[int(e)] for e in cand])
-            logits = 20.0 * q @ p.T                                       # scale 20, as sentence-transformers
-            same = owners[:, None] == cand[None, :]
-            same[torch.arange(len(chunk)), torch.arange(len(chunk))] = False
-            logits = logits.masked_fill(same, -1e4)
-            loss = F.cross_entropy(logits, torch.arange(len(chunk)))
+            logits = 20.0 * q @ embed([texts[e] for e in cand]).T          # scale 20, as sentence-transformers
+            if with_null:  # "no entry answers it" competes as one more candidate at a fixed cosine
+                logits = torch.cat([logits, torch.full((len(chunk), 1), 20.0 * null_score)], dim=1)
+            target = torch.tensor([pos[e] if e >= 0 else len(cand) for e in owners])
+            loss = F.cross_entropy(logits, target)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -370,6 +386,8 @@ def fine_tune(retriever: Retriever, pairs: list[tuple[str, int]], *, epochs: int
     retriever._adapters = adapters
     retriever.attach_encoder(model.merge_and_unload(), tokenizer)
     retriever.index()
-    return {"seconds": round(time.perf_counter() - t0, 2), "steps": done, "epochs": epoch + 1, "pairs": len(pairs),
+    return {"seconds": round(time.perf_counter() - t0, 2), "steps": done,
+            "negatives": "every entry" if every_entry else "in batch" + (" + hard" if hard_negatives else ""),
+            "out_of_scope": sum(e < 0 for _, e in pairs), "epochs": epoch + 1, "pairs": len(pairs),
             "final_loss": float(np.mean(losses[-steps_per_epoch:])) if losses else None, "stopped": stopped,
             "lora_r": lora["r"], "lr": lr, "batch_size": batch_size}

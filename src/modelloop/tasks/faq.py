@@ -13,16 +13,19 @@ Models (candidates; see :mod:`modelloop.models.retrieval`)
     ``bm25`` (lexical), ``minilm`` (frozen all-MiniLM-L6-v2: the question against each entry's
     question, answer or both, chosen on validation), ``hybrid`` (both scores fused),
     ``minilm-examples`` (the training questions become extra keys of their entries) and
-    ``minilm-tuned`` (MiniLM fine-tuned contrastively on the training questions). Candidates that learn need example questions; with the FAQ alone the first version
+    ``minilm-tuned`` (MiniLM fine-tuned contrastively on the training questions). Candidates
+    that learn need example questions; with the FAQ alone the first version
     is zero-shot MiniLM: nothing is fitted and its quality is unknown until examples or feedback
     exist (the report says so), and it serves.
 
 Abstaining
     Below a score threshold the answer is "I don't know": a person takes over. The threshold is
     chosen on validation: with out-of-scope validation questions, the one that best separates
-    them from the in-scope ones (Youden's J); otherwise the one that answers ``faq.answer_rate``
-    of the in-scope ones. A zero-shot version without validation questions uses a fixed cosine
-    (:data:`DEFAULT_THRESHOLD`), marked uncalibrated.
+    them from the in-scope ones (Youden's J), lowered if need be so that at least
+    ``faq.answer_rate`` of the in-scope ones are answered; otherwise the one that answers
+    ``faq.answer_rate`` of the in-scope ones. Fine-tuning learns from out-of-scope questions too:
+    they are trained to score below the threshold, the others above. A zero-shot version without
+    validation questions uses a fixed cosine (:data:`DEFAULT_THRESHOLD`), marked uncalibrated.
 
 Feedback and retraining
     ``POST /answer`` logs each answer. Feedback on it: ``label`` = the id of the right entry (an
@@ -141,8 +144,12 @@ def choose_threshold(best_in: np.ndarray, best_out: np.ndarray, answer_rate: flo
         cands = np.unique(np.concatenate([best_in, best_out]))
         j = [np.mean(best_in >= t) + np.mean(best_out < t) for t in cands]
         t = float(cands[int(np.argmax(j))])
-        return t, (f"the best separation of {len(best_in)} in-scope and {len(best_out)} out-of-scope validation "
-                   "questions (Youden's J)")
+        floor = float(np.quantile(best_in, 1 - answer_rate, method="lower"))
+        how = (f"the best separation of {len(best_in)} in-scope and {len(best_out)} out-of-scope validation "
+               "questions (Youden's J)")
+        if floor < t:
+            return floor, how + f", lowered to answer {answer_rate:.0%} of the in-scope ones (faq.answer_rate)"
+        return t, how
     if len(best_in):
         t = float(np.quantile(best_in, 1 - answer_rate, method="lower"))
         return t, f"answers {answer_rate:.0%} of {len(best_in)} in-scope validation questions (faq.answer_rate)"
@@ -327,15 +334,18 @@ def _build(config: dict[str, Any], faq: Faq, keys: list[tuple[str, int]]):
 
 
 def fit_candidate(name: str, config: dict[str, Any], faq: Faq, keys: list[tuple[str, int]], epochs: int,
-                  seed: int, start: dict[str, torch.Tensor] | None = None, say=None):
-    """One candidate fitted: indexed (and fine-tuned on ``keys`` for the tuned one) -> (retriever, record)."""
+                  seed: int, start: dict[str, torch.Tensor] | None = None, say=None, oos: list[str] = (),
+                  null_score: float | None = None):
+    """One candidate fitted: indexed (and, for the tuned one, fine-tuned on ``keys`` and on the
+    out-of-scope questions ``oos``) -> (retriever, record)."""
     from ..models.retrieval import fine_tune
 
     t0 = time.perf_counter()
     r = _build(config, faq, keys)
     record: dict[str, Any] = {}
     if name == "minilm-tuned" or config.get("lora"):
-        record = fine_tune(r, keys, epochs=epochs, seed=seed, start=start, say=say)
+        record = fine_tune(r, list(keys) + [(q, -1) for q in oos], epochs=epochs, seed=seed, start=start, say=say,
+                           null_score=DEFAULT_THRESHOLD if null_score is None else null_score)
     else:
         r.index()
     record["seconds"] = round(time.perf_counter() - t0, 2)
@@ -430,6 +440,7 @@ class FaqAnswering(Task):
         names = list(fs.candidates or DEFAULT_CANDIDATES)
         val_q, val_t, val_out = data.targets(data.splits["val"])
         keys = self._keys(data, data.splits["train"])
+        train_out = data.targets(data.splits["train"])[2]
         board: list[dict[str, Any]] = []
         if not val_q:
             chosen = ZERO_SHOT if ZERO_SHOT in names else names[0]
@@ -466,7 +477,8 @@ class FaqAnswering(Task):
                 variants = [{**base, "fields": fields, "weight": w} for w in (0.1, 0.2, 0.3, 0.5)]
             best = None
             for cfg in variants:
-                r, rec = ctx.backend.fit_with(fit_candidate, n, cfg, data.faq, keys, fs.fine_tune_epochs, spec.seed)
+                r, rec = ctx.backend.fit_with(fit_candidate, n, cfg, data.faq, keys, fs.fine_tune_epochs, spec.seed,
+                                              None, None, train_out)
                 m = measure(r, val_q, val_t, val_out)
                 vm = rank_metrics(m.ranks)
                 if best is None or vm[metric] > best[1][metric]:
@@ -502,7 +514,8 @@ class FaqAnswering(Task):
         name, config = selection["chosen"], dict(selection["config"])
         if fitted is None:
             r, rec = ctx.backend.fit_with(fit_candidate, name, config, data.faq, self._keys(data, data.splits["train"]),
-                                          faq_spec(ctx.spec).fine_tune_epochs, ctx.spec.seed)
+                                          faq_spec(ctx.spec).fine_tune_epochs, ctx.spec.seed, None, None,
+                                          data.targets(data.splits["train"])[2])
             m = None
         else:
             r, m, rec = fitted
@@ -554,9 +567,11 @@ class FaqAnswering(Task):
         idx = data.faq.index()
         fb_keys = [(pairs[p][0], idx[pairs[p][1]]) for p in fb.train_ids if pairs[p][1] in idx]
         keys = self._keys(data, data.splits["train"]) + fb_keys
+        oos = data.targets(data.splits["train"])[2] + [pairs[p][0] for p in fb.train_ids
+                                                         if pairs[p][1] == NO_ANSWER]
         ctx.say(f"[retrain] champion {parent.version}; {len(fb.train_ids)} feedback questions to learn from "
-                f"({len(fb_keys)} in scope), {len(fb.val_ids)} to set the threshold, {len(fb.hold_ids)} held out "
-                "for the gate")
+                f"({len(fb_keys)} in scope, {len(oos)} answered by no entry), {len(fb.val_ids)} to set the "
+                f"threshold, {len(fb.hold_ids)} held out for the gate")
         run.write("feedback_counts.json", fb.data["counts"])
         config = {k: v for k, v in parent.retriever.get_config().items()
                   if k not in ("threshold", "threshold_rule", "threshold_validation")}
@@ -566,7 +581,8 @@ class FaqAnswering(Task):
         else:
             start = dict(parent.retriever._adapters) or None
             r, rec = ctx.backend.fit_with(fit_candidate, "minilm-tuned", config, data.faq, keys,
-                                          faq_spec(spec).fine_tune_epochs, spec.seed, start, ctx.say)
+                                          faq_spec(spec).fine_tune_epochs, spec.seed, start, ctx.say, oos,
+                                          parent.retriever.config.get("threshold"))
             name = "minilm-tuned"
         extra = _split_questions(pairs, fb.val_ids, idx)
         self._calibrate(ctx, r, None, data.splits["val"], data, extra)
@@ -721,6 +737,13 @@ class FaqAnswering(Task):
             "gaps": gaps(ctx, champ, limit=5),
             "feedback": {"labelled": stats["labelled"], "new_since_last_training": new, **store.counts()},
         }
+
+    def rollback_check(self, ctx: Context, champion: str, predecessor: str) -> dict[str, Any]:
+        """Is the champion's live accuracy (served answers, hand-overs included, that feedback
+        confirmed) significantly below its predecessor's? (see ``supervised.live_accuracy_rollback``)"""
+        from .supervised import live_accuracy_rollback
+
+        return live_accuracy_rollback(ctx, champion, predecessor, None)
 
     def models_row(self, m: dict[str, Any]) -> dict[str, Any]:
         test = m["metrics"]["test"]

@@ -610,25 +610,7 @@ class SupervisedTask(Task):
             out["p_value"] = float(ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
             out["rollback"] = out["p_value"] < 1 - ctx.spec.gate.confidence
             return out
-        from scipy.stats import norm as normal
-
-        store = ctx.store()
-        names = ctx.registry.manifest(cur)["class_names"]
-        untrusted = ctx.spec.feedback.untrusted_clients
-        a = store.feedback_stats(untrusted, model_version=cur, class_names=names)
-        b = store.feedback_stats(untrusted, model_version=prev, class_names=names)
-        out = {"champion": cur, "predecessor": prev, "champion_live": a["live_accuracy"], "champion_n": a["labelled"],
-               "predecessor_live": b["live_accuracy"], "predecessor_n": b["labelled"], "p_value": None,
-               "rollback": False}
-        if a["labelled"] < need or b["labelled"] < need:
-            return out
-        p1, p2, n1, n2 = a["live_accuracy"], b["live_accuracy"], a["labelled"], b["labelled"]
-        pooled = (a["agreed"] + b["agreed"]) / (n1 + n2)
-        se = (pooled * (1 - pooled) * (1 / n1 + 1 / n2)) ** 0.5
-        z = (p1 - p2) / se if se > 0 else 0.0
-        out["p_value"] = float(normal.cdf(z))  # one-sided: champion worse than predecessor
-        out["rollback"] = out["p_value"] < 1 - ctx.spec.gate.confidence
-        return out
+        return live_accuracy_rollback(ctx, cur, prev, ctx.registry.manifest(cur)["class_names"])
 
     def models_row(self, m: dict[str, Any]) -> dict[str, Any]:
         """What ``modelloop models`` shows of one version (its manifest ``m``)."""
@@ -646,3 +628,28 @@ class SupervisedTask(Task):
             "gate": (m.get("gate") or {}).get("decision"), "gate_reasons": (m.get("gate") or {}).get("reasons"),
             "report": m.get("report"),
         }
+
+
+def live_accuracy_rollback(ctx: Context, cur: str, prev: str, class_names: list[str] | None) -> dict[str, Any]:
+    """Is the champion ``cur``'s live accuracy (its served answers that feedback confirmed)
+    significantly below its predecessor ``prev``'s? A one-sided two-proportion z-test at
+    ``gate.confidence``, once each has ``policy.rollback_min_feedback`` labelled predictions."""
+    from scipy.stats import norm as normal
+
+    need = ctx.spec.policy.rollback_min_feedback
+    store = ctx.store()
+    untrusted = ctx.spec.feedback.untrusted_clients
+    a = store.feedback_stats(untrusted, model_version=cur, class_names=class_names)
+    b = store.feedback_stats(untrusted, model_version=prev, class_names=class_names)
+    out = {"champion": cur, "predecessor": prev, "champion_live": a["live_accuracy"], "champion_n": a["labelled"],
+           "predecessor_live": b["live_accuracy"], "predecessor_n": b["labelled"], "p_value": None,
+           "rollback": False}
+    if a["labelled"] < need or b["labelled"] < need:
+        return out
+    p1, p2, n1, n2 = a["live_accuracy"], b["live_accuracy"], a["labelled"], b["labelled"]
+    pooled = (a["agreed"] + b["agreed"]) / (n1 + n2)
+    se = (pooled * (1 - pooled) * (1 / n1 + 1 / n2)) ** 0.5
+    z = (p1 - p2) / se if se > 0 else 0.0
+    out["p_value"] = float(normal.cdf(z))  # one-sided: champion worse than predecessor
+    out["rollback"] = out["p_value"] < 1 - ctx.spec.gate.confidence
+    return out
