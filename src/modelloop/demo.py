@@ -376,7 +376,7 @@ def run_faq_demo(directory: Path, traffic: int = 600, seed: int = 0, progress=No
         save_spec(spec, project.path)
         project = Project(directory)
     first = project.run(progress=progress)
-    asked, held = faq_traffic()
+    asked, held = faq_traffic(_DATA_SEED + seed)
     asked = asked[:max(1, traffic)]
     app = create_app(project.path)
     keys, _ = keys_for(project.loop.spec.serving.keys, project.loop.paths.state / "keys.json")

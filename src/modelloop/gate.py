@@ -484,9 +484,12 @@ def compare_answers(spec, champ_test: np.ndarray, chall_test: np.ndarray, champ_
     if not test["n"] and not enough:
         reasons.append(f"no evidence: no test questions and {fb['n']} held-out feedback questions "
                        f"(< {gate.min_feedback_for_evidence})")
+    elif all(ev["users_champion_better"] + ev["users_challenger_better"] == 0 for ev in (test, fb)):
+        reasons.append("the challenger ranks every test and held-out question exactly as the champion: nothing to "
+                       "promote")
     decision, better = conclude(reasons, test if test["n"] else {"significantly_better": False},
                                 fb if enough else None)
-    return {"decision": decision, "reasons": reasons, "metric": spec.requirements.metric,
+    return {"decision": decision, "reasons": reasons, "metric": "mrr", "requirement_metric": spec.requirements.metric,
             "confidence": gate.confidence, "significantly_better_on": better, "test": test, "feedback": fb,
             "requirements": chall_req, "champion_value": test.get("champion_mrr"),
             "challenger_value": test.get("challenger_mrr"), "test_examples": test["n"],

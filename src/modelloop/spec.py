@@ -391,8 +391,8 @@ class FaqSpec(_Strict):
           query_column: query                    # (an empty id: a question no entry answers)
           example_id_column: id
           candidates: null                       # default: every candidate the data allows
-          answer_rate: 0.9                       # without out-of-scope examples: the share of
-                                                 # in-scope validation questions to answer
+          answer_rate: 0.9                       # the threshold answers at least this share of
+                                                 # the in-scope validation questions
           max_question_chars: 1000
           max_k: 10
 

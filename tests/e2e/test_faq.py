@@ -64,6 +64,16 @@ def test_faq_project_answers_hands_over_and_learns_from_corrections(tmp_path, se
     assert body["answers"][0]["score"] >= body["answers"][1]["score"] >= body["answers"][2]["score"]
     first = body["prediction_id"]
 
+    # answers from many threads at once: each one what the same question gets alone
+    from concurrent.futures import ThreadPoolExecutor
+
+    asked = [str(q) for q in examples["query"][:24]]
+    alone = [c.post("/answer", json={"question": q}).json()["answers"][0]["id"] for q in asked]
+    with ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(lambda q: c.post("/answer", json={"question": q}), asked))
+    assert [r.status_code for r in together] == [200] * len(asked), [r.text for r in together if r.status_code != 200]
+    assert [r.json()["answers"][0]["id"] for r in together] == alone
+
     off = c.post("/answer", json={"question": OFF_TOPIC}).json()
     assert off["abstained"] and "person" in off["message"] and off["answers"]
     gaps = c.get("/gaps").json()

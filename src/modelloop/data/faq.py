@@ -10,8 +10,8 @@ id the FAQ does not have, or a missing column is an error naming the file, the l
 expected. Texts are normalized as every text of the project is (:func:`~.text.normalize_text`).
 
 ``builtin:faq-example`` is a fictional shop's help desk written for modelloop's examples and
-tests (synthetic, not a real company's policy): 48 entries with 8 differently worded customer
-questions each, and out-of-scope questions.
+tests (synthetic, not a real company's policy): 55 entries with 8 differently worded customer
+questions each, and 90 out-of-scope questions.
 """
 
 from __future__ import annotations

@@ -48,6 +48,8 @@ __all__ = ["FeedbackStore", "open_store", "prediction_row", "check_row", "SCHEMA
 SCHEMA_VERSION = 2
 FEEDBACK_KINDS = ("label", "thumbs", "rating", "click")
 TEXT_DTYPE = "utf-8"  # input_dtype of a text input: its UTF-8 bytes
+#: the effective label of a thumbs down that names no class (live accuracy: a disagreement)
+WRONG = "\x00wrong"
 
 _meta = sa.MetaData()
 _info = sa.Table("modelloop_meta", _meta, sa.Column("key", sa.String(64), primary_key=True),
@@ -399,13 +401,15 @@ class FeedbackStore:
             return [{"client": r[0], "feedback": int(r[1])} for r in c.execute(q)]
 
     def labelled(self, class_names: list[str] | None = None, exclude_clients: Iterable[str] = (),
-                 with_input: bool = False, since: float | None = None, model_version: str | None = None
-                 ) -> list[dict[str, Any]]:
+                 with_input: bool = False, since: float | None = None, model_version: str | None = None,
+                 thumbs_down_disagrees: bool = False) -> list[dict[str, Any]]:
         """One row per prediction that has label-bearing feedback: its effective label.
 
         The latest ``label`` or ``thumbs`` row of trusted clients counts. Thumbs up confirms the
         predicted label; thumbs down names the other class only when there are two classes
-        (``class_names`` given), otherwise it carries no label and the prediction is skipped.
+        (``class_names`` given), otherwise it carries no label and the prediction is skipped (with
+        ``thumbs_down_disagrees``, kept with a label no model predicts: a disagreement, for live
+        accuracy).
         Rows: id, label, predicted, model_version, created_at (of the prediction), feedback_at,
         client, and with ``with_input`` the stored input.
         """
@@ -434,9 +438,12 @@ class FeedbackStore:
                 r = dict(r)
                 if r["kind"] == "thumbs" and (r["value"] or 0) < 0:
                     others = [n for n in (class_names or []) if n != r["fb_label"]]
-                    if len(others) != 1:
+                    if len(others) == 1:
+                        r["label"] = others[0]
+                    elif thumbs_down_disagrees:
+                        r["label"] = WRONG
+                    else:
                         continue
-                    r["label"] = others[0]
                 else:
                     r["label"] = r["fb_label"]
                 out.append(r)
@@ -445,8 +452,10 @@ class FeedbackStore:
     def feedback_stats(self, exclude_clients: Iterable[str] = (), model_version: str | None = None,
                        since: float | None = None, class_names: list[str] | None = None,
                        confidence: float = 0.95) -> dict[str, Any]:
-        """Live accuracy: how often the served prediction matched the feedback, with a Wilson interval."""
-        rows = self.labelled(class_names, exclude_clients, since=since, model_version=model_version)
+        """Live accuracy: how often the served prediction matched the feedback, with a Wilson interval
+        (a thumbs down is a disagreement, however many classes there are)."""
+        rows = self.labelled(class_names, exclude_clients, since=since, model_version=model_version,
+                             thumbs_down_disagrees=True)
         n = len(rows)
         agree = sum(1 for r in rows if r["label"] == r["predicted"])
         low, high = wilson_interval(agree, n, confidence)

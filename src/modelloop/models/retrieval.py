@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -149,6 +150,7 @@ class Retriever(nn.Module):
         self.register_buffer("key_emb", torch.zeros(0, 0))
         self.register_buffer("key_entry", torch.zeros(0, dtype=torch.int64))
         self._adapters: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
 
     # -- the dense part ----------------------------------------------------------------------
     @property
@@ -195,9 +197,12 @@ class Retriever(nn.Module):
         return self
 
     def embed(self, queries: list[str]) -> torch.Tensor:
-        if self.encoder is None:
-            self.attach_encoder()
-        return self.encoder.encode(list(queries))
+        """Question embeddings (N, D). One call at a time: a server answers from several threads,
+        and a fast tokenizer refuses concurrent calls that set its truncation ("Already borrowed")."""
+        with self._lock:
+            if self.encoder is None:
+                self.attach_encoder()
+            return self.encoder.encode(list(queries))
 
     # -- scoring -----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -207,6 +207,9 @@ def read_data(spec: Spec, root: Path) -> tuple[Faq, Examples, dict[str, Any]]:
         faq = load_faq(_resolve(src, root), fs.id_column, fs.question_column, fs.answer_column)
     if fs.examples is None:
         ex = Examples([], [], "")
+    elif fs.examples.startswith("builtin:") and fs.examples != f"builtin:{BUILTIN}":
+        raise DataError(f"faq.examples {fs.examples!r}: unknown built-in example questions; expected "
+                        f"builtin:{BUILTIN} or a CSV/TSV/JSONL/Parquet file of questions (columns query, id)")
     elif fs.examples == f"builtin:{BUILTIN}":
         b_faq, ex = builtin_faq_example()
         missing = sorted(set(ex.ids) - set(faq.ids) - {NO_ANSWER})
@@ -296,7 +299,12 @@ def load_version(registry, version: str) -> FaqModel:
 
 
 def _size_mb(retriever) -> float:
-    return sum(t.numel() * t.element_size() for t in retriever.trainable_state_dict().values()) / 1e6
+    """The artifact's tensors and, for a dense retriever, the encoder's weights it needs (as text
+    tasks count them)."""
+    from ..models.text_encoder import encoder_weight_bytes
+
+    own = sum(t.numel() * t.element_size() for t in retriever.trainable_state_dict().values())
+    return (own + (encoder_weight_bytes(retriever.config["encoder"]) if retriever.dense else 0)) / 1e6
 
 
 def _latency(retriever, questions: list[str], n: int = 60) -> dict[str, float]:
@@ -443,16 +451,22 @@ class FaqAnswering(Task):
         train_out = data.targets(data.splits["train"])[2]
         board: list[dict[str, Any]] = []
         if not val_q:
-            chosen = ZERO_SHOT if ZERO_SHOT in names else names[0]
+            usable = [n for n in names if not CANDIDATES[n][1]]
+            if not usable:
+                raise SpecError(f"field 'faq.candidates': received {names}; each needs example questions with a "
+                                "validation split (faq.examples), which this project has not; expected also one of "
+                                "bm25, minilm or hybrid")
+            chosen = ZERO_SHOT if ZERO_SHOT in usable else usable[0]
             config = {**CANDIDATES[chosen][0], "fields": ZERO_SHOT_FIELDS}
             for n in names:
                 board.append({"candidate": n, "config": {**CANDIDATES[n][0]}, "val": None,
                               "decision": ("chosen: zero-shot (no validation questions to choose on)" if n == chosen
                                            else "not measured: no validation questions")})
-            ctx.say(f"[selection] no example questions to measure on: {chosen} zero-shot (quality unknown until "
-                    "examples or feedback exist)")
+            sizes = {k: len(v) for k, v in data.splits.items()}
+            ctx.say(f"[selection] no in-scope validation questions to choose on ({sizes['train']} training, "
+                    f"{sizes['test']} test questions): {chosen} zero-shot")
             return {"chosen": chosen, "shipped": chosen, "rule": "zero-shot default: no validation questions",
-                    "warning": "no example questions: the model's quality is not measured", "excluded": {},
+                    "warning": "no in-scope validation questions: the candidates were not compared", "excluded": {},
                     "leaderboard": board, "config": config, "measured": False}, None
         t0 = time.perf_counter()
         ctx.say(f"[selection] candidates {', '.join(names)} (by validation {metric}; {len(val_q)} in-scope and "
@@ -559,35 +573,43 @@ class FaqAnswering(Task):
         return FeedbackSet(fingerprint, len(pairs), train, val, hold, {"pairs": pairs, "counts": counts})
 
     def fit_challenger(self, ctx: Context, parent: FaqModel, data: FaqData, fb: FeedbackSet, run) -> Fitted:
-        """The champion's retriever fine-tuned on the training questions and the feedback pairs,
-        from the champion's adapters (the pretrained weights when it has none); a lexical champion
-        is refitted as it is."""
+        """MiniLM fine-tuned on the training questions and the feedback pairs (out-of-scope ones
+        included), from the champion's adapters (the pretrained weights when it has none; a
+        lexical champion's challenger is MiniLM, which can learn from them). Feedback on a
+        question of the validation or test split is not learned from: the gate measures there."""
         spec = ctx.spec
         pairs = fb.data["pairs"]
         idx = data.faq.index()
-        fb_keys = [(pairs[p][0], idx[pairs[p][1]]) for p in fb.train_ids if pairs[p][1] in idx]
+        measured = set(data.splits["val"].queries) | set(data.splits["test"].queries)
+        use = [p for p in fb.train_ids if pairs[p][0] not in measured and (pairs[p][1] in idx or
+                                                                            pairs[p][1] == NO_ANSWER)]
+        fb.data["counts"]["in_measured_splits"] = sum(1 for p in fb.train_ids if pairs[p][0] in measured)
+        fb_keys = [(pairs[p][0], idx[pairs[p][1]]) for p in use if pairs[p][1] in idx]
         keys = self._keys(data, data.splits["train"]) + fb_keys
-        oos = data.targets(data.splits["train"])[2] + [pairs[p][0] for p in fb.train_ids
-                                                         if pairs[p][1] == NO_ANSWER]
-        ctx.say(f"[retrain] champion {parent.version}; {len(fb.train_ids)} feedback questions to learn from "
-                f"({len(fb_keys)} in scope, {len(oos)} answered by no entry), {len(fb.val_ids)} to set the "
-                f"threshold, {len(fb.hold_ids)} held out for the gate")
+        oos = data.targets(data.splits["train"])[2] + [pairs[p][0] for p in use if pairs[p][1] == NO_ANSWER]
+        ctx.say(f"[retrain] champion {parent.version}; {len(use)} feedback questions to learn from "
+                f"({len(fb_keys)} in scope, {len(use) - len(fb_keys)} answered by no entry), {len(fb.val_ids)} to set "
+                f"the threshold, {len(fb.hold_ids)} held out for the gate")
         run.write("feedback_counts.json", fb.data["counts"])
         config = {k: v for k, v in parent.retriever.get_config().items()
                   if k not in ("threshold", "threshold_rule", "threshold_validation")}
-        if config["kind"] == "bm25" or not keys:
-            r, rec = ctx.backend.fit_with(fit_candidate, "refit", config, data.faq, keys, 1, spec.seed)
-            name = parent.manifest["model"]["candidate"]
-        else:
-            start = dict(parent.retriever._adapters) or None
+        start = dict(parent.retriever._adapters) or None
+        if config["kind"] == "bm25":
+            config, start = {**CANDIDATES["minilm-tuned"][0], "fields": ZERO_SHOT_FIELDS}, None
+        if keys or oos:
             r, rec = ctx.backend.fit_with(fit_candidate, "minilm-tuned", config, data.faq, keys,
                                           faq_spec(spec).fine_tune_epochs, spec.seed, start, ctx.say, oos,
                                           parent.retriever.config.get("threshold"))
-            name = "minilm-tuned"
+        else:  # nothing to learn from (every feedback question is measured on): the champion's model again
+            from ..models.retrieval import Retriever
+
+            r = Retriever.from_artifact(parent.retriever.preprocessing(), parent.retriever.trainable_state_dict())
+            rec = {"seconds": 0.0, "stopped": "nothing to learn from"}
         extra = _split_questions(pairs, fb.val_ids, idx)
         self._calibrate(ctx, r, None, data.splits["val"], data, extra)
-        rec["feedback_pairs"] = len(fb_keys)
-        return Fitted(r, r.get_config(), rec, {"candidate": name, "val": None})
+        rec["feedback_pairs"] = len(use)
+        return Fitted(r, r.get_config(), rec, {"candidate": "minilm-tuned" if r.config.get("lora") else
+                                                parent.manifest["model"]["candidate"], "val": None})
 
     # -- a version ----------------------------------------------------------------------------
     def assemble(self, ctx: Context, data: FaqData, fitted: Fitted, run, *, parent: FaqModel | None = None,
@@ -709,7 +731,7 @@ class FaqAnswering(Task):
         items, served = store.recent_raw(limit=ms.window)
         live, _ = self.collate(items, champ)
         r = champ.retriever
-        if len(live) >= 20 and r.dense:
+        if len(live) >= 20 and len(ref) >= 20 and r.dense:
             rng = np.random.default_rng(spec.seed)
             pick = rng.choice(len(ref), size=min(ms.reference_size, len(ref)), replace=False)
             drift = mmd_test(r.embed([ref[i] for i in pick]).numpy(), r.embed(live).numpy(), ms.permutations,
@@ -717,8 +739,9 @@ class FaqAnswering(Task):
             drift["embedding"] = "the served model's MiniLM question embeddings"
         else:
             drift = {"detected": False, "statistic": None, "threshold": None, "p_value": None, "n_reference": len(ref),
-                     "n_live": len(live), "reason": (f"{len(live)} live questions; at least 20 needed" if r.dense
-                                                     else "a lexical model has no embeddings to compare")}
+                     "n_live": len(live), "reason": ("a lexical model has no embeddings to compare" if not r.dense
+                                                     else f"{len(live)} live and {len(ref)} reference questions; at "
+                                                          "least 20 of each needed")}
         abstained = sum(1 for s in served if s == NO_ANSWER)
         untrusted = spec.feedback.untrusted_clients
         stats = store.feedback_stats(untrusted, model_version=champ.version, class_names=None,
@@ -826,23 +849,31 @@ def _remap(targets: list[int], faq: Faq, retriever) -> list[int]:
 
 def feedback_pairs(events: list[dict[str, Any]], known: set[str]) -> tuple[dict[str, tuple[str, str]], dict[str, Any]]:
     """Feedback on answers -> {prediction id: (question, entry id or ``__none__``)} (the latest
-    label-bearing feedback of a prediction wins), and counts of what was kept and why not."""
+    label or thumbs of a prediction wins: a thumbs down leaves it without a pair), and counts of
+    what was kept and why not (ratings and clicks say nothing about which entry is right)."""
     latest: dict[str, tuple[str, str] | None] = {}
     counts = {"feedback_rows": len(events), "labelled": 0, "thumbs_up": 0, "thumbs_down": 0, "out_of_scope": 0,
-              "not_an_answer": 0, "unknown_entry": 0}
+              "not_an_answer": 0, "unknown_entry": 0, "other_kinds": 0}
     for e in events:
         q = question_of(e.get("input"))
         if q is None:
             counts["not_an_answer"] += 1
             continue
         kind = e.get("kind") or "label"
+        if kind not in ("label", "thumbs"):
+            counts["other_kinds"] += 1  # a rating or a click says nothing about which entry is right
+            continue
         if kind == "thumbs":
             if (e.get("value") or 0) > 0:
+                label = str(e["label"])
+                if label != NO_ANSWER and label not in known:
+                    counts["unknown_entry"] += 1
+                    continue
                 counts["thumbs_up"] += 1
-                latest[e["prediction_id"]] = (q, str(e["label"]))
+                latest[e["prediction_id"]] = (q, label)
             else:
                 counts["thumbs_down"] += 1
-                latest.setdefault(e["prediction_id"], None)  # wrong, but which entry is right is not known
+                latest[e["prediction_id"]] = None  # wrong, but which entry is right is not known
             continue
         label = str(e["label"])
         if label != NO_ANSWER and label not in known:

@@ -31,6 +31,7 @@ from ..data.faq import NO_ANSWER, question_of
 from ..data.text import normalize_text
 from ..errors import InputError, ModelloopError
 from ..feedback import prediction_row
+from ..registry.artifact import PREPROCESSING
 from ..spec import FaqSpec
 from .serving import json_safe
 
@@ -39,6 +40,11 @@ __all__ = ["answer", "check_entry", "router", "gaps", "answer_schema", "HANDOVER
 HANDOVER = "I don't know the answer to that; I'm handing you to a person."
 
 _ENTRIES = "faq.entries"
+_GAPS = "faq.gaps"
+#: the largest POST /answer body: a question of faq.max_question_chars and k fit many times over
+MAX_BODY_BYTES = 64 * 1024
+#: gaps are grouped from at most this many recent questions
+GAP_QUESTIONS = 500
 
 
 def _limits(ctx) -> FaqSpec:
@@ -71,6 +77,14 @@ def check_question(body: Any, limits: FaqSpec) -> tuple[str, int]:
     return text, k
 
 
+def _parse_and_answer(ctx, raw: bytes, response: Response) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InputError('request body: not valid JSON; expected {"question": "...", "k": 3}') from None
+    return answer(ctx, body, response)
+
+
 def answer(ctx, body: Any, response: Response | None = None) -> dict[str, Any]:
     """Answer one question and log it as a prediction (call from a worker thread)."""
     t0 = time.perf_counter()
@@ -94,15 +108,19 @@ def answer(ctx, body: Any, response: Response | None = None) -> dict[str, Any]:
 
 
 def _entries(ctx, version: str, load) -> tuple[set[str], list[str]]:
-    """The entry ids of ``version`` (kept per server and version), and a few for messages."""
+    """The entry ids of ``version`` (read from its artifact's ``preprocessing.json``, kept per
+    server and version), and a few for messages."""
     cache = ctx.cache.setdefault(_ENTRIES, {})
     if version not in cache:
         current = ctx.holder.loaded
-        try:
-            m = current if current is not None and current.version == version else load(version)
-        except ModelloopError:
-            m = ctx.holder.get()
-        cache[version] = (set(m.retriever.ids), list(m.retriever.ids[:3]))
+        if current is not None and current.version == version:
+            ids = list(current.retriever.ids)
+        else:
+            try:
+                ids = json.loads((ctx.registry.path(version) / PREPROCESSING).read_text())["ids"]
+            except (OSError, ValueError, KeyError, ModelloopError):
+                ids = list(ctx.holder.get().retriever.ids)  # a version gone from the registry: the champion's
+        cache[version] = (set(ids), ids[:3])
     return cache[version]
 
 
@@ -126,24 +144,28 @@ def check_entry(ctx, version: str, label: Any, predicted: str, load) -> str:
 
 
 def gaps(ctx, champ, limit: int = 10, min_size: int = 1) -> list[dict[str, Any]]:
-    """The questions the champion abstained on or that got thumbs down, grouped by meaning
-    (the pretrained MiniLM's embeddings, agglomerative clustering at cosine distance 0.5),
-    largest group first: which entries the FAQ is missing."""
+    """The questions the champion handed over, that got thumbs down, or that were marked as
+    answered by no entry (the latest :data:`GAP_QUESTIONS`), grouped by meaning (the champion's
+    MiniLM embeddings, or the pretrained MiniLM's for a lexical champion; agglomerative clustering
+    at cosine distance 0.5), largest group first: which entries the FAQ is missing. Kept per
+    server until the champion or the store's counts change."""
     store = ctx.store()
+    counts = store.counts()
+    cache = ctx.cache if hasattr(ctx, "cache") else {}
+    key = (champ.version, tuple(sorted(counts.items())), limit, min_size)
+    if cache.get(_GAPS, (None,))[0] == key:
+        return cache[_GAPS][1]
     items, served = store.recent_raw(limit=2000)
     qs = [q for q, s in zip([question_of(it) for it in items], served, strict=True) if q is not None and s == NO_ANSWER]
-    for e in store.feedback_events(ctx.spec.feedback.untrusted_clients):
+    for e in reversed(store.feedback_events(ctx.spec.feedback.untrusted_clients)):
         q = question_of(e.get("input"))
         if q is not None and ((e.get("kind") == "thumbs" and (e.get("value") or 0) < 0)
                               or str(e.get("label")) == NO_ANSWER):
             qs.append(q)
-    qs = list(dict.fromkeys(qs))
+    qs = list(dict.fromkeys(qs))[:GAP_QUESTIONS]
     if not qs:
         return []
-    from ..models.retrieval import Retriever
-
-    enc = champ.retriever if champ.retriever.dense else Retriever({"kind": "dense"}, [], [], [])
-    emb = enc.embed(qs).numpy()
+    emb = _gap_encoder(champ).embed(qs).numpy()
     if len(qs) == 1:
         labels = np.zeros(1, dtype=int)
     else:
@@ -158,8 +180,23 @@ def gaps(ctx, champ, limit: int = 10, min_size: int = 1) -> list[dict[str, Any]]
         order = rows[np.argsort(-(emb[rows] @ centre))]
         groups.append({"size": int(len(rows)), "example": qs[order[0]], "questions": [qs[i] for i in order[:5]]})
     groups.sort(key=lambda g: (-g["size"], g["example"]))
-    return [g for g in groups if g["size"] >= min_size][:limit]
+    out = [g for g in groups if g["size"] >= min_size][:limit]
+    cache[_GAPS] = (key, out)
+    return out
 
+
+_PRETRAINED: list[Any] = []
+
+
+def _gap_encoder(champ):
+    """The champion's retriever when it embeds, else one pretrained MiniLM kept for the process."""
+    if champ.retriever.dense:
+        return champ.retriever
+    if not _PRETRAINED:
+        from ..models.retrieval import Retriever
+
+        _PRETRAINED.append(Retriever({"kind": "dense"}, [], [], []))
+    return _PRETRAINED[0]
 
 
 def answer_schema(max_chars: int, max_k: int) -> dict[str, Any]:
@@ -182,11 +219,10 @@ def router(ctx) -> APIRouter:
         """Answer a customer's question from the FAQ: the best entries, or a hand-over to a person."""
         ctx.check_predict_key(request)
         raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise InputError('request body: not valid JSON; expected {"question": "...", "k": 3}') from None
-        return await run_in_threadpool(answer, ctx, body, response)
+        if len(raw) > MAX_BODY_BYTES:
+            raise InputError(f"request body: received {len(raw)} bytes; expected at most {MAX_BODY_BYTES} (a question "
+                             "and k)")
+        return await run_in_threadpool(_parse_and_answer, ctx, raw, response)
 
     @r.get("/gaps")
     def get_gaps(request: Request, limit: str = "10"):
@@ -206,10 +242,11 @@ def router(ctx) -> APIRouter:
 
 
 class _GapsCtx:
-    """What :func:`~.faq.gaps` needs of a project, from the server's context."""
+    """What :func:`gaps` needs of a project, from the server's context."""
 
     def __init__(self, ctx) -> None:
         self.spec = ctx.spec
+        self.cache = ctx.cache
         self._ctx = ctx
 
     def store(self):
