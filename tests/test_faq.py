@@ -317,7 +317,8 @@ def test_feedback_pairs_from_a_real_store(tmp_path):
     served = {"up": ("how do I reset it", "reset"), "down": ("where is my parcel", "ship"),
               "fix": ("money back please", "cancel"), "none": ("is the moon far", "reset"),
               "bad": ("what is this", "ship"), "twice": ("can I send it to Peru", "refund"),
-              "handover": ("talk to a human", NO_ANSWER)}
+              "handover": ("talk to a human", NO_ANSWER), "rated": ("do you deliver on sundays", "ship"),
+              "flip": ("can I change my order", "cancel")}
     store.log_many([prediction_row(p, "v1", json.dumps({"question": q, "k": 3}), top, {top: 0.5}, 1.0)
                     for p, (q, top) in served.items()])
     store.log_many([prediction_row("img", "v1", np.zeros((2, 2)), "reset", {}, 1.0)])  # not an answer
@@ -330,14 +331,17 @@ def test_feedback_pairs_from_a_real_store(tmp_path):
     store.add_feedback("twice", "ship")  # the latest label wins
     store.add_feedback("handover", NO_ANSWER, kind="thumbs", value=1)  # handing over was right
     store.add_feedback("img", "reset")
+    store.add_feedback("rated", "ship", kind="rating", value=1)  # says nothing about which entry is right
+    store.add_feedback("flip", "cancel", kind="thumbs", value=1)
+    store.add_feedback("flip", "cancel", kind="thumbs", value=-1)  # the latest thumbs wins: no pair
     pairs, counts = feedback_pairs(store.feedback_events(), {"reset", "refund", "ship", "cancel"})
     store.close()
     assert pairs == {"up": ("how do I reset it", "reset"), "fix": ("money back please", "refund"),
                      "none": ("is the moon far", NO_ANSWER), "twice": ("can I send it to Peru", "ship"),
                      "handover": ("talk to a human", NO_ANSWER)}
-    assert "down" not in pairs and "bad" not in pairs
-    assert counts == {"feedback_rows": 9, "labelled": 4, "thumbs_up": 2, "thumbs_down": 1, "out_of_scope": 2,
-                      "not_an_answer": 1, "unknown_entry": 1, "pairs": 5}
+    assert "down" not in pairs and "bad" not in pairs and "rated" not in pairs and "flip" not in pairs
+    assert counts == {"feedback_rows": 12, "labelled": 4, "thumbs_up": 3, "thumbs_down": 2, "out_of_scope": 2,
+                      "not_an_answer": 1, "unknown_entry": 1, "other_kinds": 1, "pairs": 5}
 
 
 def test_a_label_after_thumbs_down_gives_the_pair(tmp_path):
@@ -402,3 +406,36 @@ def test_gate_rejects_a_challenger_missing_a_requirement(spec):
                                            "passed": False}]}
     d = compare_answers(spec, x, x, np.zeros(0), np.zeros(0), failed)
     assert d["decision"] == "rejected" and d["reasons"][0] == "challenger misses requirements: p95 latency (ms)"
+
+
+def test_gate_does_not_promote_a_challenger_that_ranks_everything_as_the_champion(spec):
+    rng = np.random.default_rng(2)
+    rr = rng.choice([1.0, 0.5, 0.0], size=80)
+    d = compare_answers(spec, rr, rr.copy(), rr[:30], rr[:30].copy(), PASSED)
+    assert d["decision"] == "rejected"
+    assert d["reasons"] == ["the challenger ranks every test and held-out question exactly as the champion: nothing "
+                            "to promote"]
+
+
+def test_live_accuracy_counts_a_thumbs_down_as_wrong_whatever_the_number_of_entries(tmp_path):
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}")
+    store.log_many([prediction_row(p, "v1", json.dumps({"question": p}), "reset", {"reset": 0.9}, 1.0)
+                    for p in ("a", "b", "c")])
+    store.add_feedback("a", "reset", kind="thumbs", value=1)
+    store.add_feedback("b", "reset", kind="thumbs", value=-1)
+    store.add_feedback("c", "refund")
+    stats = store.feedback_stats(model_version="v1", class_names=["reset", "refund", "ship", "cancel"])
+    assert (stats["labelled"], stats["agreed"]) == (3, 1)
+    # as training labels a thumbs down among many classes still names no class
+    assert {r["id"] for r in store.labelled(["reset", "refund", "ship", "cancel"])} == {"a", "c"}
+    store.close()
+
+
+def test_a_zero_shot_project_refuses_candidates_that_need_examples(tmp_path):
+    from modelloop.errors import SpecError
+    from modelloop.project import Project
+
+    faq = _csv(tmp_path / "faq.csv", ["id", "question", "answer"], FAQ_ROWS)
+    project = Project.init(tmp_path / "p", task="faq", data=faq, candidates="minilm-tuned")
+    with pytest.raises(SpecError, match=r"faq.candidates.*needs example questions.*bm25, minilm or hybrid"):
+        project.run()
