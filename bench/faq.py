@@ -74,11 +74,10 @@ def main() -> None:
     import httpx
 
     from modelloop.data.faq import builtin_faq_example
-    from modelloop.demo import BackgroundServer, faq_traffic, measure_answers, run_faq_demo
+    from modelloop.demo import BackgroundServer, client_headers, faq_traffic, measure_answers, run_faq_demo
     from modelloop.evaluate.metrics import latency_ms
     from modelloop.models.retrieval import Retriever
     from modelloop.serve import create_app
-    from modelloop.serve.security import keys_for
     from modelloop.tasks.faq import load_version
 
     print(f"machine: {describe()}; load average at the start {load()}")
@@ -131,8 +130,7 @@ def main() -> None:
         pd.DataFrame({"id": big.ids, "question": big.questions, "answer": big.answers}).to_csv(big_faq, index=False)
         served = Project.init(Path(tmp) / "helpdesk-1000", task="faq", data=str(big_faq), name="helpdesk-1000")
         served.run()
-        keys, _ = keys_for(served.loop.spec.serving.keys, served.loop.paths.state / "keys.json")
-        headers = {"Authorization": f"Bearer {(keys['client'] or keys['admin'])[0]}"}
+        headers = client_headers(served)
         with BackgroundServer(create_app(served.path)) as server, httpx.Client(base_url=server.url, headers=headers,
                                                                                timeout=30) as client:
             for q in qs[:20]:

@@ -53,7 +53,7 @@ from .serve.security import keys_for
 from .spec import SPEC_FILE
 
 __all__ = ["run_demo", "run_recommendation_demo", "run_faq_demo", "free_port", "BackgroundServer", "DEMO_CASES",
-           "DemoCase",
+           "DemoCase", "client_headers",
            "Traffic"]
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,12 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def client_headers(project: Project) -> dict[str, str]:
+    """The Authorization header of the project's client key (its admin key when it has none)."""
+    keys, _ = keys_for(project.loop.spec.serving.keys, project.loop.paths.state / "keys.json")
+    return {"Authorization": f"Bearer {(keys['client'] or keys['admin'])[0]}"}
 
 
 class BackgroundServer:
@@ -275,8 +281,7 @@ def run_recommendation_demo(directory: Path, traffic: int = 600, seed: int = 0, 
     pick = [users[j] for j in rng.permutation(len(users))[:max(1, min(traffic, len(users)))]]
     new_users = [f"new-user-{j}" for j in range(max(1, len(pick) // 50))]
     app = create_app(project.path)
-    keys, _ = keys_for(project.loop.spec.serving.keys, project.loop.paths.state / "keys.json")
-    headers = {"Authorization": f"Bearer {(keys['client'] or keys['admin'])[0]}"}
+    headers = client_headers(project)
     sent = clicks = 0
     lineage_of = None
     with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=30, headers=headers) as client:
@@ -379,8 +384,7 @@ def run_faq_demo(directory: Path, traffic: int = 600, seed: int = 0, progress=No
     asked, held = faq_traffic(_DATA_SEED + seed)
     asked = asked[:max(1, traffic)]
     app = create_app(project.path)
-    keys, _ = keys_for(project.loop.spec.serving.keys, project.loop.paths.state / "keys.json")
-    headers = {"Authorization": f"Bearer {(keys['client'] or keys['admin'])[0]}"}
+    headers = client_headers(project)
     sent = helped = corrected = abstained = 0
     lineage_of = None
     with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=30, headers=headers) as client:
@@ -488,8 +492,7 @@ def run_demo(directory: str | Path, fresh: bool = False, traffic: int = 600, see
     sent = correct = feedback = 0
     errors: list[float] = []
     app = create_app(project.path)
-    keys, _ = keys_for(project.loop.spec.serving.keys, project.loop.paths.state / "keys.json")
-    headers = {"Authorization": f"Bearer {(keys['client'] or keys['admin'])[0]}"}
+    headers = client_headers(project)
     with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=30, headers=headers) as client:
         say(f"[demo] serving {first['version']} on {server.url}; {len(pick)} users send {case.noun}")
         for i in pick:

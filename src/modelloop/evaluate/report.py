@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "html_table", "write_page", "version_line", "requirements_table"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
@@ -269,3 +269,37 @@ def write_report(path: str | Path, ctx: dict[str, Any]) -> Path:
             f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
     path.write_text(page)
     return path
+
+
+# -- the pages of tasks that write their own report (ranking tasks) ---------------------------------
+def html_table(rows: list[list[Any]], head: list[str]) -> str:
+    """An HTML table: floats with 4 decimals, None as "-", everything escaped."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return html.escape("-" if v is None else str(v))
+
+    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows) + "</table>")
+
+
+def requirements_table(requirements: dict[str, Any]) -> str:
+    """A version's requirement checks (its manifest's ``requirements``) as an HTML table."""
+    return html_table([[c["name"], c["value"], c["target"], "pass" if c["passed"] else "FAIL"]
+                       for c in requirements["checks"]], ["requirement", "value", "target", "result"])
+
+
+def version_line(m: dict[str, Any]) -> str:
+    """A version's model, run, dataset and parent from its manifest ``m``, as one HTML paragraph."""
+    return (f"<p>model <b>{html.escape(str(m['model']['candidate']))}</b> ({html.escape(m['model']['kind'])}), run "
+            f"<code>{m['run_id']}</code>, dataset <code>{m['dataset']['fingerprint']}</code>, parent "
+            f"{html.escape(str(m.get('parent') or '-'))}</p>")
+
+
+def write_page(path: str | Path, title: str, parts: list[str]) -> None:
+    """A self-contained HTML page of ``parts`` (HTML fragments) titled ``title``."""
+    page = ("<!doctype html><meta charset='utf-8'><title>" + html.escape(title)
+            + "</title><style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto}"
+              "table{border-collapse:collapse}td,th{border:1px solid #ccd;padding:.25rem .5rem}</style>"
+            + "".join(parts))
+    Path(path).write_text(page)

@@ -911,42 +911,31 @@ def unmeasured_requirements(spec: Spec, latency: dict[str, float], size_mb: floa
 
 
 # -------------------------------------------------------------------------------------- report
-def _table(rows: list[list[Any]], head: list[str]) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4f}"
-        return html.escape("-" if v is None else str(v))
-
-    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows) + "</table>")
-
-
 def write_report_page(path: Path, title: str, m: dict[str, Any]) -> None:
     """The version's HTML report from its manifest ``m``."""
+    from ..evaluate.report import html_table, requirements_table, version_line, write_page
+
     test = m["metrics"]["test"]
     ab = m["abstention"]
     parts = [f"<h1>{html.escape(title)}</h1>",
-             f"<p>model <b>{html.escape(str(m['model']['candidate']))}</b> ({html.escape(m['model']['kind'])}), run "
-             f"<code>{m['run_id']}</code>, dataset <code>{m['dataset']['fingerprint']}</code>, parent "
-             f"{html.escape(str(m.get('parent') or '-'))}</p>",
-             "<h2>Data</h2>", _table([[k, json.dumps(v) if isinstance(v, dict) else v]
+             version_line(m),
+             "<h2>Data</h2>", html_table([[k, json.dumps(v) if isinstance(v, dict) else v]
                                       for k, v in m["dataset"]["report"].items()], ["field", "value"])]
     if m.get("measured", True):
         parts += ["<h2>Test metrics</h2>",
-                  _table([[k, test.get(k)] for k in ("top1", "mrr@5", "recall@3", "questions")], ["metric", "value"])]
+                  html_table([[k, test.get(k)] for k in ("top1", "mrr@5", "recall@3", "questions")],
+                             ["metric", "value"])]
     else:
         parts += ["<h2>Quality: unknown</h2><p>There are no example questions to measure this version on. It serves "
                   "as a zero-shot retriever; its quality is measured once example questions (faq.examples) or "
                   "feedback exist.</p>"]
-    parts += ["<h2>Requirements</h2>", _table([[c["name"], c["value"], c["target"], "pass" if c["passed"] else "FAIL"]
-                                               for c in m["requirements"]["checks"]],
-                                              ["requirement", "value", "target", "result"]),
+    parts += ["<h2>Requirements</h2>", requirements_table(m["requirements"]),
               "<h2>Abstaining: handing over to a person</h2>",
               f"<p>threshold <b>{'none' if ab['threshold'] is None else format(ab['threshold'], '.4f')}</b>: "
               f"{html.escape(str(ab.get('rule')))}</p>"]
     a = test.get("abstention") or {}
     if a.get("in_scope_questions"):
-        parts.append(_table([[k, a.get(k)] for k in ("in_scope_answered", "accuracy_when_answered",
+        parts.append(html_table([[k, a.get(k)] for k in ("in_scope_answered", "accuracy_when_answered",
                                                      "out_of_scope_refused", "in_scope_questions",
                                                      "out_of_scope_questions")], ["on the test split", "value"]))
     curve = test.get("coverage_curve") or []
@@ -957,12 +946,12 @@ def write_report_page(path: Path, title: str, m: dict[str, Any]) -> None:
                                                                                       for c in curve) else ""]
                 for p in curve]
         parts += ["<h3>Coverage and accuracy (test split)</h3>",
-                  _table(rows, ["threshold", "coverage (in-scope answered)", "accuracy when answered",
+                  html_table(rows, ["threshold", "coverage (in-scope answered)", "accuracy when answered",
                                 "out-of-scope refused", ""])]
     sel = m.get("selection")
     if sel:
         parts += ["<h2>Selection (validation split)</h2>",
-                  _table([[r["candidate"], *((r.get("val") or {}).get(k) for k in ("top1", "mrr@5", "recall@3")),
+                  html_table([[r["candidate"], *((r.get("val") or {}).get(k) for k in ("top1", "mrr@5", "recall@3")),
                            json.dumps({k: v for k, v in (r.get("config") or {}).items() if k in ("fields", "weight")}),
                            r.get("fit_s"), r.get("p95_ms"), r.get("decision")] for r in sel["leaderboard"]],
                          ["candidate", "top1", "MRR@5", "recall@3", "settings", "fit s", "p95 ms", "decision"])]
@@ -971,8 +960,4 @@ def write_report_page(path: Path, title: str, m: dict[str, Any]) -> None:
         parts += ["<h2>Gate: challenger vs champion</h2>",
                   f"<p><b>{html.escape(gate['decision'])}</b>: {html.escape('; '.join(gate['reasons']))}</p>",
                   f"<pre>{html.escape(json.dumps({k: gate[k] for k in ('test', 'feedback')}, indent=2))}</pre>"]
-    page = ("<!doctype html><meta charset='utf-8'><title>" + html.escape(title)
-            + "</title><style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto}"
-              "table{border-collapse:collapse}td,th{border:1px solid #ccd;padding:.25rem .5rem}</style>"
-            + "".join(parts))
-    Path(path).write_text(page)
+    write_page(path, title, parts)

@@ -389,36 +389,24 @@ def _by_user(frame: pd.DataFrame) -> dict[str, set[str]]:
 
 
 # ------------------------------------------------------------------------------------ report
-def _table(rows: list[list[Any]], head: list[str]) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4f}"
-        return html.escape("-" if v is None else str(v))
-
-    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows) + "</table>")
-
-
 def write_report_page(path: Path, title: str, m: dict[str, Any]) -> None:
     """The version's HTML report from its manifest ``m``."""
+    from ..evaluate.report import html_table, requirements_table, version_line, write_page
+
     test = m["metrics"]["test"]
     keys = ["ndcg@10", "precision@10", "recall@10", "hit_rate@10", "rmse", "mae", "users"]
     parts = [f"<h1>{html.escape(title)}</h1>",
-             f"<p>model <b>{html.escape(m['model']['candidate'])}</b> ({html.escape(m['model']['kind'])}), run "
-             f"<code>{m['run_id']}</code>, dataset <code>{m['dataset']['fingerprint']}</code>, parent "
-             f"{html.escape(str(m.get('parent') or '-'))}</p>",
-             "<h2>Data</h2>", _table([[k, json.dumps(v) if isinstance(v, dict) else v]
+             version_line(m),
+             "<h2>Data</h2>", html_table([[k, json.dumps(v) if isinstance(v, dict) else v]
                                       for k, v in m["dataset"]["report"].items() if k != "split_protocol"],
                                      ["field", "value"]),
              f"<p><b>Split protocol:</b> {html.escape(m['dataset'].get('split_protocol') or '')}</p>",
-             "<h2>Test metrics</h2>", _table([[k, test.get(k)] for k in keys], ["metric", "value"]),
-             "<h2>Requirements</h2>", _table([[c["name"], c["value"], c["target"], "pass" if c["passed"] else "FAIL"]
-                                              for c in m["requirements"]["checks"]],
-                                             ["requirement", "value", "target", "result"])]
+             "<h2>Test metrics</h2>", html_table([[k, test.get(k)] for k in keys], ["metric", "value"]),
+             "<h2>Requirements</h2>", requirements_table(m["requirements"])]
     sel = m.get("selection")
     if sel:
         parts += ["<h2>Selection (validation split)</h2>",
-                  _table([[r["candidate"], *((r.get("val") or {}).get(k) for k in ("ndcg@10", "precision@10",
+                  html_table([[r["candidate"], *((r.get("val") or {}).get(k) for k in ("ndcg@10", "precision@10",
                                                                                     "recall@10", "rmse")),
                            r.get("fit_s"), r.get("p95_ms"), r.get("decision")] for r in sel["leaderboard"]],
                          ["candidate", "NDCG@10", "precision@10", "recall@10", "RMSE", "fit s", "p95 ms", "decision"])]
@@ -427,11 +415,7 @@ def write_report_page(path: Path, title: str, m: dict[str, Any]) -> None:
         parts += ["<h2>Gate: challenger vs champion</h2>",
                   f"<p><b>{html.escape(gate['decision'])}</b>: {html.escape('; '.join(gate['reasons']))}</p>",
                   f"<pre>{html.escape(json.dumps({k: gate[k] for k in ('test', 'feedback')}, indent=2))}</pre>"]
-    page = ("<!doctype html><meta charset='utf-8'><title>" + html.escape(title)
-            + "</title><style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2rem auto}"
-              "table{border-collapse:collapse}td,th{border:1px solid #ccd;padding:.25rem .5rem}</style>"
-            + "".join(parts))
-    Path(path).write_text(page)
+    write_page(path, title, parts)
 
 
 
