@@ -10,23 +10,8 @@ from modelloop.data.faq import NO_ANSWER, builtin_faq_example
 from modelloop.feedback import FeedbackStore
 from modelloop.project import Project
 from modelloop.tasks.faq_http import HANDOVER
-from tests.e2e.test_ui import CHROMIUM, FLAGS
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        p = browser.new_page(viewport={"width": 1366, "height": 900})
-        errors: list[str] = []
-        p.on("pageerror", lambda e: errors.append(str(e)))
-        yield p
-        browser.close()
-        assert not errors, errors
 
 
 def _history(project, prediction_id: str) -> list[dict]:

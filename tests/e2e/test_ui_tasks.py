@@ -9,23 +9,8 @@ import yaml
 
 from modelloop.feedback import FeedbackStore
 from tests.conftest import cli_json
-from tests.e2e.test_ui import CHROMIUM, FLAGS
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        p = browser.new_page(viewport={"width": 1366, "height": 900})
-        errors: list[str] = []
-        p.on("pageerror", lambda e: errors.append(str(e)))
-        yield p
-        browser.close()
-        assert not errors, errors
 
 
 def _feedback(project):
