@@ -719,15 +719,19 @@ class FaqAnswering(Task):
 
     # -- monitoring and the registry's views --------------------------------------------------
     def monitor(self, ctx: Context, champ: FaqModel) -> dict[str, Any]:
-        """Drift of the questions asked (MiniLM embeddings, MMD against the example or FAQ
-        questions), live accuracy from labelled feedback, the abstention rate and the gaps."""
+        """Drift of the questions asked (MiniLM embeddings, MMD against the example questions;
+        not measured without them), live accuracy from feedback (a thumbs down counts as wrong),
+        the hand-over rate and the gaps."""
         from ..feedback.drift import mmd_test
         from .faq_http import gaps
 
         spec, store = ctx.spec, ctx.store()
         ms = spec.monitor
         data = self.reload(ctx, champ.manifest["dataset"]["base_fingerprint"])
-        ref = data.splits["train"].queries + data.splits["val"].queries or data.faq.questions
+        # The reference is customers' own questions: the FAQ's questions are not a sample of what
+        # customers ask (their wording differs by design), so without example questions drift is
+        # not measured.
+        ref = data.splits["train"].queries + data.splits["val"].queries
         items, served = store.recent_raw(limit=ms.window)
         live, _ = self.collate(items, champ)
         r = champ.retriever
@@ -740,6 +744,8 @@ class FaqAnswering(Task):
         else:
             drift = {"detected": False, "statistic": None, "threshold": None, "p_value": None, "n_reference": len(ref),
                      "n_live": len(live), "reason": ("a lexical model has no embeddings to compare" if not r.dense
+                                                     else "no example questions (faq.examples) to compare live "
+                                                          "questions with" if not ref
                                                      else f"{len(live)} live and {len(ref)} reference questions; at "
                                                           "least 20 of each needed")}
         abstained = sum(1 for s in served if s == NO_ANSWER)
