@@ -10,6 +10,7 @@ real SQLite store.
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -151,6 +152,24 @@ def test_faq_project_answers_hands_over_and_learns_from_corrections(tmp_path, se
     assert 0 < mon["abstention"]["rate"] < 1
     assert any(OFF_TOPIC in g["questions"] for g in mon["gaps"])
     assert mon["drift"]["n_live"] >= 20
+
+    # shadow mode: the version that is not the champion answers the same questions, silently
+    champ_now = cli_json("models", str(proj))["champion"]
+    other = v2 if champ_now != v2 else champion
+    assert cli_json("shadow", str(proj), other)["shadow"] == other
+    server = serve(proj)
+    for q in in_scope["query"][:10]:
+        a = server.client.post("/answer", json={"question": q})
+        assert a.status_code == 200 and a.json()["model_version"] == champ_now
+    deadline = time.time() + 60
+    while True:
+        sh = cli_json("monitor", str(proj)).get("shadow") or {}
+        if sh.get("scored", 0) >= 10 or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert sh["version"] == other and sh["scored"] >= 10 and 0 <= sh["agreement"] <= 1
+    assert sh["with_feedback"] == 0  # these answers got no feedback yet
+    server.stop()
 
 
 def _faq(path, rows, columns=("id", "question", "answer")):

@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class ShadowScorer:
         self._interval = interval_s
         self._q: queue.Queue = queue.Queue(maxsize=10_000)
         self._mtime = -1
-        self._model: LoadedModel | None = None
+        self._model: LoadedModel | Any = None  # what the task serves (``Task.serve_model``)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="modelloop-shadow", daemon=True)
         self._thread.start()
@@ -45,7 +46,7 @@ class ShadowScorer:
                 self._model = None
             elif self._model is None or self._model.version != version:
                 try:
-                    self._model = self._loop.registry.load(version, threads=self._threads)
+                    self._model = self._loop.task.serve_model(self._loop.registry, version, threads=self._threads)
                     log.info("shadowing with %s", version)
                 except Exception:
                     log.exception("cannot load shadow model %s", version)
@@ -78,7 +79,7 @@ class ShadowScorer:
                 continue
             ids = [i for batch, _ in items for i in batch]
             try:
-                if isinstance(items[0][1], list):  # texts
+                if isinstance(items[0][1], list):  # texts (or a task's own inputs, e.g. questions)
                     probs = model.run([t for _, xs in items for t in xs])
                 else:
                     probs = model.run(np.ascontiguousarray(np.concatenate([xs for _, xs in items]), dtype=np.float32))

@@ -280,6 +280,10 @@ class FaqModel:
     def model(self):
         return self.retriever
 
+    def run(self, questions: list[str]) -> list[dict[str, Any]]:
+        """One answer per question (top 3 entries and whether it abstains): what a shadow scores."""
+        return self.retriever.answer(list(questions), 3)
+
 
 def load_version(registry, version: str) -> FaqModel:
     """Rebuild a registered retriever from its artifact folder (safetensors: loading runs no code)."""
@@ -766,6 +770,20 @@ class FaqAnswering(Task):
             "gaps": gaps(ctx, champ, limit=5),
             "feedback": {"labelled": stats["labelled"], "new_since_last_training": new, **store.counts()},
         }
+
+    def read_output(self, model: FaqModel, output: dict[str, Any]) -> tuple[str, dict[str, float], dict[str, Any]]:
+        """One answer (:meth:`FaqModel.run`) -> the label the store keeps (the top entry, or
+        ``__none__`` when it abstains), the listed entries' scores, and the answer's fields."""
+        answers = output["answers"]
+        label = NO_ANSWER if output["abstained"] or not answers else answers[0]["id"]
+        return label, {a["id"]: a["score"] for a in answers}, {"abstained": output["abstained"], "answers": answers}
+
+    def shadow_report(self, ctx: Context, version: str) -> dict[str, Any]:
+        """How often the shadow's answer (its top entry, or a hand-over) agrees with the served
+        one, and each one's accuracy on the answers feedback judged."""
+        from .supervised import shadow_agreement
+
+        return shadow_agreement(ctx, version, None)
 
     def rollback_check(self, ctx: Context, champion: str, predecessor: str) -> dict[str, Any]:
         """Is the champion's live accuracy (served answers, hand-overs included, that feedback

@@ -103,6 +103,9 @@ def answer(ctx, body: Any, response: Response | None = None) -> dict[str, Any]:
     if response is not None:
         response.headers["X-Modelloop-Logged"] = logged
     ctx.served(m.version)
+    shadow = getattr(ctx, "shadow", None)
+    if shadow is not None and shadow.active():  # a shadow version answers the same question, silently
+        shadow.submit([pid], [question])
     return {"prediction_id": pid, "model_version": m.version, "abstained": res["abstained"],
             "message": HANDOVER if res["abstained"] else None, "answers": answers, "latency_ms": latency_ms}
 

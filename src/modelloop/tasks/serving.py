@@ -26,6 +26,10 @@ class ServingContext(Protocol):
             ``X-Modelloop-Logged`` value once the rows are committed or spooled).
         cache: per-app state a task's hooks may keep (e.g. what each version knows), by a key
             the task chooses.
+        store: the feedback store.
+        shadow: the shadow scorer: ``active()`` (a shadow version is set) and ``submit(ids,
+            inputs)`` (it answers them in the background with the task's ``serve_model`` of that
+            version, ``model.run(inputs)``, and stores :meth:`~.base.Task.read_output`'s label).
     """
 
     spec: Any

@@ -580,18 +580,7 @@ class SupervisedTask(Task):
 
     def shadow_report(self, ctx: Context, version: str) -> dict[str, Any]:
         """Agreement of a shadow model with what was served, and both models' accuracy on feedback."""
-        store = ctx.store()
-        rows = store.shadow_rows(version)
-        names = ctx.registry.manifest(version)["class_names"]
-        labels = {r["id"]: r["label"] for r in store.labelled(names, ctx.spec.feedback.untrusted_clients)}
-        agree = sum(r["shadow_label"] == r["served_label"] for r in rows)
-        with_fb = [r for r in rows if r["prediction_id"] in labels]
-        shadow_right = sum(r["shadow_label"] == labels[r["prediction_id"]] for r in with_fb)
-        served_right = sum(r["served_label"] == labels[r["prediction_id"]] for r in with_fb)
-        n = len(with_fb)
-        return {"version": version, "scored": len(rows), "agreement": agree / len(rows) if rows else None,
-                "with_feedback": n, "shadow_accuracy": shadow_right / n if n else None,
-                "served_accuracy": served_right / n if n else None}
+        return shadow_agreement(ctx, version, ctx.registry.manifest(version)["class_names"])
 
     def rollback_check(self, ctx: Context, cur: str, prev: str) -> dict[str, Any]:
         """Is the champion ``cur``'s live accuracy significantly below its predecessor ``prev``'s
@@ -653,3 +642,19 @@ def live_accuracy_rollback(ctx: Context, cur: str, prev: str, class_names: list[
     out["p_value"] = float(normal.cdf(z))  # one-sided: champion worse than predecessor
     out["rollback"] = out["p_value"] < 1 - ctx.spec.gate.confidence
     return out
+
+
+def shadow_agreement(ctx: Context, version: str, class_names: list[str] | None) -> dict[str, Any]:
+    """How often shadow ``version``'s label agreed with the served one, and each one's accuracy on
+    the predictions whose feedback names the right label."""
+    store = ctx.store()
+    rows = store.shadow_rows(version)
+    labels = {r["id"]: r["label"] for r in store.labelled(class_names, ctx.spec.feedback.untrusted_clients)}
+    agree = sum(r["shadow_label"] == r["served_label"] for r in rows)
+    with_fb = [r for r in rows if r["prediction_id"] in labels]
+    shadow_right = sum(r["shadow_label"] == labels[r["prediction_id"]] for r in with_fb)
+    served_right = sum(r["served_label"] == labels[r["prediction_id"]] for r in with_fb)
+    n = len(with_fb)
+    return {"version": version, "scored": len(rows), "agreement": agree / len(rows) if rows else None,
+            "with_feedback": n, "shadow_accuracy": shadow_right / n if n else None,
+            "served_accuracy": served_right / n if n else None}
