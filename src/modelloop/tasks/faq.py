@@ -69,7 +69,7 @@ from ..feedback.sampling import feedback_fingerprint, is_holdout, trained_finger
 from ..registry.artifact import MANIFEST, PREPROCESSING, WEIGHTS, library_versions
 from ..spec import DataSpec, FaqSpec, Spec
 from .base import Candidate, Task
-from .stages import Context, FeedbackSet, Fitted, NewVersion
+from .stages import Context, FeedbackSet, Fitted, NewVersion, best_on_validation
 
 __all__ = ["FaqAnswering", "FaqModel", "FaqData", "rank_metrics", "choose_threshold", "CANDIDATES", "NO_ANSWER",
            "DEFAULT_THRESHOLD", "faq_spec", "load_version"]
@@ -513,14 +513,7 @@ class FaqAnswering(Task):
                     f"{vm['recall@3']:.4f} ({rec['seconds']:.1f} s"
                     + (f"; fields {cfg['fields']}" if n == "minilm" else "")
                     + (f"; lexical weight {cfg['weight']}" if n == "hybrid" else "") + ")")
-        ranked = [r for r in board if r.get("val")]
-        top = max(ranked, key=lambda r: r["val"][metric])
-        for r in board:
-            if r is top:
-                r["decision"] = f"chosen: best validation {metric}"
-            elif "decision" not in r:
-                r["decision"] = f"validation {metric} {r['val'][metric]:.4f} < {top['val'][metric]:.4f}"
-        ctx.say(f"[selection] chose {top['candidate']} (val {metric} {top['val'][metric]:.4f})")
+        top = best_on_validation(board, metric, ctx.say)
         sel = {"chosen": top["candidate"], "shipped": top["candidate"], "rule": f"best validation {metric}",
                "warning": None, "excluded": {}, "leaderboard": board, "config": top["config"], "measured": True}
         return sel, fitted[top["candidate"]]

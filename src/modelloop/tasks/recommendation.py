@@ -61,7 +61,7 @@ from ..feedback.sampling import feedback_fingerprint, is_holdout, trained_finger
 from ..registry.artifact import MANIFEST, PREPROCESSING, WEIGHTS, library_versions
 from ..spec import DataSpec, RecommendationSpec, Spec, recommendation_candidate
 from .base import Candidate, Task
-from .stages import Context, FeedbackSet, Fitted, NewVersion
+from .stages import Context, FeedbackSet, Fitted, NewVersion, best_on_validation
 
 __all__ = ["Recommendation", "RecModel", "RecData", "load_version", "load_data", "split_data", "evaluate",
            "top_lists", "PREDICT_HINT", "SPLIT_PROTOCOL", "BUILTINS", "load_splits",
@@ -556,14 +556,7 @@ class Recommendation(Task):
             ctx.say(f"[selection] {c['name']}: val NDCG@10 {m['ndcg@10']:.4f}, precision@10 "
                     f"{m['precision@10']:.4f}, recall@10 {m['recall@10']:.4f}"
                     + (f", RMSE {m['rmse']:.4f}" if m["rmse"] is not None else "") + f" ({fit_s:.1f} s)")
-        ranked = [r for r in board if r.get("val")]
-        best = max(ranked, key=lambda r: r["val"][metric])
-        for r in board:
-            if r is best:
-                r["decision"] = f"chosen: best validation {metric}"
-            elif "decision" not in r:
-                r["decision"] = f"validation {metric} {r['val'][metric]:.4f} < {best['val'][metric]:.4f}"
-        ctx.say(f"[selection] chose {best['candidate']} (val {metric} {best['val'][metric]:.4f})")
+        best = best_on_validation(board, metric, ctx.say)
         return {"chosen": best["candidate"], "shipped": best["candidate"], "rule": f"best validation {metric}",
                 "warning": None, "excluded": {}, "leaderboard": board}, None
 

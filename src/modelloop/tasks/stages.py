@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Context", "Fitted", "FeedbackSet", "NewVersion"]
+__all__ = ["Context", "Fitted", "FeedbackSet", "NewVersion", "best_on_validation"]
 
 
 @dataclass
@@ -79,3 +79,16 @@ class NewVersion:
     report: Callable[[Path, str], Any]
     result: dict[str, Any]
     extra_files: dict[str, Path] = field(default_factory=dict)
+
+
+def best_on_validation(board: list[dict[str, Any]], metric: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """The leaderboard row with the best validation ``metric`` (higher is better; the first of
+    equals), every row's ``decision`` filled in (rows already decided, e.g. skipped, keep theirs)."""
+    best = max((r for r in board if r.get("val")), key=lambda r: r["val"][metric])
+    for r in board:
+        if r is best:
+            r["decision"] = f"chosen: best validation {metric}"
+        elif "decision" not in r:
+            r["decision"] = f"validation {metric} {r['val'][metric]:.4f} < {best['val'][metric]:.4f}"
+    say(f"[selection] chose {best['candidate']} (val {metric} {best['val'][metric]:.4f})")
+    return best
