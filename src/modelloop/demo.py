@@ -252,6 +252,17 @@ def write_movielens_past(directory: Path) -> tuple[Path, Path, dict[str, set[str
     return ratings, movies, later
 
 
+def _outcome(project: Project, first: dict[str, Any], second: dict[str, Any], served_after: str,
+             t0: float) -> dict[str, Any]:
+    """What every demo case's summary says of the loop's outcome: the project, the champion, the
+    gate's decision and reasons, what the server answered with after the retrain, the reports and
+    the time taken."""
+    return {"project": str(project.path), "champion": project.loop.registry.champion(),
+            "decision": second["decision"], "reasons": second["evidence"]["reasons"],
+            "served_after_retrain": served_after, "reports": [first["report"], second["report"]],
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def run_recommendation_demo(directory: Path, traffic: int = 600, seed: int = 0, progress=None,
                             candidates: list | None = None, **init_options: Any) -> dict[str, Any]:
     """Recommendation's demo: MovieLens-100k split in time per user; each user's earliest 85% of
@@ -305,17 +316,13 @@ def run_recommendation_demo(directory: Path, traffic: int = 600, seed: int = 0, 
                  "parent": m["parent"], "feedback_examples": m["feedback_examples"], "aliases": m["aliases"]}
                 for m in project.models()]
     return {
-        "project": str(project.path), "task": "recommendation", "versions": versions,
-        "champion": project.loop.registry.champion(), "decision": second["decision"],
-        "reasons": second["evidence"]["reasons"],
+        **_outcome(project, first, second, served_after, t0), "task": "recommendation", "versions": versions,
         "traffic": {"requests": sent, "new_users": len(new_users), "clicks": clicks, "feedback": clicks,
                     "click_through": clicks / max(sent, 1)},
         "title": "recommendation (MovieLens-100k)", "score_name": "test NDCG@10",
         "traffic_line": (f"{sent} recommendation requests ({len(new_users)} from new users, served by the popularity "
                          f"fallback), {clicks} clicks on recommended items"),
         "lineage": project.loop.lineage(prediction_id=lineage_of) if lineage_of else None,
-        "served_after_retrain": served_after, "reports": [first["report"], second["report"]],
-        "seconds": round(time.perf_counter() - t0, 1),
     }
 
 
@@ -417,8 +424,7 @@ def run_faq_demo(directory: Path, traffic: int = 600, seed: int = 0, progress=No
     versions = [{"version": m["version"], "test_score": m.get("top1"), "parent": m["parent"],
                  "feedback_examples": m["feedback_examples"], "aliases": m["aliases"]} for m in project.models()]
     return {
-        "project": str(project.path), "task": "faq", "versions": versions, "champion": registry.champion(),
-        "decision": second["decision"], "reasons": second["evidence"]["reasons"],
+        **_outcome(project, first, second, served_after, t0), "task": "faq", "versions": versions,
         "traffic": {"requests": sent, "helped": helped, "corrected": corrected, "abstained": abstained,
                     "feedback": helped + corrected},
         "held_back": {"before": before, "after": after, "first_version": first["version"],
@@ -427,8 +433,6 @@ def run_faq_demo(directory: Path, traffic: int = 600, seed: int = 0, progress=No
         "traffic_line": (f"{sent} questions ({helped} helped, {corrected} corrected by an agent, {abstained} handed "
                          f"over); held-back questions top1 {before['top1']:.3f} -> {after['top1']:.3f}"),
         "lineage": project.loop.lineage(prediction_id=lineage_of) if lineage_of else None,
-        "served_after_retrain": served_after, "reports": [first["report"], second["report"]],
-        "seconds": round(time.perf_counter() - t0, 1),
     }
 
 
@@ -522,14 +526,10 @@ def run_demo(directory: str | Path, fresh: bool = False, traffic: int = 600, see
                  "test_r2": m.get("r2"), "test_score": m.get(case.metric_key), "parent": m["parent"],
                  "feedback_examples": m["feedback_examples"], "aliases": m["aliases"]} for m in project.models()]
     return {
-        "project": str(project.path), "task": task, "versions": versions,
-        "champion": project.loop.registry.champion(),
-        "decision": second["decision"], "reasons": second["evidence"]["reasons"],
+        **_outcome(project, first, second, served_after, t0), "task": task, "versions": versions,
         "traffic": {"requests": sent, "live_accuracy": live_accuracy, "live_rmse": live_rmse, "feedback": feedback},
         "title": case.title, "score_name": f"test {case.metric}",
         "traffic_line": (f"{sent} requests, "
                          + (f"live RMSE {live_rmse:.2f}" if regression else f"live accuracy {live_accuracy:.3f}")
                          + f", {feedback} feedback labels"),
-        "served_after_retrain": served_after, "reports": [first["report"], second["report"]],
-        "seconds": round(time.perf_counter() - t0, 1),
     }

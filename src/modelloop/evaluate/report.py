@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_report", "html_table", "write_page", "version_line", "requirements_table"]
+__all__ = ["write_report", "html_table", "write_page", "version_line", "requirements_table", "gate_section"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
@@ -287,6 +287,16 @@ def requirements_table(requirements: dict[str, Any]) -> str:
     """A version's requirement checks (its manifest's ``requirements``) as an HTML table."""
     return html_table([[c["name"], c["value"], c["target"], "pass" if c["passed"] else "FAIL"]
                        for c in requirements["checks"]], ["requirement", "value", "target", "result"])
+
+
+def gate_section(gate: dict[str, Any] | None) -> list[str]:
+    """A retrained version's gate decision, its reasons and its evidence (test and feedback), as
+    HTML fragments (none for a version without a gate)."""
+    if not gate:
+        return []
+    return ["<h2>Gate: challenger vs champion</h2>",
+            f"<p><b>{html.escape(gate['decision'])}</b>: {html.escape('; '.join(gate['reasons']))}</p>",
+            f"<pre>{html.escape(json.dumps({k: gate[k] for k in ('test', 'feedback')}, indent=2))}</pre>"]
 
 
 def version_line(m: dict[str, Any]) -> str:

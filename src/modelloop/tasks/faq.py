@@ -629,10 +629,11 @@ class FaqAnswering(Task):
             gate = check_requirements(spec.requirements, metrics, latency, size_mb, baseline)
         else:
             gate = unmeasured_requirements(spec, latency, size_mb)
-        decision = None
+        decision = champ_test = None
         fingerprint = data.fingerprint
         if parent is not None:
-            decision = self._gate(ctx, parent, r, m, test_q, test_t, fb, data, gate)
+            champ_test = measure(parent.retriever, test_q, _remap(test_t, data.faq, parent.retriever), [])
+            decision = self._gate(ctx, parent, r, m, champ_test, fb, gate)
             fingerprint = trained_fingerprint(data.fingerprint, fb.train_ids)
             ctx.say(f"[gate] {decision['decision']}: {'; '.join(decision['reasons'])}")
         elif measured:
@@ -680,7 +681,6 @@ class FaqAnswering(Task):
             "feedback_examples": len(fb.train_ids) if fb else 0, "decision": None, "task": self.name,
             "measured": measured}
         if parent is not None:
-            champ_test = measure(parent.retriever, test_q, _remap(test_t, data.faq, parent.retriever), [])
             result.update(feedback_validation=len(fb.val_ids), feedback_holdout=len(fb.hold_ids),
                           decision=decision["decision"], evidence=decision,
                           champion_metrics=rank_metrics(champ_test.ranks), challenger_metrics=metrics)
@@ -699,11 +699,12 @@ class FaqAnswering(Task):
                               name=f"most asked entry ({data.faq.ids[common]!r})", baseline_value=float(base.mean()),
                               binary=True, unit="question")
 
-    def _gate(self, ctx: Context, parent: FaqModel, r, m: Measured, test_q, test_t, fb: FeedbackSet, data: FaqData,
+    def _gate(self, ctx: Context, parent: FaqModel, r, m: Measured, champ_m: Measured, fb: FeedbackSet,
               chall_req: dict[str, Any]) -> dict[str, Any]:
+        """Champion (``champ_m`` on the test questions) vs challenger (``m``), paired per question,
+        on the test questions and on the held-out feedback questions both know the entry of."""
         from ..gate import compare_answers
 
-        champ_m = measure(parent.retriever, test_q, _remap(test_t, data.faq, parent.retriever), [])
         pairs = fb.data["pairs"]
         hold = [(pairs[p][0], pairs[p][1]) for p in fb.hold_ids if pairs[p][1] != NO_ANSWER]
         known_both = set(parent.retriever.ids) & set(r.ids)
@@ -760,7 +761,7 @@ class FaqAnswering(Task):
                               "n": stats["labelled"], "confidence": stats["confidence"]},
             "abstention": {"answers": len(served), "abstained": abstained,
                            "rate": abstained / len(served) if served else None},
-            "gaps": gaps(ctx, champ, limit=5),
+            "gaps": gaps(store, spec.feedback.untrusted_clients, champ, limit=5),
             "feedback": {"labelled": stats["labelled"], "new_since_last_training": new, **store.counts()},
         }
 
@@ -930,7 +931,7 @@ def unmeasured_requirements(spec: Spec, latency: dict[str, float], size_mb: floa
 # -------------------------------------------------------------------------------------- report
 def write_report_page(path: Path, title: str, m: dict[str, Any]) -> None:
     """The version's HTML report from its manifest ``m``."""
-    from ..evaluate.report import html_table, requirements_table, version_line, write_page
+    from ..evaluate.report import gate_section, html_table, requirements_table, version_line, write_page
 
     test = m["metrics"]["test"]
     ab = m["abstention"]
@@ -972,9 +973,4 @@ def write_report_page(path: Path, title: str, m: dict[str, Any]) -> None:
                            json.dumps({k: v for k, v in (r.get("config") or {}).items() if k in ("fields", "weight")}),
                            r.get("fit_s"), r.get("p95_ms"), r.get("decision")] for r in sel["leaderboard"]],
                          ["candidate", "top1", "MRR@5", "recall@3", "settings", "fit s", "p95 ms", "decision"])]
-    gate = m.get("gate")
-    if gate:
-        parts += ["<h2>Gate: challenger vs champion</h2>",
-                  f"<p><b>{html.escape(gate['decision'])}</b>: {html.escape('; '.join(gate['reasons']))}</p>",
-                  f"<pre>{html.escape(json.dumps({k: gate[k] for k in ('test', 'feedback')}, indent=2))}</pre>"]
-    write_page(path, title, parts)
+    write_page(path, title, parts + gate_section(m.get("gate")))

@@ -146,21 +146,22 @@ def check_entry(ctx, version: str, label: Any, predicted: str, load) -> str:
     return entry
 
 
-def gaps(ctx, champ, limit: int = 10, min_size: int = 1) -> list[dict[str, Any]]:
+def gaps(store, untrusted: list[str], champ, limit: int = 10, min_size: int = 1,
+         cache: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The questions the champion handed over, that got thumbs down, or that were marked as
     answered by no entry (the latest :data:`GAP_QUESTIONS`), grouped by meaning (the champion's
     MiniLM embeddings, or the pretrained MiniLM's for a lexical champion; agglomerative clustering
     at cosine distance 0.5), largest group first: which entries the FAQ is missing. Kept per
-    server until the champion or the store's counts change."""
-    store = ctx.store()
+    server (``cache``: the server's) until the champion or the store's counts change; feedback
+    of the ``untrusted`` clients does not count."""
     counts = store.counts()
-    cache = ctx.cache if hasattr(ctx, "cache") else {}
+    cache = {} if cache is None else cache
     key = (champ.version, tuple(sorted(counts.items())), limit, min_size)
     if cache.get(_GAPS, (None,))[0] == key:
         return cache[_GAPS][1]
     items, served = store.recent_raw(limit=2000)
     qs = [q for q, s in zip([question_of(it) for it in items], served, strict=True) if q is not None and s == NO_ANSWER]
-    for e in reversed(store.feedback_events(ctx.spec.feedback.untrusted_clients)):
+    for e in reversed(store.feedback_events(untrusted)):
         q = question_of(e.get("input"))
         if q is not None and ((e.get("kind") == "thumbs" and (e.get("value") or 0) < 0)
                               or str(e.get("label")) == NO_ANSWER):
@@ -239,18 +240,7 @@ def router(ctx) -> APIRouter:
         if not 1 <= n <= 100:
             raise InputError(f"query parameter 'limit': received {n}; expected a whole number from 1 to 100")
         m = ctx.holder.get()
-        return {"model_version": m.version, "groups": gaps(_GapsCtx(ctx), m, limit=n)}
+        return {"model_version": m.version,
+                "groups": gaps(ctx.store, ctx.spec.feedback.untrusted_clients, m, limit=n, cache=ctx.cache)}
 
     return r
-
-
-class _GapsCtx:
-    """What :func:`gaps` needs of a project, from the server's context."""
-
-    def __init__(self, ctx) -> None:
-        self.spec = ctx.spec
-        self.cache = ctx.cache
-        self._ctx = ctx
-
-    def store(self):
-        return self._ctx.store

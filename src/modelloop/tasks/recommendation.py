@@ -391,7 +391,7 @@ def _by_user(frame: pd.DataFrame) -> dict[str, set[str]]:
 # ------------------------------------------------------------------------------------ report
 def write_report_page(path: Path, title: str, m: dict[str, Any]) -> None:
     """The version's HTML report from its manifest ``m``."""
-    from ..evaluate.report import html_table, requirements_table, version_line, write_page
+    from ..evaluate.report import gate_section, html_table, requirements_table, version_line, write_page
 
     test = m["metrics"]["test"]
     keys = ["ndcg@10", "precision@10", "recall@10", "hit_rate@10", "rmse", "mae", "users"]
@@ -410,12 +410,7 @@ def write_report_page(path: Path, title: str, m: dict[str, Any]) -> None:
                                                                                     "recall@10", "rmse")),
                            r.get("fit_s"), r.get("p95_ms"), r.get("decision")] for r in sel["leaderboard"]],
                          ["candidate", "NDCG@10", "precision@10", "recall@10", "RMSE", "fit s", "p95 ms", "decision"])]
-    gate = m.get("gate")
-    if gate:
-        parts += ["<h2>Gate: challenger vs champion</h2>",
-                  f"<p><b>{html.escape(gate['decision'])}</b>: {html.escape('; '.join(gate['reasons']))}</p>",
-                  f"<pre>{html.escape(json.dumps({k: gate[k] for k in ('test', 'feedback')}, indent=2))}</pre>"]
-    write_page(path, title, parts)
+    write_page(path, title, parts + gate_section(m.get("gate")))
 
 
 
