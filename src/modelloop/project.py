@@ -24,8 +24,8 @@ __all__ = ["Project"]
 class Project:
     """A modelloop project folder (``modelloop.yaml`` + registry + feedback store)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.loop = Loop(path)
+    def __init__(self, path: str | Path, ray: str | None = None) -> None:
+        self.loop = Loop(path, ray=ray)
         self.path = self.loop.paths.root
 
     @classmethod

@@ -27,6 +27,7 @@ __all__ = [
     "FAMILIES",
     "Spec",
     "DataSpec",
+    "ComputeSpec",
     "SplitSpec",
     "AugmentSpec",
     "Requirements",
@@ -439,6 +440,35 @@ def recommendation_candidate(c: Any) -> tuple[str, dict[str, Any], str]:
     return name, settings, str(label)
 
 
+class ComputeSpec(_Strict):
+    """Where fits and searches run (see ``modelloop.backends`` and docs/scaling.md).
+
+    ``backend: local`` (the default) runs everything in the command's own process. ``backend: ray``
+    runs the candidate search's trials as Ray Tune trials and a network's final fit as a Ray Train
+    ``TorchTrainer`` with ``workers`` data-parallel processes; it needs ``pip install 'modelloop[ray]'``.
+
+    Attributes:
+        backend: "local" or "ray".
+        address: the Ray cluster: "auto" (the one this machine is part of, or ``RAY_ADDRESS``),
+            "HOST:PORT" of its head node, "ray://HOST:10001" (Ray Client), or "local" (start a
+            private one-machine cluster for this command).
+        workers: data-parallel processes of a final fit, and trials that run at once.
+        cpus_per_worker: CPUs each trial and each training process reserves (its torch threads).
+        gpus_per_worker: GPUs each reserves; above 0, training uses CUDA and NCCL.
+        storage: where checkpoints and trial results go: a folder every node sees (NFS) or a
+            URI (``s3://...``, ``gs://...``); None: ``.modelloop/ray`` in the project.
+        max_failures: how many times a fit whose worker died restarts from its last checkpoint.
+    """
+
+    backend: Literal["local", "ray"] = "local"
+    address: str = "auto"
+    workers: int = Field(2, ge=1, le=1024)
+    cpus_per_worker: float = Field(1.0, gt=0, le=1024)
+    gpus_per_worker: float = Field(0.0, ge=0, le=64)
+    storage: str | None = None
+    max_failures: int = Field(3, ge=0, le=100)
+
+
 class Spec(_Strict):
     """A modelloop project: task, data, requirements and the knobs of each stage.
 
@@ -457,6 +487,7 @@ class Spec(_Strict):
     gate: GateSpec = GateSpec()
     monitor: MonitorSpec = MonitorSpec()
     policy: PolicySpec = PolicySpec()
+    compute: ComputeSpec = ComputeSpec()
     recommendation: RecommendationSpec | None = None  # recommendation projects only
     faq: FaqSpec | None = None  # FAQ answering projects only
     seed: int = 0

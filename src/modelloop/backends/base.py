@@ -142,6 +142,11 @@ class SearchJob:
             the search is new: each family's defaults, so every family is compared.
         startup_trials: trials that finish before any trial is pruned.
         warmup_steps: reports a trial makes before it may be pruned.
+        space: the part of ``objective`` that only suggests (its ``trial.suggest_*`` calls, in
+            the same order and with the same names). A backend that must choose a trial's settings
+            before the trial runs elsewhere (Ray Tune's Optuna searcher) asks it; the objective
+            then gets a trial whose ``suggest_*`` return those settings. None: only the local
+            backend can run the search.
     """
 
     objective: Callable[[Any], float]
@@ -153,6 +158,7 @@ class SearchJob:
     first_trials: list[dict[str, Any]] = field(default_factory=list)
     startup_trials: int = 1
     warmup_steps: int = 2
+    space: Callable[[Any], Any] | None = None
 
 
 @dataclass

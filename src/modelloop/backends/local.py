@@ -18,7 +18,7 @@ from ..models import FitsItself, build_model
 from ..train.trainer import Trainer, TrainResult
 from .base import Backend, FitJob, FitResult, SearchJob, SearchOutcome, TrialRecord
 
-__all__ = ["LocalBackend"]
+__all__ = ["LocalBackend", "study_records"]
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,20 @@ class LocalBackend(Backend):
         if remaining > 0:
             study.optimize(lambda trial: job.objective(_Trial(trial)), n_trials=remaining, timeout=job.timeout_s,
                            catch=())
-        records = []
-        for t in study.trials:
-            if t.state not in done:
-                continue
-            value = t.value if t.value is not None else (max(t.intermediate_values.values())
-                                                         if t.intermediate_values else None)
-            records.append(TrialRecord(t.number, t.state.name.lower(), value, dict(t.params), dict(t.user_attrs)))
-        records.sort(key=lambda r: (r.state != "complete", -(r.value or 0.0)))
-        return SearchOutcome(records, round(time.perf_counter() - t0, 2))
+        return SearchOutcome(study_records(study), round(time.perf_counter() - t0, 2))
+
+
+def study_records(study: Any) -> list[TrialRecord]:
+    """An Optuna study's finished trials as the leaderboard's records: complete ones first, each
+    group best first (a pruned trial's value is the best it reported)."""
+    import optuna
+
+    records = []
+    for t in study.trials:
+        if t.state not in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+            continue
+        value = t.value if t.value is not None else (max(t.intermediate_values.values())
+                                                     if t.intermediate_values else None)
+        records.append(TrialRecord(t.number, t.state.name.lower(), value, dict(t.params), dict(t.user_attrs)))
+    records.sort(key=lambda r: (r.state != "complete", -(r.value or 0.0)))
+    return records

@@ -45,13 +45,19 @@ class Loop:
 
     Args:
         project_dir: a folder with ``modelloop.yaml`` (see ``modelloop init``).
+        ray: run fits and searches on this Ray cluster ("auto", "HOST:PORT", "local"; see
+            ``spec.ComputeSpec.address``) instead of where the spec's ``compute`` section says.
     Raises:
         SpecError: the spec is missing or invalid.
+        BackendError: Ray is asked for but not installed.
     """
 
-    def __init__(self, project_dir: str | Path) -> None:
+    def __init__(self, project_dir: str | Path, ray: str | None = None) -> None:
         self.paths = ProjectPaths(project_dir)
         self.spec: Spec = load_spec(self.paths.root)
+        if ray is not None:  # fits and searches on this Ray cluster, whatever the spec's compute section says
+            self.spec = self.spec.model_copy(update={"compute": self.spec.compute.model_copy(
+                update={"backend": "ray", "address": ray})})
         check_spec(self.spec, where=self.paths.root / SPEC_FILE)  # what only the task can check (and its defaults)
         self.task: Task = get_task(self.spec.task)
         url = self.paths.store_url(self.spec.feedback.store_url)
@@ -63,7 +69,7 @@ class Loop:
         self.runs = Runs(self.paths, self.registry, self.lock, self.say, resumable=self.task.resumable)
         self._store: FeedbackStore | None = None
         #: where fits and searches run (see ``backends``)
-        self.backend = get_backend(self.spec)
+        self.backend = get_backend(self.spec, storage=self.paths.state / "ray")
 
     @property
     def store(self) -> FeedbackStore:

@@ -66,6 +66,17 @@ def _suggest(trial: optuna.Trial, families: list[str]) -> tuple[str, dict[str, A
     return family, p
 
 
+class _Space:
+    """The search space alone (``backends.SearchJob.space``): a picklable callable, so a backend
+    may ask it wherever its searcher runs."""
+
+    def __init__(self, families: list[str]) -> None:
+        self.families = list(families)
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        _suggest(trial, self.families)
+
+
 def _as_trial_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
     if family == "hgb":
         return {"family": family, **{f"hgb_{k}": v for k, v in params.items() if v is not None}}
@@ -157,11 +168,12 @@ class CandidateSearch:
         out = backend.search(SearchJob(
             objective, n_trials=self.trials, timeout_s=self.timeout_s, seed=self.seed, study_name=self.study_name,
             storage_path=storage_path, first_trials=[_as_trial_params(fam, DEFAULTS[fam]) for fam in self.families],
-            startup_trials=len(self.families), warmup_steps=2))
+            startup_trials=len(self.families), warmup_steps=2, space=_Space(self.families)))
         rows = [{
             "trial": t.number, "family": t.params["family"], "state": t.state, "val_accuracy": t.value,
             "params": t.attrs.get("params", {}), "parameters": t.attrs.get("parameters"),
             "seconds": round(t.attrs.get("seconds", 0.0), 2), "epochs": t.attrs.get("epochs"),
+            **({"node": t.attrs["node"]} if "node" in t.attrs else {}),  # where a distributed backend ran it
         } for t in out.trials]
         complete = [r for r in rows if r["state"] == "complete"]
         best = complete[0]

@@ -6,6 +6,12 @@ op per batch (no per-sample Python). Early stopping keeps the best epoch by vali
 it first anneals the learning rate to zero over a few epochs, then stops. With a checkpoint path,
 state is written after every epoch so an interrupted run continues where it stopped.
 
+Data-parallel: when ``torch.distributed`` is initialized with more than one process (a Ray Train
+worker group, or ``torchrun``), every process draws the same batch order, takes its share of each
+batch (so the effective batch stays ``batch_size``) and the gradients are averaged by
+``DistributedDataParallel``; all processes make the same early-stopping decisions from the same
+validation scores, and only the first writes the checkpoint.
+
 How the run uses the hardware (device, bf16/fp16 autocast, thread count, channels_last) is decided
 once at the start of ``fit`` by :mod:`modelloop.train.fast`, measured where the config leaves it
 open, logged, and recorded in the :class:`TrainResult`.
@@ -116,6 +122,10 @@ class TrainResult:
     probe: dict[str, float] = field(default_factory=dict)
     examples_per_s: float = 0.0
     score_name: str = "accuracy"
+    #: data-parallel processes that trained it (1: this process alone)
+    workers: int = 1
+    #: the epoch a resumed fit continued from (None: it started from scratch)
+    resumed_from_epoch: int | None = None
 
     @property
     def best_val_accuracy(self) -> float:
@@ -144,6 +154,15 @@ def squared_error(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error of the single output (N, 1) against values (N,), in the target's units
     (a regression network answers in them: see ``models.Regressor``)."""
     return F.mse_loss(outputs.float()[:, 0], target.float())
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the data-parallel group this process is in; (0, 1) when none."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -288,7 +307,8 @@ class Trainer:
         t0 = time.perf_counter()
         start_epoch, history = 0, []
         best = {"acc": float("-inf"), "loss": float("inf"), "epoch": -1, "state": _cpu_state(model)}
-        bad_epochs, elapsed_before, saved_plan = 0, 0.0, None
+        bad_epochs, elapsed_before, saved_plan, resumed_from = 0, 0.0, None, None
+        rank, world = _world()
         # Early stopping first anneals: when validation stops improving, the learning rate decays to
         # zero over a few more epochs (a plateau at a high rate is noise, not convergence), then stops.
         anneal: dict[str, float] | None = None  # {"start": epoch index, "lr": rate when it began}
@@ -307,6 +327,7 @@ class Trainer:
             bad_epochs, elapsed_before = int(state["bad_epochs"]), float(state["seconds"])
             saved_plan = state.get("plan")
             anneal = state.get("anneal")
+            resumed_from = start_epoch
             log.info("resumed training at epoch %d from %s", start_epoch + 1, ckpt)
         t0 -= elapsed_before
 
@@ -323,12 +344,27 @@ class Trainer:
             plan = choose_plan(model, (x[:bs], y[:bs]), self._make_step(x[:bs], y[:bs], device, channels_last),
                                self._optimizer, device=device, channels_last=channels_last,
                                precision=cfg.precision, threads=cfg.threads, total_steps=total_steps)
+        if world > 1:  # every process trains as the first one measured: the same numerics everywhere
+            import torch.distributed as dist
+
+            shared = [plan]
+            dist.broadcast_object_list(shared, src=0)
+            plan = shared[0]
         if plan.precision == "fp16" and device.type != "cuda":
             raise ValueError("TrainConfig.precision: received 'fp16' on CPU; fp16 autocast needs CUDA")
         log.info("training on %s, %s, %s threads, channels_last=%s (%s%s)", plan.device, plan.precision,
                  plan.threads if plan.threads is not None else "default", plan.channels_last, plan.source,
                  f": {plan.probe}" if plan.probe else "")
         scaler = torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16")
+        net: nn.Module = model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if device.type == "cuda":  # batch statistics over the whole batch, as one process has them
+                net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            # Gradients averaged over the processes; the first process's weights are broadcast now.
+            # (On CPU, BatchNorm layers see this process's share of the batch: SyncBatchNorm needs CUDA.)
+            net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
         stopped = "max_epochs"
         step_seconds, step_examples = 0.0, 0
@@ -342,15 +378,17 @@ class Trainer:
                     t_epoch = time.perf_counter()
                     for i in range(0, n, cfg.batch_size):
                         idx = perm[i : i + cfg.batch_size]
-                        if len(idx) < 2 and n >= 2:
+                        if len(idx) < 2 * world and n >= 2 * world:
                             continue  # BatchNorm cannot train on a batch of one
                         xb = x[idx]
                         if cfg.shift > 0 and is_image_batch(xb):
-                            xb = random_shift(xb, cfg.shift, gen)
+                            xb = random_shift(xb, cfg.shift, gen)  # on the whole batch: same draws everywhere
+                        if world > 1:  # this process's share of the batch
+                            idx, xb = idx[rank::world], xb[rank::world]
                         xb = self._to_device(xb, device, channels_last)
                         yb = y[idx].to(device, non_blocking=True)
                         with autocast(device, plan.precision):
-                            loss = self.loss(model(xb), yb)
+                            loss = self.loss(net(xb), yb)
                         opt.zero_grad(set_to_none=True)
                         scaler.scale(loss).backward()
                         scaler.step(opt)
@@ -358,6 +396,12 @@ class Trainer:
                         # Summed on the device: no host sync per step.
                         total += loss.detach() * len(idx)
                         seen += len(idx)
+                    if world > 1:  # the mean over every process's examples
+                        import torch.distributed as dist
+
+                        sums = torch.stack([total.float().cpu(), torch.tensor(float(seen))])
+                        dist.all_reduce(sums)
+                        total, seen = sums[0], int(sums[1])
                     train_loss = total.item() / max(seen, 1)  # the one sync per epoch
                     step_seconds += time.perf_counter() - t_epoch
                     step_examples += seen
@@ -377,7 +421,7 @@ class Trainer:
                         bad_epochs += 1
                     seconds = time.perf_counter() - t0
                     log.debug("epoch %d: %s", epoch + 1, row)
-                    if ckpt is not None:
+                    if ckpt is not None and rank == 0:
                         ckpt.parent.mkdir(parents=True, exist_ok=True)
                         tmp = ckpt.with_suffix(".tmp")
                         torch.save({
@@ -401,7 +445,14 @@ class Trainer:
                             break
                         anneal = {"start": epoch + 1, "lr": float(opt.param_groups[0]["lr"])}
                         log.debug("no improvement for %d epochs: annealing over %d more", bad_epochs, anneal_epochs)
-                    if cfg.time_limit_s is not None and seconds >= cfg.time_limit_s:
+                    out_of_time = cfg.time_limit_s is not None and seconds >= cfg.time_limit_s
+                    if world > 1 and cfg.time_limit_s is not None:  # the first process's clock decides for all
+                        import torch.distributed as dist
+
+                        flag = torch.tensor([float(out_of_time)])
+                        dist.broadcast(flag, 0)
+                        out_of_time = bool(flag.item())
+                    if out_of_time:
                         stopped = "time_limit"
                         break
         finally:
@@ -413,7 +464,7 @@ class Trainer:
                            device=plan.device, precision=plan.precision, threads=plan.threads,
                            channels_last=plan.channels_last, plan_source=plan.source, probe=dict(plan.probe),
                            examples_per_s=step_examples / step_seconds if step_seconds > 0 else 0.0,
-                           score_name=self.score)
+                           score_name=self.score, workers=world, resumed_from_epoch=resumed_from)
 
 
 def describe(result: TrainResult) -> dict[str, Any]:
@@ -427,4 +478,5 @@ def describe(result: TrainResult) -> dict[str, Any]:
             "epochs_run": len(result.history), "stopped": result.stopped, "seconds": round(result.seconds, 2),
             "device": result.device, "precision": result.precision, "threads": result.threads,
             "channels_last": result.channels_last, "plan": result.plan_source,
-            "examples_per_s": round(result.examples_per_s, 1)}
+            "examples_per_s": round(result.examples_per_s, 1), "workers": result.workers,
+            "resumed_from_epoch": result.resumed_from_epoch}
