@@ -207,7 +207,8 @@ def ray_cluster():
 # Session fixtures worth building once: the files that use one run on the same worker.
 _SHARED = {"demo_run": "demo-project", "tiny_project": "tiny-projects", "ray_cluster": "ray-cluster"}
 # Heaviest first, so the longest group does not start last and leave one worker idle at the end.
-_FIRST = ("demo-project", "ray-cluster", "tests/e2e/test_loop_scenarios.py", "tests/e2e/test_mnist784.py", "tests/e2e/test_faq.py")
+_FIRST = ("demo-project", "ray-cluster", "tests/e2e/test_loop_scenarios.py", "tests/e2e/test_mnist784.py",
+          "tests/e2e/test_faq.py")
 _TESTS = Path(__file__).resolve().parent.parent
 
 

@@ -4,10 +4,11 @@ from the task; models that fit themselves say so through a protocol."""
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 import torch
 import torch.nn.functional as F
 
-from modelloop.backends import Backend, FitJob, LocalBackend, SearchJob, get_backend, task_score
+from modelloop.backends import Backend, FitJob, LocalBackend, RayBackend, SearchJob, get_backend, task_score
 from modelloop.data.tabular import load_tabular_builtin
 from modelloop.errors import SpecError
 from modelloop.models import PRETRAINED_FAMILIES, FitsItself, MLPNet, Regressor, build_model, one_trial
@@ -129,8 +130,22 @@ def test_get_backend_names_the_field_and_the_known_backends():
     assert isinstance(get_backend(Spec(task="tabular-classification", data={"source": "builtin:wine"})), LocalBackend)
     mine = LocalBackend()
     assert get_backend(mine) is mine and isinstance(mine, Backend)
-    with pytest.raises(SpecError, match=r"backend: received 'ray'; expected one of 'local'"):
-        get_backend("ray")
+    with pytest.raises(SpecError, match=r"compute.backend: received 'spark'; expected one of 'local', 'ray'"):
+        get_backend("spark")
+    on_ray = Spec(task="tabular-classification", data={"source": "builtin:wine"},
+                  compute={"backend": "ray", "address": "10.0.0.5:6379", "workers": 4, "cpus_per_worker": 2})
+    ray = get_backend(on_ray, storage="/tmp/somewhere")
+    assert isinstance(ray, RayBackend) and ray.compute.workers == 4 and ray.storage == "/tmp/somewhere"
+    assert get_backend(on_ray.model_copy(update={"compute": on_ray.compute.model_copy(
+        update={"storage": "s3://bucket/runs"})})).storage == "s3://bucket/runs"
+
+
+def test_compute_section_is_checked_at_load():
+    for bad, field in (({"backend": "spark"}, "backend"), ({"workers": 0}, "workers"),
+                       ({"cpus_per_worker": 0}, "cpus_per_worker"), ({"gpus_per_worker": -1}, "gpus_per_worker"),
+                       ({"max_failures": -1}, "max_failures"), ({"nodes": 3}, "nodes")):
+        with pytest.raises(ValidationError, match=field):
+            Spec(task="image-classification", data={"source": "builtin:seed-case"}, compute=bad)
 
 
 def test_task_says_its_loss_and_score():

@@ -152,6 +152,17 @@ class Retriever(nn.Module):
         self._adapters: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A fitted retriever may travel to another process (a distributed backend's fit): the
+        # lock stays behind and a new one is made there.
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     # -- the dense part ----------------------------------------------------------------------
     @property
     def dense(self) -> bool:
