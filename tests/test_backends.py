@@ -4,9 +4,9 @@ from the task; models that fit themselves say so through a protocol."""
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 from modelloop.backends import Backend, FitJob, LocalBackend, RayBackend, SearchJob, get_backend, task_score
 from modelloop.data.tabular import load_tabular_builtin

@@ -101,6 +101,8 @@ class RayBackend(Backend):
             if address == "local":  # a private cluster of this machine, for this command
                 cpus = max(1, int(self.compute.workers * self.compute.cpus_per_worker))
                 kwargs.update(num_cpus=cpus, include_dashboard=False)
+            elif address != "auto":
+                _reachable(address)
             try:
                 ray.init(address=address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as e:
@@ -214,6 +216,20 @@ class RayBackend(Backend):
                 raise grid.errors[0]
         return SearchOutcome(study_records(optuna.load_study(study_name=job.study_name, storage=storage)),
                              round(time.perf_counter() - t0, 2))
+
+
+def _reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast when nothing listens at a head node's address (Ray itself retries for a minute)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        raise BackendError(f"compute.address: could not join a Ray cluster at {address!r} (nothing answers there: "
+                           f"{e}); expected the HOST:PORT of a running head node ('ray start --head'), 'auto', "
+                           "or 'local'") from None
 
 
 # -- what runs on the workers ------------------------------------------------------------------
