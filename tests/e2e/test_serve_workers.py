@@ -6,7 +6,8 @@ hands requests to both processes; every answer names its process (``X-Modelloop-
 The tests check that every acknowledged row is in the database, that a promotion made by
 another process reaches both workers, that the admin retrain job runs once whichever process
 gets the request (the other answers 409) and that its status reads the same from both, that a
-job whose process is killed does not stay ``running``, and that no process is left behind.
+job whose process is killed does not stay ``running``, and that no process is left behind, even
+when the supervising process itself is killed.
 """
 
 from __future__ import annotations
@@ -283,6 +284,25 @@ def test_a_job_whose_worker_dies_is_not_left_running(served):
     r = httpx.post(f"{server.url}/admin/watch", headers=admin, timeout=30)
     assert r.status_code == 202, r.text
     _workers_seen(server.url)  # uvicorn replaced the killed worker
+
+
+def test_workers_stop_when_their_supervisor_is_killed(served):
+    project = served[0]
+    other = Server(project, ("--workers", "2"))  # a second server of the same project, on its own port
+    try:
+        workers = _workers_seen(other.url)
+        assert workers <= _descendants(other.proc.pid)
+    finally:
+        os.kill(other.proc.pid, signal.SIGKILL)  # no chance to stop its workers itself
+        other.proc.wait()
+        other.log.close()
+    deadline = time.time() + 30
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    left = [w for w in workers if _alive(w)]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    assert not left, f"workers {left} went on serving after their supervisor was killed"
 
 
 def test_several_workers_refuse_sqlite_and_bad_counts(tiny_project, tmp_path):

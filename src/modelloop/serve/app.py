@@ -17,6 +17,9 @@ import gc
 import json
 import logging
 import os
+import signal
+import threading
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -146,4 +149,22 @@ def app_from_environment() -> FastAPI:
     if not isinstance(overrides, dict):
         raise ModelloopError(f"environment variable {OVERRIDES_ENV}: received {raw[:200]!r}; expected a JSON object "
                              "of create_app's keyword arguments")
-    return create_app(project, **overrides)
+    app = create_app(project, **overrides)
+    _stop_with_parent()
+    return app
+
+
+def _stop_with_parent(interval_s: float = 1.0) -> None:
+    """Stop this server process (SIGTERM to itself: uvicorn's graceful shutdown) once the
+    supervisor that started it is gone. uvicorn stops its workers when the supervisor is asked to
+    stop; a supervisor killed outright (SIGKILL, the OOM killer) cannot, and its workers would
+    go on serving the port unsupervised."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        log.warning("the supervising process %d is gone; stopping server process %d", parent, os.getpid())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="modelloop-parent-watch", daemon=True).start()
