@@ -347,6 +347,41 @@ def test_a_live_writers_spool_is_not_adopted_by_another(tmp_path):
     third.close()
 
 
+def test_another_writers_pending_rows_are_seen_and_a_replayed_file_is_not_adopted_again(tmp_path, monkeypatch):
+    first = PredictionSpool(tmp_path)  # two server processes of one project share the folder
+    second = PredictionSpool(tmp_path)
+    assert not first.pending_elsewhere() and not second.pending_elsewhere()
+    first.append(rows(2))
+    assert second.pending_elsewhere() and not first.pending_elsewhere()  # its own rows are not "elsewhere"
+    first.peek()
+    first.done()  # replayed: its own file is emptied
+    assert not second.pending_elsewhere()
+    first.close()
+    second.close()
+
+    folder = tmp_path / "left"
+    gone = PredictionSpool(folder)
+    gone.append(rows(3))
+    gone.close()  # a file left with rows: the next writer adopts it
+    (left,) = spool_files(folder)
+    adopter = PredictionSpool(folder)
+    assert adopter.rows == 3
+    late = PredictionSpool(tmp_path / "late")
+    real_flock = writer_module.fcntl.flock
+
+    def replayed_meanwhile(fd, op):  # the late writer opened the file; the adopter replays and removes it
+        adopter.peek()
+        adopter.done()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(writer_module.fcntl, "flock", replayed_meanwhile)
+    late._adopt(left)
+    monkeypatch.setattr(writer_module.fcntl, "flock", real_flock)
+    assert spool_files(folder) == [] and late.rows == 0  # the late writer replays nothing twice
+    adopter.close()
+    late.close()
+
+
 # -- file modes -----------------------------------------------------------------------------
 def test_the_sqlite_store_and_its_wal_files_are_created_owner_only(tmp_path):
     old = os.umask(0o022)

@@ -289,6 +289,9 @@ def serve(directory: DirArg, host: str = "127.0.0.1", port: int = 8000,
           max_wait_ms: Annotated[float | None, typer.Option(help="Override serving.max_wait_ms.")] = None,
           backend: Annotated[str | None, typer.Option(help="Override the recorded backend (torch, "
                                                            "onnxruntime, ...).")] = None,
+          workers: Annotated[str | None, typer.Option(metavar="N", help="Server processes on one port "
+                                                      "(override serving.workers, default 1); more than one needs "
+                                                      "a PostgreSQL feedback store.")] = None,
           as_json: JsonOpt = False) -> None:
     """Serve the champion over HTTP (FastAPI + uvicorn), with the web UI at /."""
     from .compress import BACKENDS
@@ -298,12 +301,24 @@ def serve(directory: DirArg, host: str = "127.0.0.1", port: int = 8000,
     if backend is not None and backend not in BACKENDS:
         raise InputError(f"option '--backend': received {backend!r}; expected one of {', '.join(BACKENDS)}")
     p = Project(directory)
+    n = p.serving_workers(_integer(workers))  # refused before anything starts (exit 2)
     if as_json:
-        _emit({"url": f"http://{host}:{port}", "champion": p.loop.registry.champion()})
-    err.print(f"serving {p.path} on http://{host}:{port} (champion {p.loop.registry.champion()}); "
-              f"web UI at http://{host}:{port}/ ; keys: modelloop keys {directory}", highlight=False)
-    p.serve(host=host, port=port, log_level="warning", max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-            backend=backend)
+        _emit({"url": f"http://{host}:{port}", "champion": p.loop.registry.champion(), "workers": n})
+    err.print(f"serving {p.path} on http://{host}:{port} (champion {p.loop.registry.champion()}"
+              f"{f', {n} worker processes' if n > 1 else ''}); web UI at http://{host}:{port}/ ; "
+              f"keys: modelloop keys {directory}", highlight=False)
+    p.serve(host=host, port=port, log_level="warning", workers=n, max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms, backend=backend)
+
+
+def _integer(value: str | None) -> int | str | None:
+    """``value`` as an integer when it is one; else as given, for the check that names what it expected."""
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return value
 
 
 @app.command()

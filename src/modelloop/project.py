@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import DataError, InputError, ModelloopError, SpecError
 from .loop import Loop, Progress
-from .spec import SPEC_FILE, Requirements, parse_spec, save_spec
+from .spec import MAX_WORKERS, SPEC_FILE, Requirements, parse_spec, save_spec
 from .tasks import check_spec, get_task, task_names
 
 __all__ = ["Project"]
@@ -134,14 +134,77 @@ class Project:
         answer, model = self._ranking("similar")
         return answer(model, item, k)
 
-    def serve(self, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **overrides: Any) -> None:
+    def serve(self, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", workers: int | None = None,
+              **overrides: Any) -> None:
         """Serve the champion over HTTP until interrupted.
 
+        ``workers``: server processes on one port (default: the spec's ``serving.workers``, 1).
+        More than one runs uvicorn's multi-process mode: each process builds its own app from
+        the project folder, and they share the project's PostgreSQL feedback store, registry and
+        background jobs (see docs/http-api.md, "Several workers").
         ``overrides``: ``max_batch_size``, ``max_wait_ms``, ``backend`` (else the spec's ``serving``).
+
+        Raises:
+            InputError: ``workers`` is not an integer from 1 to 64, or is more than 1 while the
+                feedback store is SQLite (one file is no store for several server processes).
         """
         import uvicorn
 
-        from .serve import create_app
+        n = self.serving_workers(workers)
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if n == 1:
+            from .serve import create_app
 
-        app = create_app(self.path, **{k: v for k, v in overrides.items() if v is not None})
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+            app = create_app(self.path, **overrides)
+            uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+            return
+
+        import json
+        import os
+
+        from .serve.app import OVERRIDES_ENV, PROJECT_ENV
+        from .serve.security import keys_for
+
+        # Made once, here, before the processes start: the project's key file (each process
+        # would otherwise race to create it) and the check that the spec and its models load.
+        keys_for(self.loop.spec.serving.keys, self.loop.paths.state / "keys.json")
+        saved = {k: os.environ.get(k) for k in (PROJECT_ENV, OVERRIDES_ENV)}
+        os.environ[PROJECT_ENV], os.environ[OVERRIDES_ENV] = str(self.path), json.dumps(overrides)
+        try:  # uvicorn's supervisor: starts the processes, restarts one that dies, stops them all on SIGTERM
+            uvicorn.run("modelloop.serve.app:app_from_environment", factory=True, workers=n, host=host, port=port,
+                        log_level=log_level, access_log=False)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def serving_workers(self, workers: int | None = None) -> int:
+        """How many server processes :meth:`serve` runs: ``workers``, else ``serving.workers``.
+
+        Raises:
+            InputError: not an integer from 1 to 64, or more than 1 with a SQLite feedback store.
+        """
+        if workers is None:
+            n = self.loop.spec.serving.workers
+            where, said = "serving.workers", f"serving.workers: {n}"
+        else:
+            n, where, said = workers, "option '--workers'", f"--workers {workers}"
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_WORKERS:
+            raise InputError(f"{where}: received {n!r}; expected an integer from 1 to {MAX_WORKERS} "
+                             "(server processes on one port)")
+        url = self.loop.paths.store_url(self.loop.spec.feedback.store_url)
+        if n > 1 and not url.startswith(("postgresql", "postgres://")):
+            import os
+
+            source = ("MODELLOOP_STORE_URL" if os.environ.get("MODELLOOP_STORE_URL") else
+                      "feedback.store_url" if self.loop.spec.feedback.store_url else
+                      "feedback.store_url (not set: the default SQLite file in the project)")
+            kind = "SQLite" if url.startswith("sqlite") else "not PostgreSQL"
+            shown = url if url.startswith("sqlite") else url.split("://")[0] + "://..."
+            raise InputError(f"{source}: received {shown!r} ({kind}); {said} runs {n} server processes, "
+                             "which need one store they can all write to: expected a PostgreSQL URL "
+                             "(postgresql://USER@HOST:PORT/DB) in feedback.store_url or MODELLOOP_STORE_URL, or "
+                             "one worker")
+        return n

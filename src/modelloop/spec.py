@@ -35,6 +35,7 @@ __all__ = [
     "RecommendationSpec",
     "TrainingSpec",
     "ServingSpec",
+    "MAX_WORKERS",
     "FeedbackSpec",
     "GateSpec",
     "MonitorSpec",
@@ -214,6 +215,10 @@ class KeysSpec(_Strict):
         return v
 
 
+#: the most server processes ``modelloop serve`` runs (``serving.workers``, ``--workers``)
+MAX_WORKERS = 64
+
+
 class ServingSpec(_Strict):
     """How ``modelloop serve`` runs.
 
@@ -230,6 +235,9 @@ class ServingSpec(_Strict):
     ``max_text_chars`` per text, ``max_row_fields`` per table row. ``decode_threads``: worker
     threads that decode uploads and parse large bodies, off the event loop (more requests wait
     their turn instead of competing for memory).
+
+    ``workers``: server processes on one port (``modelloop serve --workers`` overrides it); more
+    than one needs a PostgreSQL feedback store, which every process writes to.
     """
 
     backends: list[Literal["torch", "torch-bf16", "onnxruntime", "onnxruntime-int8"]] = [
@@ -247,6 +255,7 @@ class ServingSpec(_Strict):
     max_text_chars: int = Field(10_000, ge=1, le=1_000_000)
     max_row_fields: int = Field(1000, ge=1, le=100_000)
     decode_threads: int = Field(2, ge=1, le=64)
+    workers: int = Field(1, ge=1, le=MAX_WORKERS)
     cors_origins: list[str] = []
     keys: KeysSpec = KeysSpec()
 

@@ -141,6 +141,21 @@ class PredictionSpool:
                 self._adopt(path)
         return self.rows - before
 
+    def pending_elsewhere(self) -> bool:
+        """Whether a spool file this writer does not hold has rows waiting: another server
+        process on the same project (``serve --workers N``) spooled predictions during an outage
+        and has not replayed them all yet (or a dead server's file waits to be adopted)."""
+        if not self.folder.is_dir():
+            return False
+        mine = {f.path for f in list(self._files)}
+        for path in self.folder.glob("prediction-spool-*.jsonl"):
+            try:
+                if path not in mine and path.stat().st_size > 0:
+                    return True
+            except FileNotFoundError:  # replayed and removed meanwhile
+                continue
+        return False
+
     def _count(self) -> None:
         self.rows = sum(f.rows for f in self._files)
         self.bytes = sum(f.size - f.offset for f in self._files)
@@ -153,6 +168,12 @@ class PredictionSpool:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:  # a live writer's file
+            os.close(fd)
+            return
+        try:
+            if os.fstat(fd).st_ino != os.stat(path).st_ino:
+                raise FileNotFoundError(path)
+        except FileNotFoundError:  # another writer replayed and removed it while we opened it
             os.close(fd)
             return
         try:
@@ -402,6 +423,11 @@ class PredictionWriter:
             raise StoreUnavailableError(f"feedback store: rows handed to the prediction writer not stored within "
                                         f"{timeout:g} s; expected a reachable database, retry in "
                                         f"{StoreUnavailableError.retry_after_s} s") from None
+
+    def spooled_elsewhere(self) -> bool:
+        """Whether another writer on the same spool folder (another server process of the
+        project) still holds spooled rows: a prediction it answered may not be in the store yet."""
+        return self.spool is not None and self.spool.pending_elsewhere()
 
     @property
     def spooled(self) -> int:

@@ -141,6 +141,17 @@ class LocalRegistry(Registry):
         except FileNotFoundError:
             return 0
 
+    def state_stamp(self) -> tuple[int, int, int]:
+        """Changes whenever an alias moves, even twice within one tick of the file system's
+        clock: every change writes a new ``registry.json`` (a new inode, renamed into place), so
+        its inode, modification time and size together tell it from the one before. (0, 0, 0)
+        while no alias was ever set. Each server process polls it to hot-swap the champion."""
+        try:
+            st = self._state.stat()
+        except FileNotFoundError:
+            return (0, 0, 0)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
     def record(self, event: dict[str, Any]) -> None:
         """Append one event to ``events.jsonl`` (one ``write`` of one line, file mode 0600)."""
         private_dir(self.root)

@@ -14,7 +14,12 @@ file or field; an oversized body is a 413.
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import os
+import signal
+import threading
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -33,7 +38,11 @@ from .deps import ServeContext
 from .middleware import GuardMiddleware
 from .routes import admin, feedback, predict, status, ui
 
-__all__ = ["create_app", "parse_pixels"]
+__all__ = ["create_app", "app_from_environment", "PROJECT_ENV", "OVERRIDES_ENV", "parse_pixels"]
+
+#: how ``modelloop serve --workers N`` tells each server process what to serve: the project folder,
+#: and ``create_app``'s keyword arguments as a JSON object
+PROJECT_ENV, OVERRIDES_ENV = "MODELLOOP_SERVE_PROJECT", "MODELLOOP_SERVE_OVERRIDES"
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +128,43 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
 
     app.openapi = openapi
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app factory each server process of ``modelloop serve --workers N`` calls (uvicorn's
+    ``factory=True``): :func:`create_app` for the folder in ``MODELLOOP_SERVE_PROJECT`` with the
+    keyword arguments in ``MODELLOOP_SERVE_OVERRIDES`` (a JSON object).
+
+    Raises:
+        ModelloopError: the variable is missing, or the overrides are not a JSON object.
+    """
+    project = os.environ.get(PROJECT_ENV)
+    if not project:
+        raise ModelloopError(f"environment variable {PROJECT_ENV}: missing; expected the project folder to serve")
+    raw = os.environ.get(OVERRIDES_ENV) or "{}"
+    try:
+        overrides = json.loads(raw)
+    except ValueError:
+        overrides = None
+    if not isinstance(overrides, dict):
+        raise ModelloopError(f"environment variable {OVERRIDES_ENV}: received {raw[:200]!r}; expected a JSON object "
+                             "of create_app's keyword arguments")
+    app = create_app(project, **overrides)
+    _stop_with_parent()
+    return app
+
+
+def _stop_with_parent(interval_s: float = 1.0) -> None:
+    """Stop this server process (SIGTERM to itself: uvicorn's graceful shutdown) once the
+    supervisor that started it is gone. uvicorn stops its workers when the supervisor is asked to
+    stop; a supervisor killed outright (SIGKILL, the OOM killer) cannot, and its workers would
+    go on serving the port unsupervised."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        log.warning("the supervising process %d is gone; stopping server process %d", parent, os.getpid())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="modelloop-parent-watch", daemon=True).start()

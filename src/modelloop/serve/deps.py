@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
-from fastapi import HTTPException, Request
+from fastapi import Request
 
 from ..errors import ModelloopError
 from ..feedback import PredictionWriter
@@ -26,6 +24,7 @@ from ..loop import Loop
 from ..spec import ServingSpec
 from ..tasks.base import Task
 from .batching import MicroBatcher
+from .jobs import RetrainJobs
 from .metrics import ServerMetrics
 from .security import KeyRing, key_from_request, load_keys
 from .shadow import ShadowScorer
@@ -46,16 +45,20 @@ class ModelHolder:
         self._loop = loop
         self._load = load or (lambda version: loop.registry.load(version, backend=backend, threads=threads))
         self._lock = threading.Lock()
-        self._mtime = -1
+        self._stamp: tuple[int, ...] | None = None
         self._model: Any = None
         self._on_load = on_load
 
     def get(self) -> Any:
-        """The current champion, loading a new one if the aliases moved (call off the event loop)."""
-        mtime = self._loop.registry.state_mtime()
-        if mtime != self._mtime:
+        """The current champion, loading a new one if the aliases moved (call off the event loop).
+
+        Every server process has its own holder and polls the registry's state file on each
+        batch, so a promotion by any process (the CLI, another worker) reaches every worker on
+        its next batch."""
+        stamp = self._loop.registry.state_stamp()
+        if stamp != self._stamp:
             with self._lock:
-                if mtime != self._mtime:
+                if stamp != self._stamp:
                     version = self._loop.registry.champion()
                     if version is not None and (self._model is None or self._model.version != version):
                         model = self._load(version)
@@ -63,7 +66,7 @@ class ModelHolder:
                         log.info("serving model %s (%s)", version, getattr(model, "backend", "torch"))
                         if self._on_load:
                             self._on_load(model)
-                    self._mtime = mtime
+                    self._stamp = stamp
         if self._model is None:
             raise ModelloopError("no champion model to serve yet; run 'modelloop run DIR' first")
         return self._model
@@ -71,43 +74,6 @@ class ModelHolder:
     @property
     def loaded(self) -> Any:
         return self._model
-
-
-class RetrainJobs:
-    """Retraining started over HTTP, one at a time, in a background thread."""
-
-    def __init__(self, project_dir: Path) -> None:
-        self.project_dir = project_dir
-        self.jobs: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-
-    def start(self, kind: str = "retrain") -> dict[str, Any]:
-        with self._lock:
-            if any(j["status"] == "running" for j in self.jobs.values()):
-                raise HTTPException(status_code=409, detail="a retrain is already running")
-            job = {"id": uuid.uuid4().hex[:12], "kind": kind, "status": "running", "started_at": time.time(),
-                   "result": None, "error": None}
-            self.jobs[job["id"]] = job
-        threading.Thread(target=self._run, args=(job,), daemon=True, name="modelloop-retrain").start()
-        return job
-
-    def _run(self, job: dict[str, Any]) -> None:
-        try:
-            loop = Loop(self.project_dir)
-            if job["kind"] == "watch":
-                res = loop.watch_once()
-                job["result"] = {k: res.get(k) for k in ("action", "version", "decision", "reasons", "champion")}
-                job["result"]["triggers"] = res["triggers"]
-            else:
-                res = loop.retrain()
-                job["result"] = {k: res[k] for k in ("version", "parent", "feedback_examples", "decision",
-                                                     "champion_version")}
-                job["result"]["reasons"] = res["evidence"]["reasons"]
-            job["status"] = "skipped" if job["result"].get("decision") == "skipped" else "done"
-        except Exception as e:  # reported to the caller through the job
-            log.exception("retrain failed")
-            job["status"], job["error"] = "failed", str(e)
-        job["finished_at"] = time.time()
 
 
 @dataclass(eq=False)

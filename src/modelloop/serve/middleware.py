@@ -1,13 +1,19 @@
-"""A pure ASGI middleware: request metrics and the request-body size limit (413)."""
+"""A pure ASGI middleware: request metrics, the request-body size limit (413), and the header
+naming the server process that answered (``X-Modelloop-Worker``)."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from .metrics import ServerMetrics
 
-__all__ = ["GuardMiddleware", "SMALL_ROUTES", "SMALL_BODY_BYTES"]
+__all__ = ["GuardMiddleware", "SMALL_ROUTES", "SMALL_BODY_BYTES", "WORKER_HEADER"]
+
+#: every answer names the server process that gave it (its pid): with ``serve --workers N`` several
+#: processes share the port, and what one process counts (``/metrics``, ``/stats``) is its own
+WORKER_HEADER = b"x-modelloop-worker"
 
 # Routes whose body is a small JSON object (feedback, admin calls): FastAPI parses and validates it
 # on the event loop before the route checks the caller's key, so it is kept small for everyone.
@@ -20,7 +26,8 @@ class _TooLarge(Exception):
 
 
 class GuardMiddleware:
-    """Counts and times every HTTP request; answers 413 to a body over ``max_body_bytes`` (over
+    """Counts and times every HTTP request; names the answering process (``X-Modelloop-Worker``:
+    its pid) on every answer; answers 413 to a body over ``max_body_bytes`` (over
     ``small_body_bytes`` on ``small_routes``), whether announced by Content-Length or sent chunked
     without one, on every route.
 
@@ -38,6 +45,7 @@ class GuardMiddleware:
         self.max_body = max_body_bytes
         self.small_routes = small_routes
         self.small_body = min(small_body_bytes, max_body_bytes)
+        self._worker = (WORKER_HEADER, str(os.getpid()).encode())
 
     def limit(self, path: str) -> tuple[int, str]:
         """The body limit of a route, and where it comes from."""
@@ -51,7 +59,7 @@ class GuardMiddleware:
                                      f"({limit[1]})"}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+                                (b"connection", b"close"), self._worker]})
         await send({"type": "http.response.body", "body": body})
 
     async def _read_all(self, receive, max_body: int) -> list[dict] | None:
@@ -89,6 +97,7 @@ class GuardMiddleware:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
                 started[0] = True
+                message = {**message, "headers": [*message.get("headers", ()), self._worker]}
             await send(message)
 
         try:

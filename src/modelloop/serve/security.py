@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fastapi import HTTPException, Request
 
+from ..settings import PRIVATE_FILE, private_dir
 from ..spec import KeysSpec
 
 __all__ = ["KeyRing", "load_keys", "keys_for", "ensure_key_file", "key_from_request"]
@@ -73,14 +74,29 @@ def key_from_request(request: Request) -> str | None:
 
 
 def ensure_key_file(path: Path) -> dict[str, list[str]]:
-    """Read ``keys.json``, creating it with one fresh key per role if missing."""
+    """Read ``keys.json``, creating it with one fresh key per role if missing.
+
+    Several server processes may start at once (``serve --workers N``): the file is written
+    whole under a temporary name and then linked into place, which fails if it exists, so the
+    first process's keys win, every other process reads them, and nobody reads a half-written file.
+    """
     if path.is_file():
         return json.loads(path.read_text())
     keys = {role: [secrets.token_urlsafe(24)] for role in ROLES}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(keys, f, indent=2)
+    private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(keys, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process created it first: its keys are the project's
+            return json.loads(path.read_text())
+    finally:
+        tmp.unlink(missing_ok=True)
     return keys
 
 

@@ -30,17 +30,17 @@ class ShadowScorer:
         self._threads = threads
         self._interval = interval_s
         self._q: queue.Queue = queue.Queue(maxsize=10_000)
-        self._mtime = -1
+        self._stamp: tuple[int, ...] | None = None
         self._model: LoadedModel | Any = None  # what the task serves (``Task.serve_model``)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="modelloop-shadow", daemon=True)
         self._thread.start()
 
     def active(self) -> bool:
-        """Whether a shadow version is set (checked cheaply: the registry file's mtime)."""
-        mtime = self._loop.registry.state_mtime()
-        if mtime != self._mtime:
-            self._mtime = mtime
+        """Whether a shadow version is set (checked cheaply: the registry file's stamp)."""
+        stamp = self._loop.registry.state_stamp()
+        if stamp != self._stamp:
+            self._stamp = stamp
             version = self._loop.registry.alias("shadow")
             if version is None:
                 self._model = None

@@ -64,9 +64,14 @@ def router(ctx: ServeContext) -> APIRouter:
 
     @r.get("/admin/jobs/{job_id}")
     def admin_job(job_id: str, request: Request) -> dict[str, Any]:
+        """A job's status, from whichever server process started it (``running``, ``done``,
+        ``skipped`` or ``failed``; a job whose process died is ``failed``)."""
         keys.require(request, "admin")
-        if job_id not in jobs.jobs:
-            raise HTTPException(status_code=404, detail=f"job {job_id!r}: not found")
-        return jobs.jobs[job_id]
+        job = jobs.get(job_id)
+        if job is None:
+            shown = job_id if len(job_id) <= 40 else job_id[:40] + "..."
+            raise HTTPException(status_code=404, detail=f"job {shown!r}: not found; expected the id that "
+                                                        "POST /admin/retrain or /admin/watch answered")
+        return job
 
     return r

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from ...errors import NotFoundError, StoreUnavailableError
 from ..deps import ServeContext
 from ..schemas import FeedbackIn, FeedbackOut
 from .responses import ERRORS, LIMITED, STORE_DOWN
@@ -25,7 +26,16 @@ def router(ctx: ServeContext) -> APIRouter:
         a label the model does not know: 422."""
         ctx.keys.require(request, "client")
         ctx.writer.flush()  # spooled predictions are in the store before we look (503 while it is down)
-        pred = ctx.store.get_prediction(body.prediction_id)
+        try:
+            pred = ctx.store.get_prediction(body.prediction_id)
+        except NotFoundError:
+            if ctx.writer.spooled_elsewhere():  # perhaps answered by another server process during an outage
+                raise StoreUnavailableError(
+                    f"field 'prediction_id': received {body.prediction_id[:100]!r}, not in the feedback store yet; "
+                    "another server process of this project is still replaying predictions it spooled while the "
+                    f"store was down: expected to find it there, retry in {StoreUnavailableError.retry_after_s} s"
+                ) from None
+            raise
         label = ctx.task.check_feedback(body.label, pred["label"], pred["model_version"], ctx)
         fid = ctx.store.add_feedback(body.prediction_id, label, client=ctx.client_of(request),
                                      kind=body.kind, value=body.value)

@@ -3,6 +3,7 @@ client needs to build inputs), ``/metrics`` (Prometheus) and ``/stats`` (the web
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -23,15 +24,16 @@ def router(ctx: ServeContext) -> APIRouter:
     @r.get("/health", responses={503: {"description": "The prediction writer has died; restart the server.",
                                        "content": ERRORS}})
     def health() -> JSONResponse:
-        """Liveness, the served version, the store's status (``ok`` | ``unavailable``), the predictions
-        waiting in the outage spool, and the store's counts. 503 (``status: "failing"``) when the
+        """Liveness, the served version, the answering server process (``worker_pid``), the store's
+        status (``ok`` | ``unavailable``), the predictions waiting in the outage spool, and the
+        store's counts. 503 (``status: "failing"``) when the
         prediction writer has died: nothing more can be acknowledged, so the server should be restarted."""
         m = holder.loaded
         writer = ctx.writer.status()
         dead = writer.get("writer") == "dead"
         return JSONResponse(status_code=503 if dead else 200, content={
             "status": "failing" if dead else "ok", "model_version": loop.registry.champion(),
-            "loaded_version": m and m.version, "project": loop.spec.name, **writer})
+            "loaded_version": m and m.version, "project": loop.spec.name, "worker_pid": os.getpid(), **writer})
 
     @r.get("/ready", responses={503: {"description": "No model loaded yet.", "content": ERRORS}})
     def ready() -> JSONResponse:
