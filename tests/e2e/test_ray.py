@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -89,6 +91,8 @@ def test_search_runs_as_tune_trials_on_both_nodes_and_chooses_as_locally(runs):
     assert cnn == [0, 1, 2]
     assert rt["chosen"] == lt["chosen"] == "cnn"
     assert ray_out["family"] == local_out["family"] == "cnn"
+    report = Path(ray_out["report"]).read_text()
+    assert "Search trials" in report and all(n[:12] in report for n in nodes)
 
 
 def test_two_worker_ddp_fit_matches_the_local_fit(runs):
@@ -137,7 +141,7 @@ def test_a_killed_training_worker_resumes_from_its_checkpoint(ray_cluster, tmp_p
     (proj / "modelloop.yaml").write_text(yaml.safe_dump(spec))
     log = open(tmp_path / "run.log", "w")  # noqa: SIM115
     out = open(tmp_path / "run.json", "w")  # noqa: SIM115
-    run = ray_cluster.popen([str(Path(os.sys.executable).parent / "modelloop"), "run", str(proj), "--ray",
+    run = ray_cluster.popen([str(Path(sys.executable).parent / "modelloop"), "run", str(proj), "--ray",
                              ray_cluster.address, "--json"], stdout=out, stderr=log)
     # wait until Ray Train has recorded checkpoints of two epochs, then kill one of the two worker processes
     storage = proj / ".modelloop" / "ray"
@@ -169,6 +173,12 @@ def test_ray_address_and_spec_errors_are_clear(tmp_path):
     # no cluster listens there (outside the namespace nothing runs on 127.0.0.2)
     proc = cli("run", str(proj), "--ray", "127.0.0.2:1", timeout=300)
     assert proc.returncode == 2 and "compute.address: could not join a Ray cluster at '127.0.0.2:1'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # Ray not installed (here: made unimportable in a real process): the install command, exit 2
+    code = ("import sys; sys.modules['ray'] = None; from modelloop.cli import main; "
+            f"sys.argv = ['modelloop', 'run', {str(proj)!r}, '--ray', 'auto']; main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "pip install 'modelloop[ray]'" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     spec = yaml.safe_load((proj / "modelloop.yaml").read_text())
     spec["compute"] = {"backend": "spark"}

@@ -60,9 +60,12 @@ class BackendError(ModelloopError):
 
 
 def ray_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("ray") is not None
+    """Whether Ray can be imported here (the ``modelloop[ray]`` extra)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class RayBackend(Backend):
@@ -206,7 +209,8 @@ class RayBackend(Backend):
                     scheduler=MedianStoppingRule(time_attr="training_iteration", metric="score", mode="max",
                                                  grace_period=job.warmup_steps,
                                                  min_samples_required=max(1, job.startup_trials)),
-                    num_samples=remaining, time_budget_s=job.timeout_s),
+                    num_samples=remaining, time_budget_s=job.timeout_s,
+                    reuse_actors=True),  # a trial's process serves the next: torch and the task are imported once
                 run_config=tune.RunConfig(name=f"{job.study_name}-{uuid.uuid4().hex[:8]}", storage_path=self.storage,
                                           verbose=0),
             )

@@ -235,10 +235,14 @@ def write_report(path: str | Path, ctx: dict[str, Any]) -> Path:
             parts.append("<ul>" + "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>"
                                           for k, v in ctx["excluded"].items()) + "</ul>")
     if ctx.get("trials"):
+        # A distributed search records the node that ran each trial (its first 12 characters suffice).
+        nodes = any(r.get("node") for r in ctx["trials"])
         rows = [[html.escape(r["candidate"]), r["trial"], r["state"], _fmt(r["val_accuracy"]), r.get("epochs"),
-                 r.get("seconds"), f"<code>{html.escape(json.dumps(r['params']))}</code>"] for r in ctx["trials"]]
+                 r.get("seconds"), *([html.escape(str(r.get("node") or "-")[:12])] if nodes else []),
+                 f"<code>{html.escape(json.dumps(r['params']))}</code>"] for r in ctx["trials"]]
         parts.append("<h3>Search trials</h3>" + _table(["candidate", "trial", "state", "val accuracy", "epochs",
-                                                         "seconds", "hyper-parameters"], rows))
+                                                         "seconds", *(["node"] if nodes else []),
+                                                         "hyper-parameters"], rows))
     if ctx.get("latency"):
         lat = ctx["latency"]
         parts.append(f"<h2>Serving cost</h2><p>Single-image latency p50 {lat['p50_ms']:.2f} ms, "

@@ -8,9 +8,11 @@ state is written after every epoch so an interrupted run continues where it stop
 
 Data-parallel: when ``torch.distributed`` is initialized with more than one process (a Ray Train
 worker group, or ``torchrun``), every process draws the same batch order, takes its share of each
-batch (so the effective batch stays ``batch_size``) and the gradients are averaged by
-``DistributedDataParallel``; all processes make the same early-stopping decisions from the same
-validation scores, and only the first writes the checkpoint.
+batch (so the effective batch stays ``batch_size``), BatchNorm layers compute their statistics
+over the whole batch (see :mod:`.distributed`) and the gradients are averaged by
+``DistributedDataParallel``: the same steps as one process on the whole batch. All processes use
+the first one's hardware plan, make the same early-stopping decisions from the same validation
+scores, and only the first writes the checkpoint.
 
 How the run uses the hardware (device, bf16/fp16 autocast, thread count, channels_last) is decided
 once at the start of ``fit`` by :mod:`modelloop.train.fast`, measured where the config leaves it
@@ -23,6 +25,7 @@ Without them it trains with :func:`cross_entropy` and scores accuracy.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -36,6 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.transforms import random_shift
+from .distributed import batch_stats_over_processes
+from .distributed import world as world_of_processes
 from .fast import Plan, autocast, choose_plan, has_conv, is_image_batch, resolve_device, thread_scope
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "describe", "cross_entropy", "soft_cross_entropy",
@@ -154,15 +159,6 @@ def squared_error(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error of the single output (N, 1) against values (N,), in the target's units
     (a regression network answers in them: see ``models.Regressor``)."""
     return F.mse_loss(outputs.float()[:, 0], target.float())
-
-
-def _world() -> tuple[int, int]:
-    """(rank, world size) of the data-parallel group this process is in; (0, 1) when none."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -308,7 +304,7 @@ class Trainer:
         start_epoch, history = 0, []
         best = {"acc": float("-inf"), "loss": float("inf"), "epoch": -1, "state": _cpu_state(model)}
         bad_epochs, elapsed_before, saved_plan, resumed_from = 0, 0.0, None, None
-        rank, world = _world()
+        rank, world = world_of_processes()
         # Early stopping first anneals: when validation stops improving, the learning rate decays to
         # zero over a few more epochs (a plateau at a high rate is noise, not convergence), then stops.
         anneal: dict[str, float] | None = None  # {"start": epoch index, "lr": rate when it began}
@@ -357,13 +353,16 @@ class Trainer:
                  f": {plan.probe}" if plan.probe else "")
         scaler = torch.amp.GradScaler(device.type, enabled=plan.precision == "fp16")
         net: nn.Module = model
+        stack = contextlib.ExitStack()
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            if device.type == "cuda":  # batch statistics over the whole batch, as one process has them
+            # BatchNorm statistics over the whole batch, as one process has them
+            if device.type == "cuda":
                 net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:
+                stack.enter_context(batch_stats_over_processes(model))
             # Gradients averaged over the processes; the first process's weights are broadcast now.
-            # (On CPU, BatchNorm layers see this process's share of the batch: SyncBatchNorm needs CUDA.)
             net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
         stopped = "max_epochs"
@@ -457,6 +456,7 @@ class Trainer:
                         break
         finally:
             # Whatever happened (including on_epoch raising), hand the model back as it came.
+            stack.close()
             model.to(memory_format=torch.contiguous_format)
             model.to(home)
         model.load_state_dict(best["state"])
