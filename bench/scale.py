@@ -54,7 +54,7 @@ def _search(backend, splits, classes, family: str, trials: int, epochs: int, sto
     import statistics
 
     return {"seconds": seconds, "trials": len(res.leaderboard), "per_min": 60 * len(res.leaderboard) / seconds,
-            "fit_s": statistics.median(r["seconds"] for r in res.leaderboard),
+            "fit_s": statistics.median([r["seconds"] for r in res.leaderboard if r["state"] == "complete"] or [0.0]),
             "best": res.best_val_score, "pruned": sum(r["state"] == "pruned" for r in res.leaderboard),
             "nodes": len({r.get("node") for r in res.leaderboard if r.get("node")}), "load": load()}
 
@@ -99,6 +99,7 @@ def inner(args) -> None:
         "ray-2": _search(ray(2), splits, classes, args.family, args.trials, args.epochs, work / "r2.db"),
     }
     out["fit"] = {"local": _fit(LocalBackend(), splits, classes, args.fit_epochs),
+                  "ray-1": _fit(ray(1), splits, classes, args.fit_epochs),
                   "ray-2": _fit(ray(2), splits, classes, args.fit_epochs)}
     print(json.dumps(out))
 
@@ -140,15 +141,17 @@ def main() -> None:
         print(f"{label:<26}{r['seconds']:>9.1f}{r['per_min']:>12.1f}{r['per_min'] / s['local']['per_min']:>9.2f}x"
               f"{r['fit_s']:>12.2f}{r['pruned']:>8}{r['nodes'] or 1:>7}{r['best']:>10.3f}  {r['load']}")
     print(f"Ray, 2 at a time vs 1 at a time: {s['ray-2']['per_min'] / s['ray-1']['per_min']:.2f}x. "
-          "fit s/trial: the median trial's own fit (what a trial costs without Tune's scheduling and process start).")
+          "fit s/trial: the median completed trial's own fit (what a trial costs without Tune's scheduling and "
+          "process start).")
     f = res["fit"]
     print(f"\n2. final fit: seed-case CNN, {args.fit_epochs} epochs, batch 64 (effective)")
     print(f"{'backend':<30}{'workers':>8}{'seconds':>9}{'test acc':>10}{'final train loss':>18}{'best val':>10}"
-          f"  load avg")
-    for name, label in (("local", "local (baseline)"), ("ray-2", "Ray Train TorchTrainer, DDP")):
+          f"{'precision':>11}  load avg")
+    for name, label in (("local", "local (baseline)"), ("ray-1", "Ray Train TorchTrainer"),
+                        ("ray-2", "Ray Train TorchTrainer, DDP")):
         r = f[name]
         print(f"{label:<30}{r['workers']:>8}{r['seconds']:>9.1f}{r['test_accuracy']:>10.3f}"
-              f"{r['final_train_loss']:>18.4f}{r['best_val']:>10.3f}  {r['load']}")
+              f"{r['final_train_loss']:>18.4f}{r['best_val']:>10.3f}{r['precision']:>11}  {r['load']}")
     print(f"\nmachine: {res['machine']}; load average after {load()}")
 
 
