@@ -59,6 +59,17 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie runs nothing; its parent (or init) reaps it
 
 
+def _assert_gone(pids, what: str, timeout: float = 30) -> None:
+    """Wait until none of ``pids`` runs; kill and name the ones still running after ``timeout``."""
+    deadline = time.time() + timeout
+    while any(_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    left = [p for p in pids if _alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"{what}: {left}"
+
+
 def _rows(project: Path) -> list[tuple[dict, str]]:
     """(request row, true label) pairs from the project's own data file."""
     spec = yaml.safe_load((project / "modelloop.yaml").read_text())
@@ -103,13 +114,7 @@ def served(tiny_project, postgres, tmp_path_factory):
     processes = _descendants(server.proc.pid) | {server.proc.pid}
     assert len(processes) >= 3, processes  # the supervisor and its two workers (at least)
     server.stop()
-    deadline = time.time() + 30
-    while any(_alive(p) for p in processes) and time.time() < deadline:
-        time.sleep(0.1)
-    left = [p for p in processes if _alive(p)]
-    for p in left:
-        os.kill(p, signal.SIGKILL)
-    assert not left, f"server processes left running after the server stopped: {left}"
+    _assert_gone(processes, "server processes left running after the server stopped")
 
 
 def _keys(project: Path) -> dict[str, list[str]]:
@@ -296,13 +301,7 @@ def test_workers_stop_when_their_supervisor_is_killed(served):
         os.kill(other.proc.pid, signal.SIGKILL)  # no chance to stop its workers itself
         other.proc.wait()
         other.log.close()
-    deadline = time.time() + 30
-    while any(_alive(w) for w in workers) and time.time() < deadline:
-        time.sleep(0.1)
-    left = [w for w in workers if _alive(w)]
-    for w in left:
-        os.kill(w, signal.SIGKILL)
-    assert not left, f"workers {left} went on serving after their supervisor was killed"
+    _assert_gone(workers, "workers went on serving after their supervisor was killed")
 
 
 def test_several_workers_refuse_sqlite_and_bad_counts(tiny_project, tmp_path):

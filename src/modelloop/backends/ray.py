@@ -160,8 +160,14 @@ class RayBackend(Backend):
                                  failure_config=FailureConfig(max_failures=self.compute.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2)),
         )
-        with _quiet():
-            out = trainer.fit()
+        from ray.train import TrainingFailedError
+
+        try:
+            with _quiet():
+                out = trainer.fit()
+        except TrainingFailedError as e:
+            raise BackendError(f"the fit on Ray failed after {self.compute.max_failures} restarts "
+                               f"(compute.max_failures): {_last_line(e)}") from e
         if out.checkpoint is None:
             raise BackendError(f"Ray Train fit under {self.storage!r} ended without a result checkpoint")
         with out.checkpoint.as_directory() as d:
@@ -217,9 +223,16 @@ class RayBackend(Backend):
             with _quiet():
                 grid = tuner.fit()
             if grid.errors:
-                raise grid.errors[0]
+                raise BackendError(f"a search trial failed on Ray ({job.study_name}): {_last_line(grid.errors[0])}") \
+                    from grid.errors[0]
         return SearchOutcome(study_records(optuna.load_study(study_name=job.study_name, storage=storage)),
                              round(time.perf_counter() - t0, 2))
+
+
+def _last_line(error: BaseException) -> str:
+    """The gist of an error that crossed from a worker (its message ends with the worker's own)."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(error).__name__
 
 
 def _reachable(address: str, timeout_s: float = 10.0) -> None:
