@@ -115,7 +115,10 @@ class Unlabelled:
         ratio: unlabelled inputs per labelled one in each batch.
         weight: the unlabelled loss's weight beside the labelled one.
         ema: the teacher is an exponential moving average of the student's weights with this decay
-            (steadier pseudo-labels than the student's own); 0: the student itself.
+            (steadier pseudo-labels than the student's own; the first steps use a smaller decay,
+            ``(1 + t) / (10 + t)``, so the random initial weights fade fast); 0: the student itself.
+        align: distribution alignment: the teacher's probabilities are rescaled so that, on
+            average, its pseudo-labels follow the labelled classes' proportions.
 
     Raises:
         ValueError: a field is out of range (naming it, what was received and what was expected).
@@ -127,6 +130,7 @@ class Unlabelled:
     ratio: int = 3
     weight: float = 1.0
     ema: float = 0.99
+    align: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -341,6 +345,12 @@ class Trainer:
 
         gen = torch.Generator().manual_seed(cfg.seed)
         teacher: nn.Module | None = None
+        ema_steps = 0
+        if unlabelled is not None:
+            # distribution alignment: the pseudo-labels' classes kept in the labelled data's proportions
+            k = int(y.max()) + 1 if len(y) and not y.is_floating_point() else 1
+            unlabelled.prior_ = (torch.bincount(y.long(), minlength=k).float() / max(len(y), 1)).to(device)
+            unlabelled.running_ = unlabelled.prior_.clone()
         if unlabelled is not None and unlabelled.ema > 0:
             teacher = copy.deepcopy(model)
             teacher.requires_grad_(False)
@@ -452,8 +462,9 @@ class Trainer:
                         scaler.scale(loss).backward()
                         scaler.step(opt)
                         scaler.update()
-                        if teacher is not None:
-                            _ema_update(teacher, model, unlabelled.ema)
+                        if teacher is not None:  # warm-up: early on the teacher follows the student closely
+                            ema_steps += 1
+                            _ema_update(teacher, model, min(unlabelled.ema, (1 + ema_steps) / (10 + ema_steps)))
                         # Summed on the device: no host sync per step.
                         total += loss.detach() * len(idx)
                         seen += len(idx)
@@ -561,6 +572,13 @@ class Trainer:
         with torch.no_grad(), autocast(device, precision):
             probs = torch.softmax(teacher(self._to_device(weak, device, channels_last)).float(), 1)
         teacher.train(was_training)
+        if u.align and probs.shape[1] == len(u.prior_):
+            # Distribution alignment (ReMixMatch): scale by the labelled class prior over the running
+            # mean of the teacher's predictions, so a teacher leaning to one class cannot pull every
+            # pseudo-label there.
+            u.running_ = 0.99 * u.running_ + 0.01 * probs.mean(0)
+            probs = probs * (u.prior_ / u.running_.clamp_min(1e-6))
+            probs = probs / probs.sum(1, keepdim=True)
         confidence, pseudo = probs.max(1)
         mask = (confidence >= u.threshold).float()
         both = self._to_device(torch.cat([xb, strong]), device, channels_last)
