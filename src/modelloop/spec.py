@@ -281,7 +281,8 @@ class FeedbackSpec(_Strict):
     ``pseudo_label_threshold``, consistent under the task's augmentation): ``auto`` where the
     task supports it and it was measured to help (``Task.semi_supervised == "auto"``), ``on``
     (image classification; refused by tasks that cannot), ``off``. ``unlabelled_ratio``:
-    unlabelled inputs per labelled one in each training batch; ``max_unlabelled``: the most recent stored inputs without feedback that a retrain uses.
+    unlabelled inputs per labelled one in each training batch; ``max_unlabelled``: the most
+    recent stored inputs without feedback that a retrain uses.
     Pseudo-labels never reach the validation split, the test split or the gate's hold-out.
     """
 
