@@ -275,11 +275,30 @@ class FeedbackSpec(_Strict):
     fingerprints (see ``modelloop monitor``) whose feedback is kept but never trained or gated on.
     ``holdout_fraction``: share of labelled feedback (chosen by prediction id) kept out of
     training so the gate can compare champion and challenger on recent data neither trained on.
+
+    ``semi_supervised``: whether a retrain also learns from served predictions nobody gave
+    feedback on (pseudo-labels kept only where the teacher's confidence reaches
+    ``pseudo_label_threshold``, consistent under the task's augmentation): ``auto`` where the
+    task supports it and it was measured to help (``Task.semi_supervised == "auto"``), ``on``
+    (image classification; refused by tasks that cannot), ``off``. ``unlabelled_ratio``:
+    unlabelled inputs per labelled one in each training batch; ``max_unlabelled``: the most
+    recent stored inputs without feedback that a retrain uses.
+    Pseudo-labels never reach the validation split, the test split or the gate's hold-out.
     """
 
     store_url: str | None = None
     untrusted_clients: list[str] = []
     holdout_fraction: float = Field(0.3, ge=0.0, lt=1.0)
+    semi_supervised: Literal["auto", "on", "off"] = "auto"
+    pseudo_label_threshold: float = Field(0.95, gt=0.5, le=1.0)
+    unlabelled_ratio: int = Field(2, ge=1, le=16)
+    max_unlabelled: int = Field(20_000, ge=1, le=1_000_000)
+
+    @field_validator("semi_supervised", mode="before")
+    @classmethod
+    def _yaml_switch(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare on/off (and yes/no) as a boolean: take it as the switch it was meant as.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class GateSpec(_Strict):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..train.trainer import TrainConfig, TrainResult
+from ..train.trainer import TrainConfig, TrainResult, Unlabelled
 
 if TYPE_CHECKING:
     from ..tasks import Task
@@ -62,6 +62,8 @@ class FitJob:
             will be fitted: "trainer" (gradient steps) or "itself" (its own algorithm).
         on_epoch: called after each epoch of a network's training with (epoch index, history
             row); may raise to stop the fit (e.g. a search pruning the trial).
+        unlabelled: inputs without labels a network also learns from by consistency under the
+            task's augmentation (see ``train.Unlabelled``); a model that fits itself ignores them.
     """
 
     model_config: dict[str, Any]
@@ -75,6 +77,7 @@ class FitJob:
     task: Task | None = None
     on_start: Callable[[nn.Module, str], None] | None = None
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
+    unlabelled: Unlabelled | None = None
 
     @property
     def params(self) -> dict[str, Any]:

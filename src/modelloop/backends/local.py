@@ -53,6 +53,9 @@ class LocalBackend(Backend):
         if job.on_start is not None:
             job.on_start(model, "itself" if itself else "trainer")
         if itself:
+            if job.unlabelled is not None:
+                log.info("%s fits by its own algorithm: the %d unlabelled inputs are not used",
+                         job.model_config.get("family"), len(job.unlabelled.x))
             t = time.perf_counter()
             fitted = model.fit_direct(job.train, job.val, job.params, job.seed)
             result = TrainResult(best_state=model.state_dict(), best_epoch=len(fitted["history"]),
@@ -62,7 +65,8 @@ class LocalBackend(Backend):
             return FitResult(model, result, "itself", details)
         trainer = Trainer(job.train_config(), loss=job.task.loss if job.task is not None else None,
                           score=job.score_name)
-        result = trainer.fit(model, job.train, job.val, on_epoch=job.on_epoch, resume=job.resume)
+        result = trainer.fit(model, job.train, job.val, on_epoch=job.on_epoch, resume=job.resume,
+                             unlabelled=job.unlabelled)
         return FitResult(model, result, "trainer")
 
     def search(self, job: SearchJob) -> SearchOutcome:

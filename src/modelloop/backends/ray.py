@@ -379,7 +379,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         ray.train.report(dict(row), checkpoint=Checkpoint.from_directory(str(ckpt.parent)) if rank == 0 else None)
 
     result = Trainer(cfg, loss=job.task.loss if job.task is not None else None, score=job.score_name).fit(
-        model, job.train, job.val, on_epoch=on_epoch, resume=resume)
+        model, job.train, job.val, on_epoch=on_epoch, resume=resume, unlabelled=job.unlabelled)
     done = None
     if rank == 0:
         (work / "result").mkdir()

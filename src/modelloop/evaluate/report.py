@@ -205,6 +205,13 @@ def write_report(path: str | Path, ctx: dict[str, Any]) -> Path:
                          f"challenger {fb['challenger_accuracy']:.4f} (challenger better p = "
                          f"{fb['p_challenger_better']:.3g}, worse p = {fb['p_challenger_worse']:.3g}); "
                          f"{fb['contradicted_by_both']} labels contradict both models.</p>")
+    semi = ctx.get("semi_supervised")
+    if semi and semi.get("used"):
+        parts.append(f"<p>Unlabelled served inputs learned from (pseudo-labels, never validated or gated on): "
+                     f"{semi['unlabelled_examples']}; confidence threshold {semi['threshold']:g}; "
+                     f"{semi['passed']} passed it at the best epoch.</p>")
+    elif semi:
+        parts.append(f"<p>Unlabelled served inputs: not used ({html.escape(str(semi.get('reason', '')))}).</p>")
     if ctx.get("monitor"):
         mon = ctx["monitor"]
         parts.append("<h2>Monitoring when retraining started</h2>" + _monitor_plot(mon))

@@ -1,8 +1,9 @@
 """Run and retrain: the same steps for every task.
 
 run: data -> selection -> training -> evaluation, requirements, optimization -> report ->
-registry -> promotion. retrain: feedback -> challenger -> gate against the champion -> report ->
-registry -> promotion or the challenger alias. The task says what each step does with its data
+registry -> promotion. retrain: feedback (and, where the task learns from them, served inputs
+without feedback) -> challenger -> gate against the champion -> report -> registry -> promotion
+or the challenger alias. The task says what each step does with its data
 (see ``tasks.base.Task``); here is what every task shares: the run's records (so ``run
 --resume`` continues and a crashed writer's version is finished by the next), the time budget,
 "nothing new, nothing trained", and a version registered complete with its report.
@@ -81,6 +82,8 @@ def retrain(loop: Any, progress: Progress | None, promote: bool, force: bool) ->
     reason = None if force else loop.runs.nothing_new(champion, fb.fingerprint, fb.rows)
     if reason is not None:
         return loop.runs.skipped(champion, reason, fb.rows, progress)
+    if task.uses_unlabelled(loop.spec):  # served inputs without feedback, pseudo-labelled while training
+        task.add_unlabelled(ctx, data, fb)
     try:
         monitoring = loop.monitor()  # what the loop saw when it decided to retrain, for the report
     except Exception as e:  # monitoring is evidence, never a reason to fail a retrain
@@ -88,8 +91,10 @@ def retrain(loop: Any, progress: Progress | None, promote: bool, force: bool) ->
         monitoring = None
     run = loop.runs.new("retrain", parent=champion, dataset=base, feedback_examples=len(fb.train_ids),
                         feedback_validation=len(fb.val_ids), feedback_holdout=len(fb.hold_ids), promote=promote,
-                        feedback_fingerprint=fb.fingerprint)
+                        feedback_fingerprint=fb.fingerprint, unlabelled_examples=len(fb.unlabelled_ids))
     run.write("holdout_ids.json", fb.hold_ids)
+    if fb.unlabelled_ids:
+        run.write("unlabelled_ids.json", fb.unlabelled_ids)
     run.write("validation_ids.json", fb.val_ids)
     fit = task.fit_challenger(ctx, parent, data, fb, run)
     new = task.assemble(ctx, data, fit, run, parent=parent, fb=fb, title="Retraining on feedback",

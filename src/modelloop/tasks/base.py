@@ -90,6 +90,36 @@ class Task(ABC):
         """
         self._check_candidates(spec)
         self._check_metric(spec)
+        self._check_semi_supervised(spec)
+
+    # -- learning from served inputs nobody gave feedback on (``feedback.semi_supervised``) -----
+    #: "auto": consistency training on unlabelled served inputs is on unless the spec says off
+    #: (measured to help this task); "on": supported, but only when the spec says on; None: not
+    #: supported (the spec's "on" is refused)
+    semi_supervised: str | None = None
+    #: why a task without :attr:`semi_supervised` leaves it out, for the message refusing "on"
+    semi_supervised_why: str = "this task has no augmentation to check pseudo-labels against"
+
+    def uses_unlabelled(self, spec: Spec) -> bool:
+        """Whether a retrain of this task under ``spec`` learns from served inputs without feedback."""
+        mode = spec.feedback.semi_supervised
+        if self.semi_supervised is None:
+            return False
+        return mode == "on" or (mode == "auto" and self.semi_supervised == "auto")
+
+    def consistency_views(self, spec: Spec) -> Any:
+        """The two views consistency training compares (an object with ``weak(x, generator)`` and
+        ``strong(x, generator)`` on feature batches), for tasks with :attr:`semi_supervised`."""
+        raise NotImplementedError(f"{self.name}: no consistency views")
+
+    def add_unlabelled(self, ctx, data, fb) -> None:
+        """Put the usable served inputs without feedback into ``fb`` (see ``SupervisedTask``)."""
+        raise NotImplementedError(f"{self.name}: does not learn from unlabelled inputs")
+
+    def _check_semi_supervised(self, spec: Spec) -> None:
+        if spec.feedback.semi_supervised == "on" and self.semi_supervised is None:
+            raise SpecError(f"field 'feedback.semi_supervised': received 'on', which {self.name} does not support "
+                            f"({self.semi_supervised_why}); expected 'auto' or 'off'")
 
     def _check_candidates(self, spec: Spec) -> None:
         allowed = tuple(self.candidates)

@@ -58,6 +58,8 @@ class FeedbackSet:
     ``fingerprint`` identifies the rows and labels (nothing new when it equals the latest
     version's); ``rows`` counts the usable ones; ``train_ids`` / ``val_ids`` / ``hold_ids`` are
     prediction ids learned from, validated on, and held out for the gate; ``data`` is the task's.
+    ``unlabelled_ids``: served predictions without feedback whose inputs the challenger also
+    learns from (pseudo-labels; semi-supervised retraining), never validated or gated on.
     """
 
     fingerprint: str
@@ -66,6 +68,7 @@ class FeedbackSet:
     val_ids: list[str]
     hold_ids: list[str]
     data: dict[str, Any] = field(default_factory=dict)
+    unlabelled_ids: list[str] = field(default_factory=list)
 
 
 @dataclass

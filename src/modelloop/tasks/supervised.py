@@ -14,6 +14,8 @@ squared errors.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 from typing import Any
@@ -54,6 +56,15 @@ def take(x: Any, mask: torch.Tensor | np.ndarray) -> Any:
 
 def concat(a: Any, b: Any) -> Any:
     return a + b if isinstance(a, list) else torch.cat([a.float(), b.float()])
+
+
+def _content_keys(x: Any) -> list[str]:
+    """One key per input of a raw batch (tensor rows, texts or table rows) that is equal exactly
+    when the inputs are: a hash of a row's float32 values, or of its text."""
+    if isinstance(x, list):
+        return [hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest() for v in x]
+    rows = np.ascontiguousarray(torch.as_tensor(x).float().numpy().reshape(len(x), -1))
+    return [hashlib.sha256(r.tobytes()).hexdigest() for r in rows]
 
 
 def _proba(model: torch.nn.Module, feat, x: Any) -> np.ndarray:
@@ -179,9 +190,11 @@ class SupervisedTask(Task):
                 cand, feat, model, result, config = student
         return Fitted(model, config, result, {"featurizer": feat})
 
-    def train(self, ctx: Context, config: dict[str, Any], train, val, run_dir, resume: bool, time_limit: float):
+    def train(self, ctx: Context, config: dict[str, Any], train, val, run_dir, resume: bool, time_limit: float,
+              unlabelled=None):
         """One candidate's final fit through the backend (gradient steps with early stopping and
-        checkpoints, or the model's own algorithm) -> (how the fit went, the fitted model)."""
+        checkpoints, or the model's own algorithm) -> (how the fit went, the fitted model).
+        ``unlabelled``: a ``train.Unlabelled`` the network also learns from (consistency training)."""
         from ..backends import FitJob
         from ..train import TrainConfig
 
@@ -204,7 +217,7 @@ class SupervisedTask(Task):
                                  batch_size=spec.training.batch_size,
                                  shift=spec.data.augmentation.shift if pixels else 0),
             seed=spec.seed, time_limit_s=time_limit, checkpoint_path=run_dir / "checkpoint.pt", resume=resume,
-            task=self, on_start=on_start, on_epoch=on_epoch))
+            task=self, on_start=on_start, on_epoch=on_epoch, unlabelled=unlabelled))
         result = fit.result
         if fit.method == "itself":
             say(f"[training] {name} fitted on {len(train[1])} examples, {self.score_name} {result.best_val_score:.4f}")
@@ -335,6 +348,52 @@ class SupervisedTask(Task):
         return FeedbackSet(fingerprint, len(fb_all) + len(hold_ids), train_ids, val_ids, list(hold_ids),
                            {"x": xf, "y": yf, "in_val": in_val, "xh": xh, "yh": yh})
 
+    def add_unlabelled(self, ctx: Context, data: Dataset, fb: FeedbackSet) -> None:
+        """Served inputs nobody gave feedback on, as unlabelled training inputs of the challenger:
+        ``fb.data["xu"]`` (raw inputs) and ``fb.unlabelled_ids``.
+
+        Left out (see ``feedback.unlabelled``): predictions with feedback of any kind or client,
+        and inputs seen with feedback; here also inputs this model cannot take, and any input
+        equal to one of the validation split, the test split or the labelled feedback (training,
+        validation and hold-out alike), so a pseudo-label never reaches what validates or judges
+        the challenger, and nothing counts twice.
+        """
+        from ..feedback.unlabelled import unlabelled_inputs
+
+        items, ids = unlabelled_inputs(ctx.store(), limit=ctx.spec.feedback.max_unlabelled)
+        x, usable = self.collate(items, data)
+        ids = [i for i, k in zip(ids, usable, strict=True) if k]
+        known = set()
+        for part in (data.splits["val"][0], data.splits["test"][0], fb.data["x"], fb.data["xh"]):
+            known.update(_content_keys(part))
+        keep = np.array([k not in known for k in _content_keys(x)], dtype=bool)
+        fb.data["xu"] = take(x, keep)
+        fb.unlabelled_ids = [i for i, k in zip(ids, keep.tolist(), strict=True) if k]
+        fb.data["unlabelled_left_out"] = {"unusable": usable.count(False), "equal_to_evaluated_or_labelled":
+                                          int((~keep).sum())}
+        ctx.say(f"[retrain] {len(fb.unlabelled_ids)} served inputs without feedback to learn from by pseudo-label "
+                f"({usable.count(False)} unusable, {int((~keep).sum())} equal to a validation, test or labelled "
+                "input left out)")
+
+    def _semi_record(self, ctx: Context, fb: FeedbackSet, summary: dict[str, Any] | None,
+                     class_names: list[str]) -> dict[str, Any]:
+        """What the manifest and report say of the unlabelled inputs a challenger learned from."""
+        fs = ctx.spec.feedback
+        record: dict[str, Any] = {"mode": fs.semi_supervised, "used": summary is not None}
+        if summary is None:
+            if not self.uses_unlabelled(ctx.spec):
+                record["reason"] = (f"feedback.semi_supervised is {fs.semi_supervised}" if fs.semi_supervised == "off"
+                                    else f"{self.name} does not learn from unlabelled inputs by default")
+            else:
+                record["reason"] = "no usable served inputs without feedback"
+            return record
+        counts = summary.pop("pseudo_label_counts")
+        return {**record, "unlabelled_examples": summary["examples"], "threshold": summary["threshold"],
+                "passed": summary["passed"], "ratio": fs.unlabelled_ratio,
+                "pseudo_labels": dict(zip(class_names, counts, strict=False)),
+                "views": self.consistency_views(ctx.spec).describe(),
+                "left_out": fb.data.get("unlabelled_left_out")}
+
     def fit_challenger(self, ctx: Context, parent, data: Dataset, fb: FeedbackSet, run) -> Fitted:
         ctx.say(f"[retrain] champion {parent.version}; {len(fb.train_ids)} feedback examples to learn from, "
                 f"{len(fb.val_ids)} to validate on, {len(fb.hold_ids)} held out for the gate")
@@ -356,13 +415,30 @@ class SupervisedTask(Task):
         config = {**config, "input_shape": list(train[0].shape[1:])}
         if self.regression:
             config["target"] = self.target(y_all)
+        unlabelled = None
+        xu = fb.data.get("xu")
+        if xu is not None and len(xu):
+            from ..train.trainer import Unlabelled
+
+            fs = ctx.spec.feedback
+            # The featurizer stays fit on labelled training inputs only; the unlabelled ones only pass through it.
+            unlabelled = Unlabelled(feat.transform(xu), self.consistency_views(ctx.spec),
+                                    threshold=fs.pseudo_label_threshold, ratio=fs.unlabelled_ratio)
+            ctx.say(f"[retrain] consistency training on {len(xu)} unlabelled {self.unit}: pseudo-labels at "
+                    f"confidence >= {fs.pseudo_label_threshold:g}, {fs.unlabelled_ratio} per labelled example")
         result, model = self.train(ctx, config, train, val, run.folder, resume=False,
-                                   time_limit=ctx.spec.requirements.time_budget_s)
-        return Fitted(model, config, result, {"featurizer": feat})
+                                   time_limit=ctx.spec.requirements.time_budget_s, unlabelled=unlabelled)
+        semi = self._semi_record(ctx, fb, dict(result.unlabelled) if result.unlabelled else None, data.class_names)
+        if semi["used"]:
+            ctx.say(f"[retrain] {semi['passed']} of {semi['unlabelled_examples']} unlabelled {self.unit} pass the "
+                    f"threshold {semi['threshold']:g} at the best epoch")
+        return Fitted(model, config, result, {"featurizer": feat, "semi_supervised": semi})
 
     def dataset_fingerprint(self, data: Dataset, fb: FeedbackSet | None) -> str:
         """The fingerprint of what a version learned from: the dataset, plus the feedback it trained on."""
-        return data.fingerprint if fb is None else trained_fingerprint(data.fingerprint, fb.train_ids)
+        if fb is None:
+            return data.fingerprint
+        return trained_fingerprint(data.fingerprint, fb.train_ids + [f"unlabelled:{i}" for i in fb.unlabelled_ids])
 
     def judge(self, ctx: Context, parent, data: Dataset, fb: FeedbackSet, fitted: Fitted):
         """The champion re-evaluated now on the challenger's test split, and the function that
@@ -468,6 +544,8 @@ class SupervisedTask(Task):
             "training": describe(train_result), "spec": spec.to_dict(), "libraries": library_versions(),
         }
         manifest["serving"] = serving
+        if fitted.extra.get("semi_supervised") is not None:
+            manifest["semi_supervised"] = fitted.extra["semi_supervised"]
         manifest["feedback_fingerprint"] = fb.fingerprint if fb else feedback_fingerprint([])
         if decision is not None:
             manifest["gate"] = decision
@@ -489,6 +567,7 @@ class SupervisedTask(Task):
                 "requirements": spec.requirements.model_dump(),
                 "size_mb": size_mb, "data_report": ds.report.to_dict(), "decision": decision,
                 "feedback_examples": feedback_examples, "serving": serving, "monitor": monitoring,
+                "semi_supervised": fitted.extra.get("semi_supervised"),
             })
 
         result = {"run_id": run.run_id, "parent": parent_version, "metrics": metrics,
@@ -499,7 +578,7 @@ class SupervisedTask(Task):
         if parent is not None:
             result.update(evidence=decision, champion_metrics=champ_metrics, challenger_metrics=metrics,
                           feedback_holdout=len(fb.hold_ids), feedback_validation=len(fb.val_ids),
-                          decision=decision["decision"])
+                          decision=decision["decision"], semi_supervised=fitted.extra.get("semi_supervised"))
         return NewVersion(manifest, model, preprocessing, report, result, onnx)
 
     # -- monitoring ------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ Without them it trains with :func:`cross_entropy` and scores accuracy.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -43,7 +44,7 @@ from .distributed import batch_stats_over_processes
 from .distributed import world as world_of_processes
 from .fast import Plan, autocast, choose_plan, has_conv, is_image_batch, resolve_device, thread_scope
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "describe", "cross_entropy", "soft_cross_entropy",
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "Unlabelled", "describe", "cross_entropy", "soft_cross_entropy",
            "squared_error", "SCORES"]
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,47 @@ class TrainConfig:
 
 
 @dataclass
+class Unlabelled:
+    """Inputs without labels that a classifier also learns from, by consistency under augmentation
+    (FixMatch, Sohn et al. 2020): each step draws ``ratio`` unlabelled inputs per labelled one; a
+    teacher's prediction on their weak view is their pseudo-label where its confidence reaches
+    ``threshold``, and the student is trained to give that label to their strong view. Below the
+    threshold an input adds nothing to the loss.
+
+    Attributes:
+        x: the unlabelled inputs as features (the same kind of tensor as the labelled ones).
+        views: the task's augmentation: ``views.weak(x, generator)`` and ``views.strong(x, generator)``.
+        threshold: the teacher's confidence an input needs before its pseudo-label counts.
+        ratio: unlabelled inputs per labelled one in each batch.
+        weight: the unlabelled loss's weight beside the labelled one.
+        ema: the teacher is an exponential moving average of the student's weights with this decay
+            (steadier pseudo-labels than the student's own; the first steps use a smaller decay,
+            ``(1 + t) / (10 + t)``, so the random initial weights fade fast); 0: the student itself.
+        align: distribution alignment: the teacher's probabilities are rescaled so that, on
+            average, its pseudo-labels follow the labelled classes' proportions.
+
+    Raises:
+        ValueError: a field is out of range (naming it, what was received and what was expected).
+    """
+
+    x: torch.Tensor
+    views: Any
+    threshold: float = 0.95
+    ratio: int = 3
+    weight: float = 1.0
+    ema: float = 0.99
+    align: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"Unlabelled.threshold: received {self.threshold!r}; expected a number in (0, 1]")
+        if self.ratio < 1:
+            raise ValueError(f"Unlabelled.ratio: received {self.ratio!r}; expected an integer >= 1")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"Unlabelled.ema: received {self.ema!r}; expected a number in [0, 1)")
+
+
+@dataclass
 class TrainResult:
     """What ``Trainer.fit`` returns.
 
@@ -131,6 +173,9 @@ class TrainResult:
     workers: int = 1
     #: the epoch a resumed fit continued from (None: it started from scratch)
     resumed_from_epoch: int | None = None
+    #: with unlabelled inputs: ``examples``, ``threshold``, ``passed`` (how many the best epoch's
+    #: teacher labels at that confidence, unaugmented) and the pseudo-labels' class counts
+    unlabelled: dict[str, Any] | None = None
 
     @property
     def best_val_accuracy(self) -> float:
@@ -262,6 +307,7 @@ class Trainer:
         val: tuple[torch.Tensor, torch.Tensor],
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         resume: bool = False,
+        unlabelled: Unlabelled | None = None,
     ) -> TrainResult:
         """Train ``model`` in place and return the best epoch's weights.
 
@@ -275,6 +321,8 @@ class Trainer:
             on_epoch: called after each epoch with (epoch, metrics); may raise to stop (e.g. pruning).
             resume: continue from ``config.checkpoint_path`` if it exists (with the hardware
                 choices the interrupted run made, unless the config forces others).
+            unlabelled: inputs without labels to learn from by consistency (classification
+                only; see :class:`Unlabelled`). Validation stays on ``val`` alone.
 
         Returns:
             TrainResult; ``model`` ends on the device it came from, in the default memory format,
@@ -296,6 +344,16 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
 
         gen = torch.Generator().manual_seed(cfg.seed)
+        teacher: nn.Module | None = None
+        ema_steps = 0
+        if unlabelled is not None:
+            # distribution alignment: the pseudo-labels' classes kept in the labelled data's proportions
+            k = int(y.max()) + 1 if len(y) and not y.is_floating_point() else 1
+            unlabelled.prior_ = (torch.bincount(y.long(), minlength=k).float() / max(len(y), 1)).to(device)
+            unlabelled.running_ = unlabelled.prior_.clone()
+        if unlabelled is not None and unlabelled.ema > 0:
+            teacher = copy.deepcopy(model)
+            teacher.requires_grad_(False)
         opt = self._optimizer(model)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.max_epochs)
         ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
@@ -323,6 +381,10 @@ class Trainer:
             bad_epochs, elapsed_before = int(state["bad_epochs"]), float(state["seconds"])
             saved_plan = state.get("plan")
             anneal = state.get("anneal")
+            if teacher is not None and "teacher" in state:
+                teacher.load_state_dict(state["teacher"])
+                if state.get("best_teacher") is not None:
+                    best["teacher"] = state["best_teacher"]
             resumed_from = start_epoch
             log.info("resumed training at epoch %d from %s", start_epoch + 1, ckpt)
         t0 -= elapsed_before
@@ -374,6 +436,7 @@ class Trainer:
                     perm = torch.randperm(n, generator=gen)
                     total = torch.zeros((), device=device)
                     seen = 0
+                    u_seen, u_passed = 0, torch.zeros((), device=device)
                     t_epoch = time.perf_counter()
                     for i in range(0, n, cfg.batch_size):
                         idx = perm[i : i + cfg.batch_size]
@@ -384,14 +447,24 @@ class Trainer:
                             xb = random_shift(xb, cfg.shift, gen)  # on the whole batch: same draws everywhere
                         if world > 1:  # this process's share of the batch
                             idx, xb = idx[rank::world], xb[rank::world]
-                        xb = self._to_device(xb, device, channels_last)
                         yb = y[idx].to(device, non_blocking=True)
-                        with autocast(device, plan.precision):
-                            loss = self.loss(net(xb), yb)
+                        if unlabelled is None:
+                            xb = self._to_device(xb, device, channels_last)
+                            with autocast(device, plan.precision):
+                                loss = self.loss(net(xb), yb)
+                        else:
+                            loss, used = self._consistency_loss(
+                                net, model if teacher is None else teacher, xb, yb, unlabelled, gen, rank, world,
+                                device, channels_last, plan.precision)
+                            u_seen += used[0]
+                            u_passed += used[1]
                         opt.zero_grad(set_to_none=True)
                         scaler.scale(loss).backward()
                         scaler.step(opt)
                         scaler.update()
+                        if teacher is not None:  # warm-up: early on the teacher follows the student closely
+                            ema_steps += 1
+                            _ema_update(teacher, model, min(unlabelled.ema, (1 + ema_steps) / (10 + ema_steps)))
                         # Summed on the device: no host sync per step.
                         total += loss.detach() * len(idx)
                         seen += len(idx)
@@ -412,9 +485,13 @@ class Trainer:
                     val_loss, val_acc = self._evaluate(model, xv, yv, device, channels_last)
                     row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                            "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"]}
+                    if unlabelled is not None:  # share of the drawn unlabelled inputs whose pseudo-label counted
+                        row["pseudo_label_rate"] = float(u_passed.item()) / max(u_seen, 1)
                     history.append(row)
                     if val_acc > best["acc"] or (val_acc == best["acc"] and val_loss < best["loss"]):
                         best = {"acc": val_acc, "loss": val_loss, "epoch": epoch + 1, "state": _cpu_state(model)}
+                        if teacher is not None:
+                            best["teacher"] = _cpu_state(teacher)
                         bad_epochs = 0
                     else:
                         bad_epochs += 1
@@ -431,6 +508,8 @@ class Trainer:
                             "best_state": best["state"], "bad_epochs": bad_epochs, "seconds": seconds,
                             "plan": {"device": plan.device, "precision": plan.precision, "threads": plan.threads},
                             "anneal": anneal,
+                            **({"teacher": _cpu_state(teacher), "best_teacher": best.get("teacher")}
+                               if teacher is not None else {}),
                         }, tmp)
                         tmp.replace(ckpt)
                     if on_epoch is not None:
@@ -460,11 +539,78 @@ class Trainer:
             model.to(memory_format=torch.contiguous_format)
             model.to(home)
         model.load_state_dict(best["state"])
+        summary = None
+        if unlabelled is not None:
+            judge = model
+            if teacher is not None and "teacher" in best:
+                teacher.load_state_dict(best["teacher"])
+                judge = teacher.to("cpu")
+            summary = pseudo_label_summary(judge, unlabelled.x, unlabelled.threshold)
         return TrainResult(best["state"], best["epoch"], best["acc"], history, stopped, time.perf_counter() - t0,
                            device=plan.device, precision=plan.precision, threads=plan.threads,
                            channels_last=plan.channels_last, plan_source=plan.source, probe=dict(plan.probe),
                            examples_per_s=step_examples / step_seconds if step_seconds > 0 else 0.0,
-                           score_name=self.score, workers=world, resumed_from_epoch=resumed_from)
+                           score_name=self.score, workers=world, resumed_from_epoch=resumed_from,
+                           unlabelled=summary)
+
+    def _consistency_loss(self, net: nn.Module, teacher: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
+                          u: Unlabelled, gen: torch.Generator, rank: int, world: int, device: torch.device,
+                          channels_last: bool, precision: str) -> tuple[torch.Tensor, tuple[int, torch.Tensor]]:
+        """One batch's loss with unlabelled inputs: the task's loss on the labelled batch ``xb``
+        (already augmented, this process's share) plus ``u.weight`` times the cross-entropy of the
+        strong views against the teacher's confident pseudo-labels of the weak views (averaged over
+        every drawn unlabelled input, so the uncertain ones weigh zero) -> (loss, (inputs drawn,
+        how many passed the threshold))."""
+        m = len(yb) * world * u.ratio  # drawn for the whole batch, so every process draws the same
+        pick = torch.randint(len(u.x), (m,), generator=gen)
+        ub = u.x[pick]
+        weak, strong = u.views.weak(ub, gen), u.views.strong(ub, gen)
+        if world > 1:
+            weak, strong = weak[rank::world], strong[rank::world]
+        was_training = teacher.training
+        teacher.eval()  # BatchNorm's running statistics: the pseudo-label does not depend on the batch
+        with torch.no_grad(), autocast(device, precision):
+            probs = torch.softmax(teacher(self._to_device(weak, device, channels_last)).float(), 1)
+        teacher.train(was_training)
+        if u.align and probs.shape[1] == len(u.prior_):
+            # Distribution alignment (ReMixMatch): scale by the labelled class prior over the running
+            # mean of the teacher's predictions, so a teacher leaning to one class cannot pull every
+            # pseudo-label there.
+            u.running_ = 0.99 * u.running_ + 0.01 * probs.mean(0)
+            probs = probs * (u.prior_ / u.running_.clamp_min(1e-6))
+            probs = probs / probs.sum(1, keepdim=True)
+        confidence, pseudo = probs.max(1)
+        mask = (confidence >= u.threshold).float()
+        both = self._to_device(torch.cat([xb, strong]), device, channels_last)
+        with autocast(device, precision):
+            out = net(both)
+            labelled = self.loss(out[: len(yb)], yb)
+            unlab = (F.cross_entropy(out[len(yb):].float(), pseudo, reduction="none") * mask).mean()
+        return labelled + u.weight * unlab, (len(pseudo), mask.sum().detach())
+
+
+def _ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """teacher <- decay * teacher + (1 - decay) * student, weights and BatchNorm statistics alike."""
+    with torch.no_grad():
+        for t, s in zip(teacher.state_dict().values(), student.state_dict().values(), strict=True):
+            if t.is_floating_point():
+                t.mul_(decay).add_(s.detach(), alpha=1 - decay)
+            else:
+                t.copy_(s)
+
+
+def pseudo_label_summary(model: nn.Module, x: torch.Tensor, threshold: float) -> dict[str, Any]:
+    """How many of the unlabelled inputs ``x`` (unaugmented) ``model`` labels with at least
+    ``threshold`` confidence, and the class counts of those pseudo-labels."""
+    model.eval()
+    with torch.inference_mode():
+        probs = torch.cat([torch.softmax(model(x[i : i + 1024]).float(), 1) for i in range(0, len(x), 1024)]) \
+            if len(x) else torch.zeros((0, 1))
+    confidence, label = probs.max(1)
+    passed = confidence >= threshold
+    counts = torch.bincount(label[passed], minlength=probs.shape[1]).tolist() if len(x) else []
+    return {"examples": int(len(x)), "threshold": float(threshold), "passed": int(passed.sum()),
+            "pseudo_label_counts": counts}
 
 
 def describe(result: TrainResult) -> dict[str, Any]:
