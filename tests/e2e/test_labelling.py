@@ -98,7 +98,7 @@ def test_queue_hands_each_prediction_to_one_labeller_and_labels_keep_their_origi
         t.join()
     items = [it for batch in got for it in batch]
     ids = [it["prediction_id"] for it in items]
-    assert len(ids) >= 100 and len(set(ids)) == len(ids)  # nobody got an item someone else holds
+    assert len(ids) >= 50 and len(set(ids)) == len(ids)  # nobody got an item someone else holds
     assert {it["origin"] for it in items} <= {"active", "audit"} and any(it["origin"] == "audit" for it in items)
     assert all(it["input"]["kind"] == "image" and it["input"]["png"] for it in items)
     # While leased, nobody else gets them.

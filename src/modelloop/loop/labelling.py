@@ -88,7 +88,7 @@ def next_items(loop: Any, n: int, holder: str | None, model: Any = None, rng: np
         got += [p for p in picked if p[0] in won]
         want = n - len(got)
     tried = {p for p, _, _ in picked}
-    for _attempt in range(3):  # another labeller may win some of ours: fill the gap from what is left
+    for _attempt in range(8):  # other labellers may win some of ours: fill the gap from what is left
         if want <= 0:
             break
         cands = [c for c in store.label_candidates(spec.feedback.queue_pool) if c["id"] not in tried]
