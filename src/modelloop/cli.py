@@ -392,10 +392,24 @@ def monitor(directory: DirArg, as_json: JsonOpt = False) -> None:
     if pd["psi"] is not None:
         out.print(f"prediction drift: PSI {pd['psi']:.3f} (threshold {pd['threshold']}): "
                   f"{'DETECTED' if pd['detected'] else 'none'}")
+    audit = res.get("live_accuracy_audit")
+    if audit is not None:
+        if audit["value"] is None:
+            out.print("live accuracy (audit sample, unbiased): no audit labels yet (label items from "
+                      "'GET /label/next' or 'modelloop label DIR --export')")
+        elif audit["measure"] == "rmse":
+            hi = "?" if audit["high"] is None else f"{audit['high']:.4g}"
+            out.print(f"live RMSE (audit sample, unbiased): {audit['value']:.4g} [{audit['low']:.4g}, {hi}] "
+                      f"on {audit['n']} audit labels (95%)")
+        else:
+            out.print(f"live accuracy (audit sample, unbiased): {audit['value']:.3f} [{audit['low']:.3f}, "
+                      f"{audit['high']:.3f}] on {audit['n']} audit labels (95% Wilson)")
+    biased = " (all feedback: biased, users correct more than they confirm)" if audit is not None else ""
     if la["value"] is None:
-        out.print("live accuracy: no labelled feedback yet")
+        out.print(f"live accuracy{biased}: no labelled feedback yet")
     else:
-        out.print(f"live accuracy: {la['value']:.3f} [{la['low']:.3f}, {la['high']:.3f}] on {la['n']} labelled")
+        out.print(f"live accuracy{biased}: {la['value']:.3f} [{la['low']:.3f}, {la['high']:.3f}] on {la['n']} "
+                  "labelled")
     out.print(f"feedback: {res['feedback']['new_since_last_training']} new since last training, "
               f"{res['feedback']['feedback']} rows in all")
     if res.get("abstention") and res["abstention"].get("rate") is not None:
@@ -407,6 +421,56 @@ def monitor(directory: DirArg, as_json: JsonOpt = False) -> None:
         sh = res["shadow"]
         out.print(f"shadow {sh['version']}: {sh['scored']} scored, agreement {sh['agreement']}, accuracy on "
                   f"feedback {sh['shadow_accuracy']} vs served {sh['served_accuracy']} ({sh['with_feedback']})")
+
+
+@app.command()
+@_command
+def label(directory: DirArg,
+          export: Annotated[Path | None, typer.Option("--export", help="Write up to --n queue items as Label "
+                                                      "Studio tasks (JSON) to this file, leased for --lease-hours.")]
+          = None,
+          import_: Annotated[Path | None, typer.Option("--import", help="Store the annotations of a Label Studio "
+                                                       "export (JSON) as feedback with their origin.")] = None,
+          n: Annotated[int, typer.Option("--n", help="Items to export (1-100).")] = 50,
+          lease_hours: Annotated[float, typer.Option("--lease-hours", help="How long exported items stay reserved "
+                                                     "for this export.")] = 24.0,
+          as_json: JsonOpt = False) -> None:
+    """Label served predictions elsewhere: export the labelling queue's items as Label Studio tasks,
+    import the annotated file back (labels arrive with origin active, or audit as exported)."""
+    from .errors import InputError
+    from .loop.labelling import export_tasks, import_labels
+    from .project import Project
+
+    if (export is None) == (import_ is None):
+        raise InputError("options: expected exactly one of --export FILE or --import FILE")
+    loop = Project(directory).loop
+    if export is not None:
+        if not 0 < lease_hours <= 24 * 30:
+            raise InputError(f"option '--lease-hours': received {lease_hours}; expected more than 0 and at most 720")
+        tasks = export_tasks(loop, n, holder=f"export:{export.name}"[:128], lease_s=lease_hours * 3600)
+        export.write_text(json.dumps(tasks, indent=1))
+        res = {"exported": len(tasks), "file": str(export),
+               "by_origin": {o: sum(1 for t in tasks if t["data"]["origin"] == o) for o in ("active", "audit")}}
+        if as_json:
+            _emit(res)
+        else:
+            out.print(f"exported {res['exported']} items to {export} ({res['by_origin']['active']} active, "
+                      f"{res['by_origin']['audit']} audit), reserved for {lease_hours:g} h")
+        return
+    try:
+        doc = json.loads(import_.read_text())
+    except FileNotFoundError:
+        raise InputError(f"option '--import': file {str(import_)!r} not found; expected a Label Studio JSON "
+                         "export") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"option '--import': file {str(import_)!r} is not JSON ({str(e)[:120]}); expected a "
+                         "Label Studio JSON export") from None
+    res = import_labels(loop, doc)
+    if as_json:
+        _emit(res)
+    else:
+        out.print(f"imported {res['imported']} labels {res['by_origin']}; {res['without_annotation']} tasks "
+                  "without an annotation")
 
 
 @app.command()

@@ -289,6 +289,13 @@ class FeedbackSpec(_Strict):
     store_url: str | None = None
     untrusted_clients: list[str] = []
     holdout_fraction: float = Field(0.3, ge=0.0, lt=1.0)
+    #: share of the labelling queue's items drawn uniformly at random from the champion's
+    #: predictions (origin ``audit``): the unbiased live-accuracy sample
+    audit_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    #: how long an item handed out by ``GET /label/next`` stays reserved for its labeller
+    lease_seconds: float = Field(300.0, gt=0, le=7 * 24 * 3600)
+    #: the newest unlabelled predictions the queue ranks for each request
+    queue_pool: int = Field(2000, ge=10, le=100_000)
     semi_supervised: Literal["auto", "on", "off"] = "auto"
     pseudo_label_threshold: float = Field(0.95, gt=0.5, le=1.0)
     unlabelled_ratio: int = Field(2, ge=1, le=16)
@@ -321,6 +328,8 @@ class MonitorSpec(_Strict):
     permutations: int = Field(200, ge=20, le=10_000)
     drift_p_value: float = Field(0.01, gt=0, lt=0.5)
     psi_threshold: float = Field(0.2, gt=0)
+    #: share of validation inputs the OOD threshold keeps in distribution (set at registration)
+    ood_quantile: float = Field(0.99, gt=0.5, lt=1.0)
 
 
 class PolicySpec(_Strict):
@@ -340,6 +349,9 @@ class PolicySpec(_Strict):
     live_accuracy_floor: float | None = Field(None, ge=0, le=1)
     rollback_min_feedback: int = Field(30, ge=5)
     interval_s: float = Field(60.0, gt=0)
+    #: audit labels the live-accuracy trigger needs before it decides on the audit figure
+    #: (below: on the feedback figure, which is biased, and says so)
+    min_audit_labels: int = Field(30, ge=5)
 
 
 class RecommendationSpec(_Strict):

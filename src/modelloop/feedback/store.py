@@ -43,10 +43,13 @@ from sqlalchemy import event
 from ..errors import InputError, NotFoundError, StoreError, StoreUnavailableError
 
 __all__ = ["FeedbackStore", "open_store", "prediction_row", "check_row", "SCHEMA_VERSION", "FEEDBACK_KINDS",
-           "TEXT_DTYPE", "wilson_interval"]
+           "FEEDBACK_ORIGINS", "TEXT_DTYPE", "wilson_interval"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FEEDBACK_KINDS = ("label", "thumbs", "rating", "click")
+#: who chose the prediction a feedback row labels: a user on their own answer (``user``), the
+#: labelling queue's most informative items (``active``) or its uniformly random audit sample (``audit``)
+FEEDBACK_ORIGINS = ("user", "active", "audit")
 TEXT_DTYPE = "utf-8"  # input_dtype of a text input: its UTF-8 bytes
 #: the effective label of a thumbs down that names no class (live accuracy: a disagreement)
 WRONG = "\x00wrong"
@@ -66,6 +69,8 @@ predictions = sa.Table(
     sa.Column("label", sa.String(256), nullable=False),
     sa.Column("scores", sa.Text, nullable=False),             # JSON {class: probability}
     sa.Column("latency_ms", sa.Float, nullable=False),
+    # distance of the input from the training distribution (None: the version has no calibration); since schema 3
+    sa.Column("ood_score", sa.Float, nullable=True),
 )
 feedback = sa.Table(
     "feedback", _meta,
@@ -76,6 +81,18 @@ feedback = sa.Table(
     sa.Column("client", sa.String(128), nullable=True),
     sa.Column("kind", sa.String(16), nullable=False, server_default="label"),  # since schema 2
     sa.Column("value", sa.Float, nullable=True),  # thumbs: +1/-1; rating: 1-5 (since schema 2)
+    sa.Column("origin", sa.String(16), nullable=False, server_default="user"),  # FEEDBACK_ORIGINS (since schema 3)
+)
+#: what the labelling queue handed out: one row per prediction, leased to one labeller until
+#: ``expires_at`` (so two labellers, in any server process, never get the same one at once), with
+#: the origin its label must come back with (since schema 3)
+label_handouts = sa.Table(
+    "label_handouts", _meta,
+    sa.Column("prediction_id", sa.String(32), primary_key=True),
+    sa.Column("origin", sa.String(16), nullable=False),
+    sa.Column("holder", sa.String(128), nullable=True),
+    sa.Column("handed_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
 )
 shadow_predictions = sa.Table(
     "shadow_predictions", _meta,
@@ -110,7 +127,7 @@ def check_row(row: dict[str, Any]) -> None:
 
 
 def prediction_row(pid: str, model_version: str, x: np.ndarray | str | dict[str, Any], label: str,
-                   scores: dict[str, float], latency_ms: float) -> dict[str, Any]:
+                   scores: dict[str, float], latency_ms: float, ood_score: float | None = None) -> dict[str, Any]:
     """A predictions-table row. ``x`` is one input: an array (or tensor), a text, or a table row.
     Pixels that are whole numbers 0-255 are stored as uint8; a text
     is stored as its UTF-8 bytes with dtype ``utf-8``; a table row (dict) as its JSON text, like a text.
@@ -132,7 +149,7 @@ def prediction_row(pid: str, model_version: str, x: np.ndarray | str | dict[str,
     row = {"id": pid, "created_at": time.time(), "model_version": model_version,
            "input_shape": json.dumps(shape), "input_dtype": dtype, "input_data": data,
            "input_hash": hashlib.sha256(data).hexdigest(), "label": label, "scores": json.dumps(scores),
-           "latency_ms": latency_ms}
+           "latency_ms": latency_ms, "ood_score": ood_score}
     check_row(row)
     return row
 
@@ -142,7 +159,13 @@ def _migrate_1_to_2(conn: sa.Connection) -> None:
     conn.execute(sa.text("ALTER TABLE feedback ADD COLUMN value FLOAT"))
 
 
-_MIGRATIONS = {1: _migrate_1_to_2}  # from version N to N+1
+def _migrate_2_to_3(conn: sa.Connection) -> None:
+    # label_handouts is new: create_all makes it after the migrations
+    conn.execute(sa.text("ALTER TABLE feedback ADD COLUMN origin VARCHAR(16) NOT NULL DEFAULT 'user'"))
+    conn.execute(sa.text("ALTER TABLE predictions ADD COLUMN ood_score FLOAT"))
+
+
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}  # from version N to N+1
 
 
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
@@ -339,6 +362,8 @@ class FeedbackStore:
             StoreUnavailableError: the store cannot be reached or written right now; nothing of
                 this call is stored unless a retry finds it committed.
         """
+        if rows and any("ood_score" not in r for r in rows):  # rows spooled before schema 3
+            rows = [{"ood_score": None, **r} for r in rows]
         with self.engine.begin() as c:
             if rows:
                 c.execute(self._insert_predictions(), rows)
@@ -353,23 +378,118 @@ class FeedbackStore:
         return insert(predictions).on_conflict_do_nothing(index_elements=["id"])
 
     def add_feedback(self, prediction_id: str, label: str, client: str | None = None, kind: str = "label",
-                     value: float | None = None) -> int:
+                     value: float | None = None, origin: str = "user") -> int:
         """Record feedback on a prediction. Raises NotFoundError for an unknown id.
 
         ``label`` is the label the feedback is about: the correct one (kind ``label``), or the
         predicted one being judged (``thumbs`` with value +1/-1, ``rating`` with value 1-5).
+        ``origin`` says who chose the prediction: ``user`` (anyone, on any prediction), or
+        ``active`` / ``audit``, which only a prediction the labelling queue handed out with that
+        origin may carry (its lease is released: the item is done).
+
+        Raises:
+            StoreError: an unknown ``kind``.
+            InputError: an unknown ``origin``, or one the prediction was not handed out with.
+            NotFoundError: no such prediction.
         """
         if kind not in FEEDBACK_KINDS:
             raise StoreError(f"feedback kind {kind!r}: unknown; expected one of {', '.join(FEEDBACK_KINDS)}")
+        if origin not in FEEDBACK_ORIGINS:
+            raise InputError(f"field 'origin': received {origin!r}; expected one of {', '.join(FEEDBACK_ORIGINS)}")
         with self.engine.begin() as c:
             found = None if "\x00" in prediction_id else c.execute(  # no stored id has NUL (PostgreSQL refuses it)
                 sa.select(predictions.c.id).where(predictions.c.id == prediction_id)).first()
             if found is None:
                 raise NotFoundError(f"field 'prediction_id': received {prediction_id!r}; "
                                     "expected the id of a stored prediction")
+            if origin != "user":
+                handed = c.execute(sa.select(label_handouts.c.origin)
+                                   .where(label_handouts.c.prediction_id == prediction_id)).scalar_one_or_none()
+                if handed != origin:
+                    why = "was never handed out by the labelling queue" if handed is None else \
+                        f"was handed out as {handed!r}"
+                    raise InputError(f"field 'origin': received {origin!r} for prediction {prediction_id!r}, which "
+                                     f"{why}; expected 'user', or the origin GET /label/next gave the item")
             res = c.execute(feedback.insert().values(prediction_id=prediction_id, label=label, created_at=time.time(),
-                                                     client=client, kind=kind, value=value))
+                                                     client=client, kind=kind, value=value, origin=origin))
+            if origin != "user":  # done: the lease ends now (the row stays, to check later labels' origin)
+                c.execute(label_handouts.update().where(label_handouts.c.prediction_id == prediction_id)
+                          .values(expires_at=time.time()))
             return int(res.inserted_primary_key[0])
+
+    # -- the labelling queue ---------------------------------------------------------------
+    def label_candidates(self, limit: int) -> list[dict[str, Any]]:
+        """Predictions worth handing to a labeller: no label-bearing feedback (``label`` or
+        ``thumbs``) yet and not leased now; the newest ``limit``. Rows: ``id``, ``model_version``,
+        ``label`` (predicted), ``scores`` (JSON), ``ood_score``, ``created_at``."""
+        now = time.time()
+        labelled = sa.exists().where(feedback.c.prediction_id == predictions.c.id,
+                                     feedback.c.kind.in_(("label", "thumbs")))
+        leased = sa.exists().where(label_handouts.c.prediction_id == predictions.c.id,
+                                   label_handouts.c.expires_at > now)
+        q = (sa.select(predictions.c.id, predictions.c.model_version, predictions.c.label, predictions.c.scores,
+                       predictions.c.ood_score, predictions.c.created_at)
+             .where(~labelled, ~leased).order_by(predictions.c.created_at.desc(), predictions.c.id).limit(limit))
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(q).mappings()]
+
+    def audit_candidates(self, model_version: str) -> list[str]:
+        """Ids (sorted) of ``model_version``'s predictions the audit sample may still draw: no
+        ``audit`` feedback yet and not leased now. Every served prediction of the version is one,
+        whatever feedback it got otherwise: that is what makes the audit sample uniform."""
+        now = time.time()
+        audited = sa.exists().where(feedback.c.prediction_id == predictions.c.id, feedback.c.origin == "audit")
+        leased = sa.exists().where(label_handouts.c.prediction_id == predictions.c.id,
+                                   label_handouts.c.expires_at > now)
+        q = (sa.select(predictions.c.id).where(predictions.c.model_version == model_version, ~audited, ~leased)
+             .order_by(predictions.c.id))
+        with self.long_read() as c:
+            return [r[0] for r in c.execute(q)]
+
+    def claim(self, items: list[tuple[str, str]], holder: str | None, lease_s: float) -> list[str]:
+        """Lease ``(prediction_id, origin)`` items to ``holder`` for ``lease_s`` seconds; returns
+        the ids this call got, in order. An item another labeller holds (a lease not yet expired,
+        taken by any process on this store) is skipped: each row is won by one transaction only."""
+        if not items:
+            return []
+        now = time.time()
+        got = []
+        with self.engine.begin() as c:
+            for pid, origin in items:
+                values = {"origin": origin, "holder": holder, "handed_at": now, "expires_at": now + lease_s}
+                # RETURNING says whether this statement wrote the row (rowcount is not reliable for
+                # ON CONFLICT DO NOTHING on every driver)
+                won = c.execute(self._insert_handout().values(prediction_id=pid, **values)
+                                .returning(label_handouts.c.prediction_id)).first()
+                if won is None:  # handed out before: take it only if that lease has ended
+                    won = c.execute(label_handouts.update().where(label_handouts.c.prediction_id == pid,
+                                                                  label_handouts.c.expires_at <= now)
+                                    .values(**values).returning(label_handouts.c.prediction_id)).first()
+                if won is not None:
+                    got.append(pid)
+        return got
+
+    def _insert_handout(self) -> sa.Insert:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(label_handouts).on_conflict_do_nothing(index_elements=["prediction_id"])
+
+    def handouts(self) -> list[dict[str, Any]]:
+        """Every handout row: ``prediction_id``, ``origin``, ``holder``, ``handed_at``, ``expires_at``."""
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(sa.select(label_handouts).order_by(label_handouts.c.handed_at))
+                    .mappings()]
+
+    def get_inputs(self, ids: list[str]) -> dict[str, np.ndarray | str]:
+        """The stored inputs of these predictions, decoded (str for texts and table rows), by id."""
+        if not ids:
+            return {}
+        q = sa.select(predictions.c.id, predictions.c.input_shape, predictions.c.input_dtype,
+                      predictions.c.input_data).where(predictions.c.id.in_(ids))
+        with self.long_read() as c:
+            return {r[0]: _decode_input(r[1], r[2], r[3]) for r in c.execute(q)}
 
     # -- reads -----------------------------------------------------------------------------
     def get_prediction(self, prediction_id: str) -> dict[str, Any]:
@@ -402,7 +522,7 @@ class FeedbackStore:
 
     def labelled(self, class_names: list[str] | None = None, exclude_clients: Iterable[str] = (),
                  with_input: bool = False, since: float | None = None, model_version: str | None = None,
-                 thumbs_down_disagrees: bool = False) -> list[dict[str, Any]]:
+                 thumbs_down_disagrees: bool = False, origins: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """One row per prediction that has label-bearing feedback: its effective label.
 
         The latest ``label`` or ``thumbs`` row of trusted clients counts. Thumbs up confirms the
@@ -410,17 +530,20 @@ class FeedbackStore:
         (``class_names`` given), otherwise it carries no label and the prediction is skipped (with
         ``thumbs_down_disagrees``, kept with a label no model predicts: a disagreement, for live
         accuracy).
+        With ``origins``, only feedback of those origins counts (``["audit"]``: the audit sample).
         Rows: id, label, predicted, model_version, created_at (of the prediction), feedback_at,
-        client, and with ``with_input`` the stored input.
+        client, origin, and with ``with_input`` the stored input.
         """
         excluded = [c for c in exclude_clients if c]
         fb = sa.select(feedback).where(feedback.c.kind.in_(("label", "thumbs")))
+        if origins is not None:
+            fb = fb.where(feedback.c.origin.in_(list(origins)))
         if excluded:
             fb = fb.where(sa.or_(feedback.c.client.is_(None), feedback.c.client.not_in(excluded)))
         fb = fb.subquery()
         latest = (sa.select(fb.c.prediction_id, sa.func.max(fb.c.id).label("fid"))
                   .group_by(fb.c.prediction_id).subquery())
-        cols = [predictions.c.id, fb.c.label.label("fb_label"), fb.c.kind, fb.c.value, fb.c.client,
+        cols = [predictions.c.id, fb.c.label.label("fb_label"), fb.c.kind, fb.c.value, fb.c.client, fb.c.origin,
                 fb.c.created_at.label("feedback_at"), predictions.c.label.label("predicted"),
                 predictions.c.model_version, predictions.c.created_at]
         if with_input:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import InputError, RegistryError
 from ..settings import write_private
+from .labelling import live_quality
 from .state import Progress
 
 __all__ = ["monitor", "shadow", "shadow_report", "watch_state", "rollback_check", "watch_once"]
@@ -28,6 +29,15 @@ def monitor(loop: Any) -> dict[str, Any]:
     ctx = loop.context(None)
     champ = loop.load_champion()
     out = loop.task.monitor(ctx, champ)
+    if loop.task.labelling:
+        # Users correct wrong answers more often than they confirm right ones: the feedback figure
+        # leans low. The audit sample (uniformly random predictions, labelled from the queue) does not.
+        if isinstance(out.get("live_accuracy"), dict):
+            out["live_accuracy"].update(source="feedback", biased=True, note=(
+                "from all feedback: users correct wrong answers more often than they confirm right ones, so this "
+                "figure is biased; see live_accuracy_audit"))
+        out["live_accuracy_audit"] = live_quality(loop, champ.version, champ.class_names,
+                                                  bool(getattr(champ, "regression", False)))
     out["clients"] = [{**c, "trusted": c["client"] not in loop.spec.feedback.untrusted_clients}
                       for c in loop.store.clients()]
     shadowing = loop.registry.alias("shadow")
@@ -59,6 +69,19 @@ def rollback_check(loop: Any) -> dict[str, Any] | None:
     return loop.task.rollback_check(loop.context(None), history[-1], history[-2])
 
 
+def _live_for_trigger(mon: dict[str, Any], min_audit: int) -> dict[str, Any]:
+    """The live accuracy the floor trigger decides on: the audit figure once it has ``min_audit``
+    labels (``policy.min_audit_labels``), else the feedback figure, which is biased (said in ``note``)."""
+    audit = mon.get("live_accuracy_audit")
+    if audit and audit.get("measure") == "accuracy" and audit["n"] >= min_audit:
+        return {**audit, "source": "audit"}
+    fb = mon["live_accuracy"]
+    n = audit["n"] if audit else 0
+    note = (f"{n} audit labels, fewer than policy.min_audit_labels ({min_audit}): decided on the feedback figure, "
+            "which is biased" if audit else None)
+    return {**fb, "source": "feedback", "note": note}
+
+
 def watch_once(loop: Any, progress: Progress | None, force: bool) -> dict[str, Any]:
     """One policy round (the caller holds the writer lock); see ``Loop.watch_once``."""
     pol = loop.spec.policy
@@ -80,12 +103,13 @@ def watch_once(loop: Any, progress: Progress | None, force: bool) -> dict[str, A
                      if c.get("baseline")), None)
         target = base["baseline_value"] if base and loop.spec.requirements.metric == "accuracy" else None
     new = mon["feedback"]["new_since_last_training"]
-    live = mon["live_accuracy"]
+    live = _live_for_trigger(mon, pol.min_audit_labels)
     triggers = {
         "new_feedback": {"value": new, "threshold": pol.min_new_feedback, "fired": new >= pol.min_new_feedback},
         "drift": {"detected": mon["drift"]["detected"], "fired": pol.retrain_on_drift and mon["drift"]["detected"]
                   and new >= loop.spec.gate.min_feedback_for_evidence},
-        "live_accuracy": {"high": live["high"], "floor": target,
+        "live_accuracy": {"high": live["high"], "floor": target, "source": live["source"],
+                          **({"note": live["note"]} if live.get("note") else {}),
                           "fired": live["high"] is not None and target is not None and live["high"] < target},
     }
     out: dict[str, Any] = {"action": "none", "champion": champion, "triggers": triggers, "rollback": rb,

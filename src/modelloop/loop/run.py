@@ -12,10 +12,13 @@ or the challenger alias. The task says what each step does with its data
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from ..errors import RegistryError
+from ..feedback.ood import OOD_FILE
 from ..tasks.stages import NewVersion
 from .state import Progress, RunState
 
@@ -33,9 +36,27 @@ def register(loop: Any, new: NewVersion, progress: Progress | None) -> dict[str,
         loop.say(progress, f"[report] {version}: {report}")
         return {"report": str(report)}
 
-    version = loop.registry.register(new.manifest, new.model, new.preprocessing, extra_files=new.extra_files,
-                                     complete=complete)
+    extra = dict(new.extra_files)
+    with tempfile.TemporaryDirectory() as tmp:
+        ood = _ood_calibration(loop, new)
+        if ood is not None:  # stored with the version: the server flags inputs outside the training distribution
+            path = Path(tmp) / OOD_FILE
+            ood.save(path)
+            new.manifest["ood"] = ood.info()
+            extra[OOD_FILE] = path
+        version = loop.registry.register(new.manifest, new.model, new.preprocessing, extra_files=extra,
+                                         complete=complete)
     return {"version": version, **new.result, "report": str(loop.registry.manifest(version)["report"])}
+
+
+def _ood_calibration(loop: Any, new: NewVersion):
+    """The task's OOD calibration of ``new`` (None: not applicable, or it failed: the version is
+    then served without OOD scores, which the server says)."""
+    try:
+        return loop.task.ood_calibration(loop.context(None), new, loop.spec.monitor.ood_quantile)
+    except Exception as e:  # a missing calibration must never cost a trained version
+        log.warning("out-of-distribution calibration failed; the version will answer without OOD scores: %s", e)
+        return None
 
 
 def run(loop: Any, found: RunState | None, progress: Progress | None) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from ..errors import ModelloopError
 from ..tasks.serving import json_safe
 from .deps import ServeContext
 from .middleware import GuardMiddleware
-from .routes import admin, feedback, predict, status, ui
+from .routes import admin, feedback, label, predict, status, ui
 
 __all__ = ["create_app", "app_from_environment", "PROJECT_ENV", "OVERRIDES_ENV", "parse_pixels"]
 
@@ -110,7 +110,7 @@ def create_app(project_dir: str | Path, *, max_batch_size: int | None = None, ma
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
 
-    for module in (predict, feedback, status, admin, ui):
+    for module in (predict, feedback, label, status, admin, ui):
         app.include_router(module.router(ctx))
     own = ctx.task.routes(ctx)  # the task's own routes (recommendation: /recommend, /similar), if any
     if own is not None:

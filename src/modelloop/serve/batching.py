@@ -26,6 +26,7 @@ class BatchResult:
     probs: np.ndarray  # (n, K) for this caller's n inputs
     model: Any  # the model that computed them (its version and class names go back to the caller)
     batch_size: int  # size of the whole forward pass this caller shared
+    ood: np.ndarray | None = None  # (n,) out-of-distribution scores; None: the model has no calibration
 
 
 class MicroBatcher:
@@ -33,6 +34,7 @@ class MicroBatcher:
 
     Args:
         forward: ``forward(x) -> (probs, model)`` for x (N, C, H, W) float32; called in one thread.
+            ``probs`` may be a pair ``(probs, ood_scores (N,))``: each caller gets its rows of both.
         max_batch_size: most inputs per forward pass.
         max_wait_ms: longest time a batch waits for requests still on their way.
         on_batch: called with each batch's size and seconds (for metrics).
@@ -115,8 +117,12 @@ class MicroBatcher:
                 continue
             if self.on_batch is not None:
                 self.on_batch(len(xs), time.perf_counter() - t)
+            ood = None
+            if isinstance(probs, tuple):
+                probs, ood = probs
             start = 0
             for x, fut in items:
                 if not fut.done():
-                    fut.set_result(BatchResult(probs[start : start + len(x)], model, len(xs)))
+                    fut.set_result(BatchResult(probs[start : start + len(x)], model, len(xs),
+                                               None if ood is None else ood[start : start + len(x)]))
                 start += len(x)

@@ -20,6 +20,7 @@ from fastapi import Request
 
 from ..errors import ModelloopError
 from ..feedback import PredictionWriter
+from ..feedback.ood import load_calibration, outputs_and_embeddings
 from ..loop import Loop
 from ..spec import ServingSpec
 from ..tasks.base import Task
@@ -89,6 +90,8 @@ class ServeContext:
     batcher: MicroBatcher
     jobs: RetrainJobs
     shadow: ShadowScorer
+    #: ``ood_calibration(model)``: the OOD calibration of a served model (None: it has none)
+    ood_calibration: Any = None
     #: per-app state a task's hooks keep, by a key the task chooses
     cache: dict[str, Any] = field(default_factory=dict)
     _writer: PredictionWriter | None = None
@@ -105,15 +108,38 @@ class ServeContext:
                              load=lambda version: loop.task.serve_model(loop.registry, version, backend=backend,
                                                                         threads=cfg.threads))
 
-        def forward(x: np.ndarray) -> tuple[np.ndarray, Any]:
+        oods: dict[str, Any] = {}
+
+        def calibration(model: Any) -> Any:
+            """The OOD calibration stored with the served version (None: registered without one)."""
+            if model.version not in oods:
+                oods.clear()
+                cal = None
+                if loop.task.labelling:
+                    try:
+                        cal = load_calibration(loop.registry.path(model.version), model.manifest)
+                    except Exception as e:  # an unreadable calibration costs the flag, never the answer
+                        log.warning("model %s: OOD calibration unreadable (%s); answering without OOD scores",
+                                    model.version, e)
+                if cal is None:
+                    log.info("model %s has no OOD calibration: its answers carry no OOD flag", model.version)
+                oods[model.version] = cal
+            return oods[model.version]
+
+        def forward(x: np.ndarray) -> tuple[Any, Any]:
             model = holder.get()
-            return model.run(x), model
+            cal = calibration(model)
+            if cal is None:
+                return model.run(x), model
+            probs, emb = outputs_and_embeddings(model, x)
+            return (probs, cal.score(emb)), model
 
         batcher = MicroBatcher(forward, max_batch_size or cfg.max_batch_size,
                                cfg.max_wait_ms if max_wait_ms is None else max_wait_ms, on_batch=metrics.on_batch)
         return cls(loop=loop, config=cfg, holder=holder, metrics=metrics,
                    keys=load_keys(cfg.keys, loop.paths.state / "keys.json"), batcher=batcher,
-                   jobs=RetrainJobs(loop.paths.root), shadow=ShadowScorer(loop, cfg.threads))
+                   jobs=RetrainJobs(loop.paths.root), shadow=ShadowScorer(loop, cfg.threads),
+                   ood_calibration=calibration)
 
     # -- the project ---------------------------------------------------------------------------
     @property

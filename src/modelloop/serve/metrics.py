@@ -13,7 +13,8 @@ __all__ = ["ServerMetrics", "ENDPOINTS"]
 disable_created_metrics()  # the *_created series only add noise to every scrape
 
 #: the shared routes' labels; a server adds its task's own routes (``ServerMetrics.add_endpoints``)
-ENDPOINTS = ("/predict", "/feedback", "/models", "/health", "/ready", "/metrics", "/stats", "/info", "/admin", "/ui",
+ENDPOINTS = ("/predict", "/feedback", "/label", "/models", "/health", "/ready", "/metrics", "/stats", "/info",
+             "/admin", "/ui",
              "/docs", "/", "/openapi.json")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5,
                     1.0, 2.5, 5.0)
@@ -56,8 +57,17 @@ class ServerMetrics:
         self.feedback = Counter("modelloop_feedback_total", "Feedback received.", registry=r)
         self.model_info = Gauge("modelloop_model_info", "The model being served (value 1).",
                                 ["version", "backend"], registry=r)
-        self.live_accuracy = Gauge("modelloop_live_accuracy", "Champion's live accuracy from feedback, with its "
-                                   "Wilson interval.", ["version", "bound"], registry=r)
+        self.live_accuracy_audit = Gauge("modelloop_live_accuracy_audit", "Champion's live accuracy on the audit "
+                                         "sample (uniformly random predictions labelled from the queue: "
+                                         "unbiased), with its 95% Wilson interval.", ["version", "bound"], registry=r)
+        self.live_accuracy = Gauge("modelloop_live_accuracy", "Champion's live accuracy on all feedback, with its "
+                                   "Wilson interval: biased (users correct wrong answers more often than they "
+                                   "confirm right ones); see modelloop_live_accuracy_audit.", ["version", "bound"],
+                                   registry=r)
+        self.audit_labels = Gauge("modelloop_audit_labels", "Audit-sample labels of the champion.", ["version"],
+                                  registry=r)
+        self.ood = Counter("modelloop_ood_total", "Predictions flagged out of the training distribution.",
+                           ["model_version"], registry=r)
         self.drift = Gauge("modelloop_drift", "Input drift of the last monitor run (MMD² statistic, threshold, "
                            "detected 0/1).", ["quantity"], registry=r)
         self._recent = deque(maxlen=2000)  # (time, seconds) of recent predict/recommend requests
@@ -77,11 +87,20 @@ class ServerMetrics:
         self.model_info.clear()
         self.model_info.labels(version, backend).set(1)
 
-    def set_live_accuracy(self, version: str, stats: dict) -> None:
+    def set_live_accuracy(self, version: str, stats: dict, audit: dict | None = None) -> None:
+        """``stats``: the feedback figure (``FeedbackStore.feedback_stats``); ``audit``: the audit
+        sample's (``feedback.labelling.audit_figure``)."""
         self.live_accuracy.clear()
         for bound, key in (("value", "live_accuracy"), ("low", "low"), ("high", "high")):
             if stats.get(key) is not None:
                 self.live_accuracy.labels(version, bound).set(stats[key])
+        self.live_accuracy_audit.clear()
+        self.audit_labels.clear()
+        if audit is not None and audit.get("measure") == "accuracy":
+            self.audit_labels.labels(version).set(audit["n"])
+            for bound in ("value", "low", "high"):
+                if audit.get(bound) is not None:
+                    self.live_accuracy_audit.labels(version, bound).set(audit[bound])
 
     def set_drift(self, drift: dict) -> None:
         if drift.get("statistic") is None:

@@ -28,6 +28,9 @@ class FeedbackIn(BaseModel):
         None, description=("The correct class name (kind label); an integer is read as its text. Regression "
                            "models: the true value, a finite number."))
     value: FiniteNumber | None = Field(None, description="thumbs: +1 or -1; rating: 1 to 5 (a finite number).")
+    origin: Literal["user", "active", "audit"] = Field("user", description=(
+        "Who chose this prediction: user (their own answer), or the origin GET /label/next gave the item "
+        "(active: the queue's most informative; audit: its uniformly random sample)."))
 
     @model_validator(mode="after")
     def _consistent(self) -> FeedbackIn:
@@ -46,6 +49,7 @@ class FeedbackOut(BaseModel):
     kind: str = "label"
     label: str
     value: float | None = None
+    origin: str = "user"
 
 
 class AdminPromoteIn(BaseModel):

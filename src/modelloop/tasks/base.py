@@ -333,6 +333,75 @@ class Task(ABC):
         label = names[int(output.argmax())]
         return label, scores, {"label": label, "scores": scores}
 
+    # -- labelling and out-of-distribution scores ----------------------------------------------
+    @property
+    def labelling(self) -> bool:
+        """This task's served predictions can be labelled from the labelling queue and carry an
+        OOD score: tasks served through ``POST /predict``. Recommendation and FAQ answers are
+        lists judged by clicks and thumbs, not inputs waiting for a class (not applicable)."""
+        return self.served_route == "/predict"
+
+    def ood_calibration(self, ctx, new, quantile: float = 0.99):
+        """Fit the out-of-distribution calibration of a version about to be registered (``new``:
+        a ``stages.NewVersion``) on its dataset's training and validation splits, in the space
+        the drift monitor uses -> ``feedback.ood.OodCalibration``, or None where not applicable."""
+        if not self.labelling or "dataset" not in new.manifest:
+            return None
+        import numpy as np
+        import torch
+
+        from ..data.dataset import Dataset
+        from ..feedback.drift import embed
+        from ..feedback.ood import fit_calibration
+        from ..registry.artifact import read_featurizer
+
+        ds = Dataset.load(ctx.paths.data, new.manifest["dataset"].get("base_fingerprint")
+                          or new.manifest["dataset"]["fingerprint"])
+        feat = read_featurizer(new.preprocessing)
+        rng = np.random.default_rng(ctx.spec.seed)
+
+        def sample(split: str, limit: int):
+            x, y = ds.splits[split]
+            idx = np.sort(rng.choice(len(y), size=min(limit, len(y)), replace=False))
+            xs = [x[i] for i in idx] if isinstance(x, list) else x[torch.as_tensor(idx)]
+            return embed(new.model, feat.transform(xs)), np.asarray(y)[idx]
+
+        train_emb, train_y = sample("train", 4000)
+        val_emb, _ = sample("val", 2000)
+        return fit_calibration(train_emb, None if self.problem == "regression" else train_y, val_emb, quantile)
+
+    def show_input(self, x, model) -> dict[str, Any]:
+        """A stored input (as the prediction store decodes it) as the labelling page and the
+        export show it: ``{"kind": "image", "png": base64}``, ``{"kind": "audio", "wav": base64}``,
+        ``{"kind": "text", "text": ...}`` or ``{"kind": "row", "row": {...}}``."""
+        import base64
+        import io
+        import json
+
+        import numpy as np
+
+        if isinstance(x, str):
+            if self.input_kind == "tabular":
+                try:
+                    return {"kind": "row", "row": json.loads(x)}
+                except ValueError:
+                    pass
+            return {"kind": "text", "text": x}
+        a = np.asarray(x)
+        buf = io.BytesIO()
+        if self.input_kind == "audio":
+            import soundfile as sf
+
+            rate = int(self.describe_input(model).get("sample_rate", 16000))
+            sf.write(buf, np.clip(a.reshape(-1).astype(np.float32), -1, 1), rate, format="WAV", subtype="PCM_16")
+            return {"kind": "audio", "wav": base64.b64encode(buf.getvalue()).decode(), "sample_rate": rate}
+        from PIL import Image
+
+        img = a.reshape(-1, a.shape[-2], a.shape[-1]) if a.ndim >= 2 else a.reshape(1, 1, -1)
+        img = np.clip(img, 0, 255).astype(np.uint8)
+        Image.fromarray(img[0] if img.shape[0] == 1 else np.moveaxis(img[:3], 0, -1)).save(buf, format="PNG")
+        return {"kind": "image", "png": base64.b64encode(buf.getvalue()).decode()}
+
     def check_feedback(self, label, predicted: str, version: str, ctx) -> str:
         """The label the feedback store keeps for ``label`` (as ``POST /feedback`` received it:
         a text, a number or None) given on a prediction that model ``version`` answered with

@@ -38,9 +38,9 @@ def router(ctx: ServeContext) -> APIRouter:
             raise
         label = ctx.task.check_feedback(body.label, pred["label"], pred["model_version"], ctx)
         fid = ctx.store.add_feedback(body.prediction_id, label, client=ctx.client_of(request),
-                                     kind=body.kind, value=body.value)
+                                     kind=body.kind, value=body.value, origin=body.origin)
         ctx.metrics.feedback.inc()
         return FeedbackOut(feedback_id=fid, prediction_id=body.prediction_id, kind=body.kind, label=label,
-                           value=body.value)
+                           value=body.value, origin=body.origin)
 
     return r

@@ -122,12 +122,20 @@ def router(ctx: ServeContext) -> APIRouter:
                 batcher.left()
         model = res.model
         latency_ms = (time.perf_counter() - t0) * 1000
+        cal = ctx.ood_calibration(model) if res.ood is not None else None
         out, rows = [], []
-        for xi, p in zip(x, res.probs, strict=True):
+        for i, (xi, p) in enumerate(zip(x, res.probs, strict=True)):
             pid = uuid.uuid4().hex
             label, scores, shown = task.read_output(model, p)
-            out.append({"prediction_id": pid, **shown, "model_version": model.version, "latency_ms": latency_ms})
-            rows.append(prediction_row(pid, model.version, xi, label, scores, latency_ms))
+            ood_score = float(res.ood[i]) if cal is not None else None
+            # ood: true outside the training distribution; null for a version registered without calibration
+            ood = {"ood": None if cal is None else bool(ood_score > cal.threshold), "ood_score": ood_score}
+            out.append({"prediction_id": pid, **shown, **ood, "model_version": model.version,
+                        "latency_ms": latency_ms})
+            rows.append(prediction_row(pid, model.version, xi, label, scores, latency_ms, ood_score))
+        flagged = sum(1 for o in out if o["ood"])
+        if flagged:
+            ctx.metrics.ood.labels(model.version).inc(flagged)
         logged = await ctx.writer.commit(rows)  # answered once the rows are committed (or spooled)
         if shadow.active():
             shadow.submit([o["prediction_id"] for o in out], x)

@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from ...errors import ModelloopError
+from ...loop.labelling import live_quality
 from ..deps import ServeContext
 from .responses import ERRORS
 
@@ -20,6 +21,12 @@ __all__ = ["router"]
 def router(ctx: ServeContext) -> APIRouter:
     r = APIRouter()
     loop, holder, metrics, cfg = ctx.loop, ctx.holder, ctx.metrics, ctx.config
+
+    def _audit(m) -> dict[str, Any] | None:
+        """The served version's live quality on the audit sample (None: no labelling queue)."""
+        if not ctx.task.labelling:
+            return None
+        return live_quality(loop, m.version, m.class_names, bool(getattr(m, "regression", False)))
 
     @r.get("/health", responses={503: {"description": "The prediction writer has died; restart the server.",
                                        "content": ERRORS}})
@@ -66,15 +73,19 @@ def router(ctx: ServeContext) -> APIRouter:
         if m is not None:
             metrics.set_live_accuracy(m.version, loop.store.feedback_stats(loop.spec.feedback.untrusted_clients,
                                                                            model_version=m.version,
-                                                                           class_names=m.class_names))
+                                                                           class_names=m.class_names),
+                                      _audit(m))
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @r.get("/stats")
     def stats() -> dict[str, Any]:
         """Live counters for the web UI."""
         m = holder.loaded
+        audit = _audit(m) if m is not None else None
         return {"requests": metrics.total(ctx.task.served_route), **metrics.recent_latency_ms(),
                 **loop.store.feedback_stats(), "feedback": loop.store.counts()["feedback"],
+                # the figure above is from all feedback (biased); this one from the audit sample (unbiased)
+                "live_accuracy_audit": audit,
                 "model_version": m and m.version, "backend": m and m.backend,
                 "uptime_s": time.time() - metrics.started, "predict_open": cfg.open_predict}
 

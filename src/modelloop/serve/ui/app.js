@@ -315,7 +315,12 @@ async function refresh() {
     $("c-requests").textContent = stats.requests;
     $("c-latency").textContent = stats.p50_ms == null ? "–" : stats.p50_ms.toFixed(1) + " ms";
     $("c-feedback").textContent = stats.feedback;
-    $("c-live").textContent = stats.live_accuracy == null ? "–" : (100 * stats.live_accuracy).toFixed(1) + "%";
+    const au = stats.live_accuracy_audit;
+    $("c-live").textContent = au && au.measure === "accuracy" && au.value != null ? (100 * au.value).toFixed(1) + "%" : "–";
+    $("c-live").title = au && au.value != null && au.measure === "accuracy"
+      ? `95% interval ${(100 * au.low).toFixed(1)}–${(100 * au.high).toFixed(1)}% on ${au.n} audit labels`
+      : "no audit labels yet: label items from the queue (Label)";
+    $("c-live-feedback").textContent = stats.live_accuracy == null ? "–" : (100 * stats.live_accuracy).toFixed(1) + "%";
     $("c-version").textContent = stats.model_version || "–";
   } catch (e) { /* the next refresh tries again */ }
 }
@@ -368,7 +373,11 @@ async function refreshMonitor() {
       d.statistic == null ? d.reason : `MMD² ${fmt(d.statistic, 4)} vs threshold ${fmt(d.threshold, 4)}, p = ${fmt(d.p_value)}`, d.detected));
     box.append(tile("prediction drift", pd.psi == null ? "–" : (pd.detected ? "DETECTED" : "none"),
       `PSI ${fmt(pd.psi)} (threshold ${pd.threshold})`, pd.detected));
-    box.append(tile("live accuracy", la.value == null ? "–" : (100 * la.value).toFixed(1) + "%",
+    const au = m.live_accuracy_audit;
+    if (au) box.append(tile(au.measure === "rmse" ? "live RMSE (audit)" : "live accuracy (audit)",
+      au.value == null ? "–" : (au.measure === "rmse" ? fmt(au.value, 4) : (100 * au.value).toFixed(1) + "%"),
+      au.value == null ? "no audit labels yet" : `95% CI ${fmt(au.low)}–${fmt(au.high)} on ${au.n} audit labels (unbiased)`, false));
+    box.append(tile(au ? "from feedback (biased)" : "live accuracy", la.value == null ? "–" : (100 * la.value).toFixed(1) + "%",
       la.value == null ? "no labelled feedback yet" : `95% CI ${fmt(la.low)}–${fmt(la.high)} on ${la.n}`, false));
     box.append(tile("new feedback", m.feedback.new_since_last_training, `${m.feedback.feedback} rows in all`, false));
     if (m.shadow) box.append(tile(`shadow ${m.shadow.version}`, m.shadow.agreement == null ? "–" : (100 * m.shadow.agreement).toFixed(1) + "% agree",
