@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import rich.markup
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -66,7 +67,8 @@ def _command(fn):
         except ModelloopError as e:
             if as_json:
                 _emit({"error": str(e), "type": type(e).__name__})
-            err.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+            # The message is text, not markup: "modelloop[ray]" or "[0, 1]" must print as written.
+            err.print(f"[bold red]error:[/bold red] {rich.markup.escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
 
     return wrapper

@@ -59,7 +59,8 @@ def test_demo_records_lineage_and_decision(demo_run):
     # No pickle anywhere in the artifacts; an ONNX file only when that backend serves.
     files = {p.name for p in (directory / "registry" / "versions" / "v1").iterdir()}
     assert {"manifest.json", "weights.safetensors", "preprocessing.json"} <= files
-    assert files <= {"manifest.json", "weights.safetensors", "preprocessing.json", "model.onnx", "model.int8.onnx"}
+    assert files <= {"manifest.json", "weights.safetensors", "preprocessing.json", "model.onnx", "model.int8.onnx",
+                     "ood.safetensors"}  # the out-of-distribution calibration
     v1 = json.loads((directory / "registry" / "versions" / "v1" / "manifest.json").read_text())
     assert v1["serving"]["backend"] in ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8")
     assert ("model.onnx" in files) == v1["serving"]["backend"].startswith("onnxruntime")
