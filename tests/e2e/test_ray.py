@@ -128,7 +128,8 @@ def test_retrain_from_postgresql_feedback_runs_on_the_cluster(runs, ray_cluster,
     assert proc.returncode in (0, 1), proc.stderr[-4000:]  # 1: the gate kept the champion
     res = json.loads(proc.stdout)
     assert res["decision"] in ("promoted", "rejected")
-    assert res["feedback_examples"] + res["feedback_holdout"] >= 100
+    # the 120 labelled predictions: learned from, validated on, or held out for the gate
+    assert res["feedback_examples"] + res["feedback_validation"] + res["feedback_holdout"] >= 100, res
     assert _manifest(on_ray, res["version"])["training"]["workers"] == 2
     lineage = cli_json("lineage", str(on_ray), "--version", res["version"])
     assert len(lineage["feedback_ids"]) == res["feedback_examples"]
