@@ -79,13 +79,18 @@ def queue_pick(model: nn.Module, x_lab: np.ndarray, pool_x: np.ndarray, free: np
     return audit + [int(rest[short[j]]) for j in order]
 
 
-def part1(seeds: int) -> dict[str, list[list[float]]]:
+def founding_case() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The founding case's training split and its live traffic, as flat pixels in [0, 1]:
+    (training x, training y, traffic x, traffic y)."""
     seed_case = load_builtin("seed-case")
     tr = seed_case.fixed_split["train"]
     x_seed = seed_case.x[tr].reshape(len(tr), -1).astype(np.float32) / 255
-    y_seed = seed_case.y[tr]
     tx, ty = seed_case_traffic()
-    tx = tx.reshape(len(tx), -1).astype(np.float32) / 255
+    return x_seed, seed_case.y[tr], tx.reshape(len(tx), -1).astype(np.float32) / 255, ty
+
+
+def part1(seeds: int) -> dict[str, list[list[float]]]:
+    x_seed, y_seed, tx, ty = founding_case()
     out: dict[str, list[list[float]]] = {"queue": [], "random": []}
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
@@ -114,12 +119,7 @@ def part1(seeds: int) -> dict[str, list[list[float]]]:
 
 
 def part2(seeds: int) -> list[dict[str, float]]:
-    seed_case = load_builtin("seed-case")
-    tr = seed_case.fixed_split["train"]
-    x_seed = seed_case.x[tr].reshape(len(tr), -1).astype(np.float32) / 255
-    y_seed = seed_case.y[tr]
-    tx, ty = seed_case_traffic()
-    tx = tx.reshape(len(tx), -1).astype(np.float32) / 255
+    x_seed, y_seed, tx, ty = founding_case()
     rows = []
     for seed in range(seeds):
         rng = np.random.default_rng(500 + seed)
