@@ -1,11 +1,16 @@
 """Serving benchmark: ``modelloop serve`` against a minimal FastAPI endpoint, same model, same machine.
 
-Both servers run on loopback, one at a time, driven by wrk (Debian ``wrk``) with the same JSON
-request (one 28x28 digit) at concurrency 1 and 32, for a bounded time each. Prints requests/s,
-p50 and p99 for each and the ratios modelloop / minimal, with the load average and CPU model.
+Both servers run on loopback, one at a time, driven by wrk (Debian ``wrk``) with the same
+request (one 28x28 digit) at each concurrency (1 and 32 by default), for a bounded time each.
+Prints requests/s, p50 and p99 for each and the ratios modelloop / minimal, with the load average
+(before and after each server) and the CPU model.
 
     python bench/serve.py [--project DIR] [--seconds 10] [--backends recorded,torch]
-                          [--acks commit,before-commit]
+                          [--acks commit,before-commit] [--concurrency 1,8,16,32] [--bodies json,npy]
+
+``--bodies`` adds variants of each modelloop server by request body: ``json`` (``{"pixels":
+[...]}``, what the minimal endpoint takes) and ``npy`` (``application/x-npy``, the same pixels
+as a NumPy array, uint8).
 
 ``--acks`` adds variants of each modelloop server by when a prediction is answered: ``commit``
 (the default and the contract: after its row is committed, group commit) and ``before-commit``
@@ -91,10 +96,13 @@ def _ms(text: str) -> float:
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
+CONTENT_TYPES = {".json": "application/json", ".npy": "application/x-npy"}
+
+
 def wrk(port: int, body_file: Path, connections: int, seconds: int) -> dict[str, float]:
-    lua = body_file.with_suffix(".lua")
-    lua.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                   f'local f = io.open("{body_file}", "r")\nwrk.body = f:read("*a")\nf:close()\n')
+    lua = body_file.with_suffix(body_file.suffix + ".lua")
+    lua.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{CONTENT_TYPES[body_file.suffix]}"\n'
+                   f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*a")\nf:close()\n')
     url = f"http://127.0.0.1:{port}/predict"
     subprocess.run(["wrk", "-t1", f"-c{connections}", "-d2s", "-s", str(lua), url], capture_output=True)  # warm-up
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
@@ -117,10 +125,19 @@ def main() -> None:
     ap.add_argument("--acks", default="commit",
                     help="modelloop variants by when a prediction is answered: 'commit' (after its row is "
                          "committed) and/or 'before-commit' (when queued; not durable, a baseline)")
+    ap.add_argument("--concurrency", default="1,32", help="wrk connections, comma-separated")
+    ap.add_argument("--bodies", default="json", help="modelloop variants by request body: json and/or npy")
     args = ap.parse_args()
     acks = args.acks.split(",")
     if not set(acks) <= {"commit", "before-commit"}:
         sys.exit(f"--acks: received {args.acks!r}; expected commit and/or before-commit")
+    bodies = args.bodies.split(",")
+    if not set(bodies) <= {"json", "npy"}:
+        sys.exit(f"--bodies: received {args.bodies!r}; expected json and/or npy")
+    try:
+        levels = [int(c) for c in args.concurrency.split(",")]
+    except ValueError:
+        sys.exit(f"--concurrency: received {args.concurrency!r}; expected integers like 1,8,16,32")
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk (or: make bench-serve)")
     project = build_project(args.project)
@@ -132,17 +149,20 @@ def main() -> None:
 
     x, _ = seed_case_traffic()
     tmp = Path(tempfile.mkdtemp(prefix="modelloop-bench-"))
-    body = tmp / "body.json"
-    body.write_text(json.dumps({"pixels": np.asarray(x[0]).reshape(-1).astype(int).tolist()}))
+    files = {"json": tmp / "body.json", "npy": tmp / "body.npy"}
+    files["json"].write_text(json.dumps({"pixels": np.asarray(x[0]).reshape(-1).astype(int).tolist()}))
+    np.save(files["npy"], np.ascontiguousarray(x[0], dtype=np.uint8))
 
-    servers = [("minimal FastAPI (torch eager)", None, None)]
+    servers = [("minimal FastAPI (torch eager)", None, None, "json")]
     for b in args.backends.split(","):
         for ack in acks:
-            label = (recorded if b == "recorded" else b) + (", ack before commit" if ack == "before-commit" else "")
-            servers.append((f"modelloop serve ({label})", None if b == "recorded" else b, ack))
-    load_before = os.getloadavg()
+            for kind in bodies:
+                label = (recorded if b == "recorded" else b) + (", ack before commit" if ack == "before-commit" else "")
+                label += ", .npy body" if kind == "npy" else ""
+                servers.append((f"modelloop serve ({label})", None if b == "recorded" else b, ack, kind))
     results: dict[tuple[str, int], dict[str, float]] = {}
-    for i, (name, backend, ack) in enumerate(servers):
+    loads: dict[str, str] = {}
+    for i, (name, backend, ack, kind) in enumerate(servers):
         port = free_port()
         if i == 0:
             cmd = [sys.executable, str(ROOT / "bench" / "minimal_server.py"), str(version_dir), str(port)]
@@ -150,26 +170,27 @@ def main() -> None:
             cmd = [str(BIN / "modelloop"), "serve", str(project), "--port", str(port)]
             if backend:
                 cmd += ["--backend", backend]
+        before = os.getloadavg()[0]
         proc = start(cmd, port, {"MODELLOOP_ACK": ack} if ack else None)
         try:
-            for c in (1, 32):
-                results[(name, c)] = wrk(port, body, c, args.seconds)
-                print(f"  {name:38s} c={c:<3d} {results[(name, c)]}", file=sys.stderr)
+            for c in levels:
+                results[(name, c)] = wrk(port, files[kind], c, args.seconds)
+                print(f"  {name:46s} c={c:<3d} {results[(name, c)]}", file=sys.stderr)
         finally:
             stop(proc)
+        loads[name] = f"{before:.2f} / {os.getloadavg()[0]:.2f}"
     base = servers[0][0]
-    load_after = os.getloadavg()
     print(f"\nServing benchmark: seed-case CNN ({champion}, recorded backend {recorded}), wrk {args.seconds}s per "
-          f"cell, loopback, {describe()}, load average (1/5/15 min) "
-          f"{'/'.join(f'{v:.2f}' for v in load_before)} before, {'/'.join(f'{v:.2f}' for v in load_after)} after\n")
-    print("| server | concurrency | requests/s | p50 ms | p99 ms | errors | throughput vs minimal |")
-    print("|---|---|---|---|---|---|---|")
-    for name, _, _ in servers:
-        for c in (1, 32):
+          f"cell, loopback, {describe()}\n")
+    print("| server | concurrency | requests/s | p50 ms | p99 ms | errors | throughput vs minimal | "
+          "load avg 1 min (before / after) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, _, _, _ in servers:
+        for c in levels:
             r = results[(name, c)]
             ratio = r["rps"] / results[(base, c)]["rps"]
             print(f"| {name} | {c} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | "
-                  f"{ratio:.2f}x |")
+                  f"{ratio:.2f}x | {loads[name]} |")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -139,6 +139,60 @@ def test_bad_requests_get_clear_errors_and_lose_nothing(demo_run, serve):
                                                                          "/health"}
 
 
+def _npy(array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=True)
+    return buf.getvalue()
+
+
+NPY = {"content-type": "application/x-npy"}
+
+
+def test_binary_bodies_answer_as_json_does(demo_run, serve, traffic):
+    """A .npy array (one image or a batch, any numeric dtype) and an image file as the whole body
+    give the JSON body's answer; a bad one is a 422 naming the body and what was expected."""
+    directory, _ = demo_run
+    server = serve(directory)
+    x, _ = traffic
+    c = server.client
+    ref = c.post("/predict", json={"instances": x[:3].reshape(3, -1).tolist()}).json()["predictions"]
+    one = c.post("/predict", content=_npy(x[0]), headers=NPY)  # (1, 28, 28) uint8
+    assert one.status_code == 200, one.text
+    assert one.json()["scores"] == pytest.approx(ref[0]["scores"], abs=1e-6)
+    assert one.json()["ood_score"] == pytest.approx(ref[0]["ood_score"], rel=1e-5)
+    for array in (x[0][0], x[0].reshape(-1).astype(np.float64)):  # (28, 28) gray; flat float64
+        r = c.post("/predict", content=_npy(array), headers=NPY)
+        assert r.status_code == 200 and r.json()["scores"] == pytest.approx(ref[0]["scores"], abs=1e-6)
+    batch = c.post("/predict", content=_npy(x[:3].astype(np.float32)), headers=NPY)
+    assert batch.status_code == 200, batch.text
+    got = batch.json()["predictions"]
+    assert [p["label"] for p in got] == [p["label"] for p in ref]
+    png = io.BytesIO()
+    Image.fromarray(x[1][0]).save(png, format="PNG")
+    r = c.post("/predict", content=png.getvalue(), headers={"content-type": "image/png"})
+    assert r.status_code == 200 and r.json()["label"] == ref[1]["label"]
+
+    before = _counts(directory)
+    bad = [
+        (_npy(x[0][:, :27]), "shape [1, 27, 28]"),
+        (_npy(np.full(784, 300.0)), "0 to 255"),
+        (_npy(np.array(["a"] * 784)), "dtype <U1"),
+        (_npy(np.array([object()] * 784, dtype=object)), "not a readable .npy array"),
+        (_npy(x[0])[:40], "not a readable .npy array"),
+        (_npy(np.zeros((0, 784))), "a batch of 0 images"),
+        (b"", "empty"),
+    ]
+    for body, reason in bad:
+        r = c.post("/predict", content=body, headers=NPY)
+        assert r.status_code == 422, (reason, r.text)
+        assert "request body" in r.json()["detail"] and reason in r.json()["detail"], (reason, r.json())
+    r = c.post("/predict", content=b"\x89PNG\r\n\x1a\nnot really", headers={"content-type": "image/png"})
+    assert r.status_code == 422 and "request body" in r.json()["detail"]
+    assert _counts(directory) == before
+    schema = c.get("/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data", "application/x-npy", "image/png"} <= set(schema)
+
+
 def test_promote_and_rollback_swap_the_served_model(demo_run, serve, tmp_path, traffic):
     directory, res = demo_run
     copy = tmp_path / "copy"

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8")
 PARITY_TOL = 1e-4
 ONNX_FILE, ONNX_INT8_FILE = "model.onnx", "model.int8.onnx"
+#: the second output of an exported model: the input of its last linear layer, (N, D)
+EMBEDDING_OUTPUT = "embedding"
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -67,20 +69,35 @@ def _torch_runner(module: ServingModule, dtype: torch.dtype = torch.float32) -> 
     return run
 
 
+class OrtRunner:
+    """An ONNX Runtime session over raw inputs: ``runner(x)`` -> probabilities; where the export
+    carries the embedding too (:data:`EMBEDDING_OUTPUT`), ``runner.with_embedding(x)`` -> (probabilities,
+    embeddings) from the same pass (``with_embedding`` is None for an export without it)."""
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self._input = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        self._probs = [outputs[0]]
+        if EMBEDDING_OUTPUT not in outputs:
+            self.with_embedding = None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(self._probs, {self._input: x})[0]
+
+    def with_embedding(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, emb = self.session.run([self._probs[0], EMBEDDING_OUTPUT], {self._input: x})
+        return probs, emb.reshape(len(emb), -1)
+
+
 def _ort_runner(path: Path, threads: int = 1) -> Runner:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return sess.run(None, {name: x})[0]
-
-    return run
+    return OrtRunner(path, threads)
 
 
 def make_runner(backend: str, module: ServingModule, folder: Path | None = None, threads: int = 1) -> Runner:
@@ -97,7 +114,8 @@ def make_runner(backend: str, module: ServingModule, folder: Path | None = None,
 
 
 def export_onnx(module: ServingModule, example: torch.Tensor, path: Path) -> None:
-    """Export with a dynamic batch dimension, as one self-contained file."""
+    """Export with a dynamic batch dimension, as one self-contained file; the input of the
+    network's last linear layer becomes a second output (:func:`_expose_embedding`)."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -105,6 +123,34 @@ def export_onnx(module: ServingModule, example: torch.Tensor, path: Path) -> Non
         program = torch.onnx.export(module.eval(), (example,), dynamo=True, input_names=["pixels"],
                                     output_names=["probs"], dynamic_shapes=({0: batch},), verbose=False)
         program.save(str(path), external_data=False)
+    _expose_embedding(module, path)
+
+
+def _expose_embedding(module: ServingModule, path: Path) -> bool:
+    """Make the input of the network's last linear layer — the embedding the drift monitor and
+    the out-of-distribution score use — a graph output (:data:`EMBEDDING_OUTPUT`), so a served
+    prediction gets its embedding from the same pass instead of a second one through PyTorch.
+
+    The layer is found by its weight's name among the graph's initializers; where no node reads
+    it directly (an export that renamed or folded it), the file keeps its one output and the
+    server falls back to the PyTorch pass for embeddings."""
+    import onnx
+
+    names = [name for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        return False
+    weight = f"{names[-1]}.weight"
+    model = onnx.load(str(path))
+    node = next((n for n in model.graph.node if n.op_type in ("Gemm", "MatMul") and len(n.input) > 1
+                 and n.input[1] == weight), None)
+    if node is None:
+        log.info("ONNX export: no node reads %s; the embedding stays a PyTorch pass", weight)
+        return False
+    model.graph.node.append(onnx.helper.make_node("Identity", [node.input[0]], [EMBEDDING_OUTPUT]))
+    model.graph.output.append(onnx.helper.make_tensor_value_info(EMBEDDING_OUTPUT, onnx.TensorProto.FLOAT,
+                                                                 None))
+    onnx.save(model, str(path))
+    return True
 
 
 def _latency_ms(run: Runner, x: np.ndarray, repeats: int) -> float:

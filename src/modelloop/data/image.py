@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DataError, InputError
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "ImageFormat", "decode_image", "decode_images", "open_image",
-           "load_image_folder", "parse_pixels", "json_type"]
+           "load_image_folder", "parse_pixels", "parse_npy_pixels", "json_type", "NPY_TYPE", "IMAGE_TYPES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 #: Pillow formats an upload may be (what the suffixes above mean); others are never parsed
@@ -36,6 +36,10 @@ UPLOAD_FORMATS = ("PNG", "JPEG", "BMP")
 MAX_IMAGE_PIXELS = 40_000_000
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;gray"}
 _EXPECTED = "a PNG, JPEG or BMP image"
+#: the content type of a NumPy ``.npy`` request body (``np.save`` of pixels 0-255)
+NPY_TYPE = "application/x-npy"
+#: content types of an image file sent as the whole request body
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp")
 
 
 @dataclass(frozen=True)
@@ -255,6 +259,9 @@ def json_type(v: Any) -> str:
     return type(v).__name__
 
 
+_PLAIN_NUMBERS, _LIST = {int, float}, {list}
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
@@ -267,6 +274,15 @@ def _non_number(value: list, max_numbers: int, max_depth: int = 3) -> str | None
         items, depth = stack.pop()
         if depth > max_depth:
             return f"an array nested deeper than {max_depth} levels"
+        kinds = set(map(type, items))  # one pass in C: a row of plain numbers needs no per-value check
+        if kinds <= _PLAIN_NUMBERS:
+            count += len(items)
+            if count > max_numbers:
+                return f"more than {max_numbers} numbers"
+            continue
+        if kinds == _LIST:
+            stack.extend((v, depth + 1) for v in items)
+            continue
         for v in items:
             if isinstance(v, list):
                 stack.append((v, depth + 1))
@@ -311,3 +327,40 @@ def parse_pixels(value: Any, fmt: ImageFormat, field: str = "pixels") -> np.ndar
         raise InputError(f"field {field!r}: received a value of {float(arr[bad][0]):.6g}; expected pixel values "
                          "from 0 to 255")
     return arr.astype(np.float32)
+
+
+def parse_npy_pixels(body: bytes, fmt: ImageFormat, max_items: int) -> tuple[np.ndarray, bool]:
+    """An ``application/x-npy`` body (``np.save`` of pixels 0-255, any integer or float dtype) ->
+    (float32 (n, C, H, W), whether it was a batch).
+
+    One image is (C, H, W), (H, W) for gray, or C*H*W flat; a batch adds a leading dimension
+    ((n, C, H, W), (n, H, W) gray, or (n, C*H*W)). Object arrays (pickles) are never loaded.
+    Raises InputError naming the body, what was received and what was expected.
+    """
+    one = (fmt.channels, fmt.height, fmt.width)
+    gray = fmt.channels == 1
+    expected = (f"a .npy array (np.save) of pixels 0-255 shaped {list(one)}"
+                + (f", [{fmt.height}, {fmt.width}]" if gray else "") + f" or [{fmt.size}] for one image, "
+                f"with a leading batch dimension of 1 to {max_items} for several")
+    try:
+        arr = np.load(io.BytesIO(body), allow_pickle=False)
+    except Exception as e:  # a bad header, a truncated array, a pickled object array
+        raise InputError(f"request body: not a readable .npy array ({str(e)[:200]}); expected {expected}") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "uif":
+        kind = f"dtype {arr.dtype}" if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise InputError(f"request body: received a .npy array of {kind}; expected numbers: {expected}")
+    shape = tuple(arr.shape)
+    if shape == one or (gray and shape == one[1:]) or shape == (fmt.size,):
+        batch, x = False, arr.reshape(1, *one)
+    elif len(shape) >= 2 and (shape[1:] == one or (gray and shape[1:] == one[1:]) or shape[1:] == (fmt.size,)):
+        if not 1 <= shape[0] <= max_items:
+            raise InputError(f"request body: received a batch of {shape[0]} images; expected 1 to {max_items}")
+        batch, x = True, arr.reshape(shape[0], *one)
+    else:
+        raise InputError(f"request body: received a .npy array of shape {list(shape)}; expected {expected}")
+    x = x.astype(np.float32)
+    bad = ~np.isfinite(x) | (x < 0) | (x > 255)
+    if bad.any():
+        raise InputError(f"request body: received a value of {float(x[bad][0]):.6g}; expected pixel values "
+                         "from 0 to 255")
+    return np.ascontiguousarray(x), batch

@@ -109,11 +109,16 @@ def _last_linear(model: nn.Module) -> nn.Linear | None:
 def outputs_and_embeddings(loaded: Any, x: Any, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """A loaded model's served outputs (probabilities (N, K), or values (N, 1)) and embeddings (N, D).
 
-    A model served by PyTorch over a featurizer that is not exported (texts, pretrained image
-    and audio encoders, tables) computes both in one pass, so the encoder runs once; a model
-    served by another backend answers through it and embeds through its PyTorch reference."""
+    One pass wherever the backend allows: an ONNX export that carries the embedding as a second
+    output (:func:`~modelloop.compress.backends.export_onnx`) gives both; a model served by
+    PyTorch (texts, pretrained image and audio encoders, tables, or pixels on ``torch``) computes
+    both through a hook, so the encoder runs once; any other backend (an older export, bf16)
+    answers through it and embeds through its PyTorch reference."""
+    both = getattr(loaded.run, "with_embedding", None)
+    if both is not None and isinstance(x, np.ndarray):  # an ONNX export that carries the embedding
+        return both(np.ascontiguousarray(x, dtype=np.float32))
     linear = _last_linear(loaded.model)
-    if getattr(loaded.featurizer, "exportable", False) or linear is None:
+    if (getattr(loaded.featurizer, "exportable", False) and loaded.backend != "torch") or linear is None:
         probs = loaded.run(x) if loaded.run is not None else loaded.predict_proba(x).numpy()
         feats = loaded.features(torch.from_numpy(x) if isinstance(x, np.ndarray) else x)
         return probs, embed(loaded.model, feats, batch_size)

@@ -41,6 +41,7 @@ class AudioClassification(SupervisedTask):
     json_example = '{"samples": [...], "sample_rate": 16000}'
     uploads = "audio clips (WAV/FLAC/OGG)"
     heavy_json = True  # samples are resampled and trimmed
+    binary_types = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/ogg")
     candidates = {
         "cnn": Candidate("cnn", "cnn", dict(_LOGMEL), about="small CNN on log-mel spectrograms"),
         "ds-cnn": Candidate("ds-cnn", "ds-cnn", dict(_LOGMEL),
@@ -71,6 +72,10 @@ class AudioClassification(SupervisedTask):
         for name, data in files:
             audio_info(data, name, *bounds)
         return np.stack([read_audio(data, name, *bounds) for name, data in files])
+
+    def parse_binary(self, content_type: str, body: bytes, model, limits: ServingSpec) -> tuple[Any, bool]:
+        """One clip's file (WAV/FLAC/OGG) as the whole request body."""
+        return self.decode_uploads([("request body", body)], model, limits), False
 
     def parse_json(self, body: Any, model, limits: ServingSpec | None = None) -> tuple[Any, bool]:
         from ..data.image import json_type

@@ -68,6 +68,9 @@ class Task(ABC):
     uploads: str | None = None
     #: parse every JSON body off the event loop (its parsing does real work, e.g. resampling)
     heavy_json: bool = False
+    #: request content types ``/predict`` takes besides JSON and multipart as the whole body
+    #: (``application/x-npy``, ``image/png``, ...): see :meth:`parse_binary`
+    binary_types: tuple[str, ...] = ()
     #: an interrupted run of this task continues with ``run --resume`` (else it is marked interrupted)
     resumable: bool = True
     #: what the requirement metrics measure, for messages ("classification", "regression", "ranking")
@@ -172,6 +175,11 @@ class Task(ABC):
         """Uploaded files (name, bytes) -> a raw batch; every file's header is checked against
         ``limits`` before any file is decoded. Only tasks with :attr:`uploads` take files."""
         raise NotImplementedError(f"{self.name}: takes no file uploads")
+
+    def parse_binary(self, content_type: str, body: bytes, model, limits: ServingSpec) -> tuple[Any, bool]:
+        """A request body of one of :attr:`binary_types` -> (raw batch, whether the caller sent a
+        list). Runs off the event loop. Raises InputError naming the body and what it expected."""
+        raise NotImplementedError(f"{self.name}: takes no binary request bodies")
 
     def describe_input(self, model) -> dict[str, Any]:
         return {}

@@ -18,6 +18,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ...data.image import NPY_TYPE
 from ...errors import InputError
 from ...feedback import prediction_row
 from ..deps import ServeContext
@@ -30,12 +31,15 @@ __all__ = ["INLINE_JSON_BYTES", "document", "router"]
 INLINE_JSON_BYTES = 64 * 1024
 
 
-def _predict_body(json_schema: dict[str, Any], uploads: bool) -> dict[str, Any]:
-    """The OpenAPI description of /predict: the task's JSON body, and file uploads for images and audio."""
+def _predict_body(json_schema: dict[str, Any], uploads: bool, binary_types: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The OpenAPI description of /predict: the task's JSON body, file uploads for images and
+    audio, and the binary bodies the task takes (a .npy array, an image file)."""
     content: dict[str, Any] = {"application/json": {"schema": json_schema}}
     if uploads:
         content["multipart/form-data"] = {"schema": {"type": "object", "required": ["file"], "properties": {
             "file": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}}}}}
+    for ctype in binary_types:
+        content[ctype] = {"schema": {"type": "string", "format": "binary"}}
     return {"requestBody": {"required": True, "content": content},
             "responses": {"422": {"description": "An input the model cannot take; the message names the field "
                                                  "or file, what was received and what was expected.",
@@ -78,6 +82,13 @@ def router(ctx: ServeContext) -> APIRouter:
             if len(raw) > INLINE_JSON_BYTES or task.heavy_json:
                 return await ctx.off_loop(_parse_json, raw, model)
             return _parse_json(raw, model)
+        if ctype in task.binary_types:
+            raw = await request.body()
+            if not raw:
+                raise InputError(f"request body: empty; expected {ctype} content")
+            if ctype == NPY_TYPE and len(raw) <= INLINE_JSON_BYTES:  # an array header and a copy: cheaper inline
+                return task.parse_binary(ctype, raw, model, cfg)
+            return await ctx.off_loop(task.parse_binary, ctype, raw, model, cfg)
         if ctype == "multipart/form-data" and task.uploads is None:
             raise InputError(f"content type {ctype!r}: file uploads are for image and audio models; this "
                              f"{ctx.spec.task} model expects application/json like {task.json_example}")
@@ -98,15 +109,20 @@ def router(ctx: ServeContext) -> APIRouter:
             files = [(_short(u.filename), await u.read()) for u in uploads]
             return await ctx.off_loop(task.decode_uploads, files, model, cfg), len(files) > 1
         shown = ctype if len(ctype) <= 100 else ctype[:100] + "..."
+        accepted = ", ".join(["application/json", *(["multipart/form-data"] if task.uploads else []),
+                              *task.binary_types])
         raise HTTPException(status_code=415, detail=f"content type {shown or '(none)'!r}: unsupported; expected "
-                                                    "application/json or multipart/form-data")
+                                                    f"one of {accepted}")
 
-    @r.post("/predict", openapi_extra=_predict_body({}, task.uploads is not None))
+    @r.post("/predict", openapi_extra=_predict_body({}, task.uploads is not None, task.binary_types))
     async def predict(request: Request) -> Response:
         """Classify images: ``{"pixels": [...]}`` / a bare array (one image, values 0-255),
         ``{"instances": [[...], ...]}`` (a list), or multipart field ``file`` (one or more files).
         Text models take ``{"text": ...}``; audio models ``{"samples": [...], "sample_rate": 16000}``
-        or uploaded WAV/FLAC/OGG clips in field ``file`` (an unusable clip: 422 naming the file)."""
+        or uploaded WAV/FLAC/OGG clips in field ``file`` (an unusable clip: 422 naming the file).
+        Image models also take the pixels as a NumPy array (``application/x-npy``: ``np.save`` of
+        one image or a batch; the fastest to parse) or one image file as the whole body
+        (``image/png``, ``image/jpeg``, ``image/bmp``)."""
         task.check_predict()
         t0 = time.perf_counter()
         batcher.arriving()
