@@ -217,8 +217,8 @@ def _save_splits(folder: Path, splits: dict[str, Interactions], item_text: dict[
                  report: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, part in splits.items():  # .npz, exact and without pyarrow (the optional 'parquet' extra)
-        np.savez_compressed(folder / f"{name}.npz", **{c: v.to_numpy(dtype=str) if c in ("user", "item") else v.to_numpy()
-                                                        for c, v in part.frame.items()})
+        columns = {c: v.to_numpy(dtype=str) if c in ("user", "item") else v.to_numpy() for c, v in part.frame.items()}
+        np.savez_compressed(folder / f"{name}.npz", **columns)
     (folder / "items.json").write_text(json.dumps(item_text))
     (folder / "report.json").write_text(json.dumps(report, indent=2))
 
