@@ -5,12 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.modelloop-installed
 DEV_STAMP := $(VENV)/.modelloop-dev-installed
+EXTRAS_STAMP := $(VENV)/.modelloop-extras-installed
 
-.PHONY: setup dev-setup system-deps bench-deps demo test lint bench bench-train bench-serve clean
+.PHONY: setup extras-setup dev-setup system-deps bench-deps demo test lint bench bench-train bench-serve clean
 
-# setup: what modelloop needs to run (make demo); dev-setup adds the test and lint tools and the
-# Ray backend (the tests run a real Ray cluster).
+# setup: what modelloop needs to run (make demo); extras-setup adds the optional extras
+# (requirements-extras.txt); dev-setup adds those, the test and lint tools and the Ray backend (the
+# tests run a real Ray cluster).
 setup: $(STAMP)
+extras-setup: $(EXTRAS_STAMP)
 dev-setup: $(DEV_STAMP)
 
 # Debian packages the tests need (installed once; needs root): Chromium for the web UI tests,
@@ -34,9 +37,14 @@ $(STAMP): requirements.txt requirements-data.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
-$(DEV_STAMP): $(STAMP) requirements-dev.txt requirements-ray.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt \
-	  -r requirements-ray.txt
+# The optional extras (Parquet, PostgreSQL) and sentence-transformers: the tests and benchmarks use them.
+$(EXTRAS_STAMP): $(STAMP) requirements-extras.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-extras.txt
+	touch $(EXTRAS_STAMP)
+
+$(DEV_STAMP): $(EXTRAS_STAMP) requirements-dev.txt requirements-ray.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-extras.txt \
+	  -r requirements-dev.txt -r requirements-ray.txt
 	touch $(DEV_STAMP)
 
 demo: setup
@@ -53,7 +61,7 @@ lint: dev-setup
 	$(BIN)/ruff check src tests bench
 
 # Every side-by-side benchmark (tens of minutes on 2 cores); figures go to bench/RESULTS.md.
-bench: setup bench-deps
+bench: extras-setup bench-deps
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/text.py
@@ -65,10 +73,10 @@ bench: setup bench-deps
 	$(BIN)/python bench/regression.py
 	$(BIN)/python bench/recommend.py
 
-bench-train: setup
+bench-train: extras-setup
 	$(BIN)/python bench/train.py
 
-bench-serve: setup bench-deps
+bench-serve: extras-setup bench-deps
 	$(BIN)/python bench/serve.py
 
 clean:

@@ -83,6 +83,9 @@ def _read_table(path: Path, sep: str | None) -> pd.DataFrame:
         raise DataError(f"{path}: no such file; expected a CSV, TSV or Parquet file of interactions")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
+            from .parquet import require_pyarrow
+
+            require_pyarrow(path)
             return pd.read_parquet(path)
         if sep is None:
             sep = "\t" if path.suffix.lower() in (".tsv", ".inter", ".item", ".user") else ","

@@ -75,6 +75,9 @@ def _read(path: Path, source: str) -> pd.DataFrame:
         if suffix == ".jsonl":
             return pd.read_json(path, lines=True)
         if suffix == ".parquet":
+            from .parquet import require_pyarrow
+
+            require_pyarrow(source)
             return pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DataError(f"data source {source!r}: empty file; expected a header row and data rows") from None

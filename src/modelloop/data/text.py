@@ -220,7 +220,9 @@ def _read_jsonl(text: str, source: str) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def _read_parquet(path: Path, source: str) -> tuple[pd.DataFrame, np.ndarray]:
-    import pyarrow  # imported here: only Parquet files need it
+    from .parquet import require_pyarrow
+
+    pyarrow = require_pyarrow(source)
 
     try:
         frame = pd.read_parquet(path)

@@ -263,6 +263,9 @@ class FeedbackStore:
                                                connect_args=_pg_connect_args(url, connect_timeout_s,
                                                                              statement_timeout_s))
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as e:
+            if isinstance(e, ImportError) and "psycopg" in str(e):  # the optional 'postgres' extra
+                raise StoreError(f"feedback store URL {url!r}: PostgreSQL needs psycopg ({e}); install it with "
+                                 "pip install 'modelloop[postgres]'") from None
             raise StoreError(f"feedback store URL {url!r}: {e}; expected sqlite:///PATH or "
                              "postgresql://USER@HOST:PORT/DB") from None
         self.dialect = self.engine.dialect.name

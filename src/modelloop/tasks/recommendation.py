@@ -216,20 +216,30 @@ def _fingerprint(data: Interactions, split) -> str:
 def _save_splits(folder: Path, splits: dict[str, Interactions], item_text: dict[str, str],
                  report: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for name, part in splits.items():
-        part.frame.to_parquet(folder / f"{name}.parquet", index=False)
+    for name, part in splits.items():  # .npz, exact and without pyarrow (the optional 'parquet' extra)
+        columns = {c: v.to_numpy(dtype=str) if c in ("user", "item") else v.to_numpy() for c, v in part.frame.items()}
+        np.savez_compressed(folder / f"{name}.npz", **columns)
     (folder / "items.json").write_text(json.dumps(item_text))
     (folder / "report.json").write_text(json.dumps(report, indent=2))
 
 
+def _read_split(folder: Path, name: str) -> pd.DataFrame:
+    if not (folder / f"{name}.npz").is_file():  # a snapshot written as Parquet by an earlier release
+        from ..data.parquet import require_pyarrow
+
+        require_pyarrow(folder / f"{name}.parquet")
+        return pd.read_parquet(folder / f"{name}.parquet")
+    with np.load(folder / f"{name}.npz", allow_pickle=False) as z:
+        return pd.DataFrame({c: z[c] for c in z.files})
+
+
 def load_splits(data_dir: Path, fingerprint: str) -> tuple[dict[str, Interactions], dict[str, Any]]:
     folder = data_dir / f"rec-{fingerprint}"
-    if not (folder / "train.parquet").is_file():
+    if not (folder / "train.npz").is_file() and not (folder / "train.parquet").is_file():
         raise RegistryError(f"dataset snapshot {fingerprint!r}: not found in {str(data_dir)!r}; expected the "
                             "snapshot written by 'modelloop run'")
     item_text = json.loads((folder / "items.json").read_text())
-    splits = {n: Interactions(pd.read_parquet(folder / f"{n}.parquet"), item_text, fingerprint)
-              for n in ("train", "val", "test")}
+    splits = {n: Interactions(_read_split(folder, n), item_text, fingerprint) for n in ("train", "val", "test")}
     return splits, json.loads((folder / "report.json").read_text())
 
 
