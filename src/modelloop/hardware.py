@@ -193,12 +193,14 @@ _THREAD_CACHE: ChoiceCache | None = None
 
 
 def thread_cache() -> ChoiceCache:
-    """The process-wide cache of thread decisions, also kept in ``<cache dir>/threads.json``."""
+    """The process-wide cache of thread decisions, also kept in ``<cache dir>/threads.json``
+    (it follows ``MODELLOOP_CACHE_DIR`` if that changes while the process runs)."""
     global _THREAD_CACHE
-    if _THREAD_CACHE is None:
-        from .settings import cache_dir
+    from .settings import cache_dir
 
-        _THREAD_CACHE = ChoiceCache(CACHE_TTL_S, cache_dir() / "threads.json")
+    path = cache_dir() / "threads.json"
+    if _THREAD_CACHE is None or _THREAD_CACHE.path != path:
+        _THREAD_CACHE = ChoiceCache(CACHE_TTL_S, path)
     return _THREAD_CACHE
 
 
