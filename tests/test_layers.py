@@ -33,7 +33,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 #: layer -> the modules in it (a name covers its submodules; the longest matching name wins).
 #: A module imports only from its own layer or a lower one.
 LAYERS: dict[int, tuple[str, ...]] = {
-    1: ("errors", "spec", "settings"),                                        # base
+    1: ("errors", "spec", "settings", "hardware"),                            # base
     2: ("data", "models", "evaluate.metrics",
         # featurizers: preprocessing a model artifact holds (the registry rebuilds them)
         "tasks.features", "tasks.audio_features", "tasks.tabular_features"),

@@ -10,9 +10,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ProjectPaths", "private_dir", "write_private", "PRIVATE_DIR", "PRIVATE_FILE"]
+__all__ = ["ProjectPaths", "cache_dir", "private_dir", "write_private", "PRIVATE_DIR", "PRIVATE_FILE"]
 
 PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+
+
+def cache_dir() -> Path:
+    """Where derived, re-creatable files go (exported ONNX encoders, measured thread choices).
+
+    ``MODELLOOP_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/modelloop``, else ``~/.cache/modelloop``.
+    Nothing in it is user data: deleting it costs only the time to rebuild what was there.
+    """
+    configured = os.environ.get("MODELLOOP_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "modelloop"
 
 
 def private_dir(path: str | Path) -> Path:

@@ -7,7 +7,9 @@ Three pieces, read top to bottom:
   hub name for online users.
 - :class:`TextEncoder` + :class:`EmbeddingCache` / :func:`encode_cached`: frozen embeddings
   (mean pooling + L2 norm, the same vectors sentence-transformers gives for this model), computed
-  once per (model, max_length, text) and reused by retraining and hyper-parameter search.
+  once per (model, max_length, text) and reused by retraining and hyper-parameter search. On CPU
+  they run on ONNX Runtime when it is installed (``text_onnx.py``), else on PyTorch; the thread
+  count is measured (:func:`modelloop.hardware.choose_threads`), never guessed.
 - :class:`MiniLMClassifier`: MiniLM with LoRA adapters on the attention query/value linears,
   mean pooling and a linear head; input (N, 2, L) so a generic trainer can slice it along dim 0.
 """
@@ -30,7 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelloop.errors import InputError
+from modelloop.errors import InputError, ModelloopError
+from modelloop.hardware import ThreadChoice, available_cores, choose_threads, machine_key, thread_scope
+from modelloop.settings import cache_dir
+
+from . import text_onnx
 
 __all__ = [
     "DEFAULT_ENCODER",
@@ -134,19 +140,50 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _load_backbone(name: str) -> tuple[Any, Any]:
-    """(tokenizer, model) for ``name``; never touches the network when the source is local."""
-    from transformers import AutoModel, AutoTokenizer
+def _load_tokenizer(name: str) -> Any:
+    """The tokenizer for ``name``; never touches the network when the source is local."""
+    from transformers import AutoTokenizer
 
     source = resolve_encoder(name)
-    local = _is_local(source)
     with _quiet_loading():
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-        model = AutoModel.from_pretrained(source, local_files_only=local)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=_is_local(source))
     if not getattr(tokenizer, "is_fast", False):
         # The slow Python tokenizers are ~10x slower; worth knowing, not worth failing for.
         log.warning("encoder %r: no fast tokenizer found; tokenization will be slow", name)
-    return tokenizer, model
+    return tokenizer
+
+
+def _load_model(name: str) -> Any:
+    """The transformers model (weights) for ``name``; never touches the network when the source is local."""
+    from transformers import AutoModel
+
+    source = resolve_encoder(name)
+    with _quiet_loading():
+        return AutoModel.from_pretrained(source, local_files_only=_is_local(source))
+
+
+def _load_backbone(name: str) -> tuple[Any, Any]:
+    """(tokenizer, model) for ``name``; never touches the network when the source is local."""
+    return _load_tokenizer(name), _load_model(name)
+
+
+def _onnx_folder(name: str) -> Path:
+    """``<cache dir>/onnx/<hash>``: the hash covers what the export depends on (the model's files
+    by name, size and modification time, and the torch and transformers versions), so a changed
+    model or library gets a fresh export and an unchanged one is never exported twice."""
+    import transformers
+
+    h = hashlib.sha256()
+    for part in (text_onnx.FORMAT, _canonical_name(name), torch.__version__, transformers.__version__):
+        h.update(part.encode() + b"\0")
+    source = resolve_encoder(name)
+    if _is_local(source):
+        root = Path(source)
+        for f in sorted(root.rglob("*")):
+            if f.is_file() and f.suffix in (".json", ".safetensors", ".bin", ".txt", ".model"):
+                st = f.stat()
+                h.update(f"{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\0".encode())
+    return cache_dir() / "onnx" / h.hexdigest()[:16]
 
 
 def _canonical_name(name: str) -> str:
@@ -177,7 +214,40 @@ def _check_texts(texts: Any, field: str = "texts") -> list[str]:
 
 # --------------------------------------------------------------------------- frozen embeddings
 
-_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+_BACKENDS = ("auto", "onnx", "torch")
+INT8_MIN_COSINE = 0.999
+_PROBE_ROWS = 8  # texts in the thread probe's batch: enough work for threads to show, cheap to repeat
+
+# Texts for the int8 acceptance check: lengths from one word to ~100 tokens, plain and odd
+# (numbers, punctuation, non-English, the empty string), because quantization error is largest
+# where activations are unusual, and a worst case is what the check is about.
+_INT8_CHECK_TEXTS = [
+    "", "Wow", "Dull.", "OK", "A gripping, beautifully shot thriller.", "Not worth the price of the popcorn.",
+    "I laughed, I cried, I bought the soundtrack on the way home.",
+    "Its heart is in the right place even when its script is not.",
+    "The plot meanders for two hours and the ending makes no sense at all, but the lead actor is wonderful.",
+    "How do I reset my password if I no longer have access to the e-mail address on my account?",
+    "Order #4471-B arrived 3 days late; the box was crushed and 2 of 6 glasses were broken.",
+    "Can I change the delivery address after the parcel has shipped?",
+    "Der Film ist lang, aber die letzte halbe Stunde entschädigt für vieles.",
+    "¡Qué película tan aburrida! No la recomiendo.",
+    "!!! ??? ... --- :) :( <3",
+    "https://example.com/path?query=1&other=two",
+    "A quiet film about grief, told with patience and grace; the final scene is devastating.",
+    "An ambitious mess that nonetheless sticks with you long after the credits roll, for better or worse.",
+    "The battery lasts about nine hours with the screen at half brightness, which is less than advertised "
+    "but more than my old laptop managed; the keyboard is excellent, the trackpad merely fine, and the "
+    "speakers are thin. For the price, it is a reasonable machine for students and writers who travel.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+    "the the the the the the the the the the the the the the the the the the",
+    "yes", "no", "maybe later",
+]
+
+
+def _bucket(n: int) -> int:
+    """The next power of two ≥ n: shape buckets for the thread probe's cache key."""
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 class TextEncoder:
@@ -185,28 +255,49 @@ class TextEncoder:
 
     For all-MiniLM-L6-v2 these are the vectors ``sentence-transformers`` returns (cosine ≥ 0.9999
     in fp32), computed faster: the fast tokenizer runs once over all texts, texts are sorted by
-    token length and batched with their neighbours (little padding; a batch of equal lengths runs
-    without an attention mask), and results are put back in input order.
+    token length and batched with their neighbours (each batch padded only to its own longest
+    text), and results are put back in input order.
 
     Texts longer than ``max_length`` tokens (special tokens included) are truncated: only their
     first ``max_length`` tokens contribute to the embedding.
 
-    Precision: ``"auto"`` is fp32 on CPU (on the 2-core Xeon this was measured on, bf16 matmul is
-    ~2x *slower* than fp32, see bench/RESULTS.md) and fp16 autocast on CUDA. ``"bf16"`` on CPU
-    stays within cosine 0.9999 of fp32 on Rotten Tomatoes snippets; use it where the CPU has fast
-    bf16 (AMX).
+    Backend: ``"auto"`` (default) runs the model on ONNX Runtime when it is installed and the
+    export works, else on PyTorch. The ONNX model (transformer + pooling + normalization in one
+    graph, dynamic batch and sequence axes) is exported once per model into
+    ``<cache dir>/onnx/<hash>`` (``MODELLOOP_CACHE_DIR``, default ``~/.cache/modelloop``) and
+    reused by every later load; its fp32 outputs agree with the PyTorch path (cosine ≥ 0.9999).
+    ``"onnx"`` insists on it (an error if it cannot be used); ``"torch"`` never uses it. CUDA
+    devices and bf16/fp16 run on PyTorch.
+
+    Precision: ``"auto"`` is fp32 on CPU (bf16 matmul measured ~2x *slower* than fp32 on CPUs
+    without AMX, see bench/RESULTS.md) and fp16 autocast on CUDA. ``"bf16"`` on CPU stays within
+    cosine 0.9999 of fp32; use it where the CPU has fast bf16 (AMX). ``"int8"`` (ONNX only) uses
+    dynamic int8 quantization of the MatMul weights *if* its embeddings stay within cosine
+    ``int8_min_cosine`` of fp32 for every text of a fixed check set; otherwise it runs fp32 and
+    logs a warning with the measured minimum (``int8_check_`` holds the record either way).
+
+    Threads (CPU): ``num_threads="auto"`` (default) measures. The first :meth:`encode` of a new
+    shape bucket (batch rows and token length, rounded up to powers of two) times a batch of
+    its own texts on 1 thread and on all usable cores, interleaved, a few rounds, and keeps the
+    faster (:func:`modelloop.hardware.choose_threads`); the decision is cached per (bucket,
+    backend, model, machine: CPU model and cores) in memory and in ``<cache dir>/threads.json``,
+    and measured again when it is older than 10 minutes. ``threads_`` holds the last decision.
+    None keeps the process setting (torch's thread count); an integer forces it.
 
     Args:
         name: encoder name or local directory, see :func:`resolve_encoder`.
         max_length: truncation length in tokens (≤ the model's 512 positions).
         batch_size: texts per forward pass.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when available.
-        precision: one of ``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"`` (fp16 on CUDA only).
-        num_threads: torch intra-op threads during :meth:`encode` (restored afterwards). ``"auto"``
-            (default) uses the cores the 1-minute load average leaves idle, at least 1 and at most
-            the process setting: on a shared CPU, threads that wait for a busy core stall every
-            parallel region (measured here: 1 thread ran 2.5-5x faster than 2 on 2 busy cores).
-            None keeps the process setting; an integer forces it. Ignored on CUDA.
+        precision: one of ``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"`` (CUDA only), ``"int8"`` (ONNX only).
+        num_threads: ``"auto"``, a positive integer, or None (see above). Ignored on CUDA.
+        backend: ``"auto"``, ``"onnx"`` or ``"torch"`` (see above).
+        int8_min_cosine: the lowest cosine to fp32 that int8 may show on the check set, in (0, 1.01].
+
+    Attributes (after :meth:`load`):
+        backend_: ``"onnx"`` or ``"torch"``; precision_: what runs (``"int8"`` only if accepted);
+        exported_: True when this load exported the ONNX model (False: reused from disk);
+        int8_check_: the int8 acceptance record (min cosine, threshold, texts, accepted), or None.
 
     Raises:
         InputError: a bad argument (named, with the value received and what is expected).
@@ -214,15 +305,25 @@ class TextEncoder:
 
     def __init__(self, name: str = DEFAULT_ENCODER, max_length: int = 256, batch_size: int = 64,
                  device: str | None = None, precision: str = "auto",
-                 num_threads: int | str | None = "auto") -> None:
+                 num_threads: int | str | None = "auto", backend: str = "auto",
+                 int8_min_cosine: float = INT8_MIN_COSINE) -> None:
         if not isinstance(max_length, int) or not 2 <= max_length <= 512:
             raise InputError(f"max_length: received {max_length!r}; expected an integer in [2, 512]")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size: received {batch_size!r}; expected a positive integer")
         if precision not in _PRECISIONS:
             raise InputError(f"precision: received {precision!r}; expected one of {', '.join(_PRECISIONS)}")
-        if num_threads not in (None, "auto") and (not isinstance(num_threads, int) or num_threads < 1):
+        if num_threads not in (None, "auto") and (not isinstance(num_threads, int) or isinstance(num_threads, bool)
+                                                   or num_threads < 1):
             raise InputError(f"num_threads: received {num_threads!r}; expected 'auto', a positive integer or None")
+        if backend not in _BACKENDS:
+            raise InputError(f"backend: received {backend!r}; expected one of {', '.join(_BACKENDS)}")
+        if precision == "int8" and backend == "torch":
+            raise InputError("precision: received 'int8' with backend 'torch'; expected int8 with backend "
+                             "'onnx' or 'auto' (int8 runs on ONNX Runtime only)")
+        if (not isinstance(int8_min_cosine, int | float) or isinstance(int8_min_cosine, bool)
+                or not 0 < int8_min_cosine <= 1.01):
+            raise InputError(f"int8_min_cosine: received {int8_min_cosine!r}; expected a number in (0, 1.01]")
         resolve_encoder(name)  # fail at construction on a bad name, not at first encode
         self.name = name
         self.max_length = max_length
@@ -230,64 +331,160 @@ class TextEncoder:
         self.device = device
         self.precision = precision
         self.num_threads = num_threads
+        self.backend = backend
+        self.int8_min_cosine = float(int8_min_cosine)
         self.tokenizer_: Any = None
         self.model_: Any = None
+        self.onnx_: text_onnx.OnnxRunner | None = None
         self.device_: torch.device | None = None
+        self.precision_: str | None = None
+        self.exported_ = False
+        self.int8_check_: dict[str, Any] | None = None
+        self.threads_: ThreadChoice | None = None
+        self._dim: int | None = None
 
     @property
     def cache_id(self) -> str:
-        """The model identity used in cache keys (one spelling per model)."""
+        """The model identity used in cache keys (one spelling per model; int8 vectors are kept apart)."""
+        if self.precision == "int8" and self.load().precision_ == "int8":
+            return _canonical_name(self.name) + "#int8"
         return _canonical_name(self.name)
 
+    @property
+    def backend_(self) -> str | None:
+        """What runs the model: "onnx" or "torch" (None before :meth:`load`)."""
+        if self.onnx_ is not None:
+            return "onnx"
+        return "torch" if self.model_ is not None else None
+
     def load(self) -> TextEncoder:
-        """Load tokenizer and weights (once); returns self. Called by :meth:`encode` when needed.
+        """Load the tokenizer and the model for the chosen backend (once); returns self.
+
+        Called by :meth:`encode` when needed. With ``backend="auto"`` a failing ONNX export or
+        session falls back to PyTorch with a warning in the log.
 
         Raises:
-            InputError: the encoder cannot be resolved (see :func:`resolve_encoder`).
+            InputError: the encoder cannot be resolved (see :func:`resolve_encoder`), or the
+                options do not fit the device (fp16 on CPU, ONNX on CUDA).
+            ModelloopError: ``backend="onnx"`` and ONNX Runtime cannot run this model.
         """
-        if self.model_ is not None:
+        if self.model_ is not None or self.onnx_ is not None:
             return self
         device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.precision == "fp16" and device.type != "cuda":
             raise InputError(f"precision: received 'fp16' with device {str(device)!r}; expected fp16 on CUDA only "
                              "(use 'bf16' or 'fp32' on CPU)")
-        self.tokenizer_, model = _load_backbone(self.name)
-        self.model_ = model.to(device).eval()
+        if self.backend == "onnx" and (device.type != "cpu" or self.precision in ("bf16", "fp16")):
+            raise InputError(f"backend: received 'onnx' with device {str(device)!r} and precision "
+                             f"{self.precision!r}; expected ONNX on CPU with precision 'auto', 'fp32' or 'int8'")
+        if self.precision == "int8" and device.type != "cpu":
+            raise InputError(f"precision: received 'int8' with device {str(device)!r}; expected int8 on CPU only")
+        self.tokenizer_ = _load_tokenizer(self.name)
         self.device_ = device
+        use_onnx = (self.backend == "onnx" or (self.backend == "auto" and device.type == "cpu"
+                                               and self.precision in ("auto", "fp32", "int8")))
+        if use_onnx:
+            if not text_onnx.onnx_available():
+                if self.backend == "onnx":
+                    raise ModelloopError("backend 'onnx': onnxruntime (and onnx) are not installed; expected "
+                                         "them installed (pip install onnxruntime onnx) or backend 'auto'/'torch'")
+                use_onnx = False
+            else:
+                try:
+                    self._load_onnx()
+                except Exception as exc:
+                    if self.backend == "onnx":
+                        raise ModelloopError(f"backend 'onnx': encoder {self.name!r} could not be exported or "
+                                             f"run by ONNX Runtime ({type(exc).__name__}: {exc}); expected a "
+                                             "transformers encoder ONNX can export, or backend 'auto'/'torch'") from exc
+                    log.warning("encoder %r: ONNX path unavailable (%s: %s); running on PyTorch",
+                                self.name, type(exc).__name__, exc)
+                    self.onnx_, use_onnx = None, False
+        if not use_onnx:
+            if self.precision == "int8":
+                log.warning("encoder %r: precision 'int8' needs ONNX Runtime; running fp32 on PyTorch", self.name)
+            model = self.model_ if self.model_ is not None else _load_model(self.name)
+            self.model_ = model.to(device).eval()
+            self.precision_ = self._torch_precision()
         return self
+
+    def _load_onnx(self) -> None:
+        folder = _onnx_folder(self.name)
+        loaded: dict[str, Any] = {}
+
+        def transformer() -> Any:
+            loaded["model"] = _load_model(self.name).eval()
+            return loaded["model"]
+
+        self.exported_ = text_onnx.ensure_export(folder, transformer, {"model": _canonical_name(self.name)})
+        self._dim = int(text_onnx.read_meta(folder)["dim"])
+        fp32 = text_onnx.OnnxRunner(folder / text_onnx.MODEL_FILE)
+        runner, self.precision_ = fp32, "fp32"
+        if self.precision == "int8":
+            check = text_onnx.check_int8(folder, fp32, self._check_batches(), self.int8_min_cosine)
+            self.int8_check_ = check.to_dict()
+            if check.accepted:
+                runner, self.precision_ = text_onnx.OnnxRunner(Path(check.path)), "int8"
+                log.info("encoder %r: int8 accepted (min cosine to fp32 %.5f ≥ %.4f on %d check texts)",
+                         self.name, check.min_cosine, check.threshold, check.texts)
+            else:
+                log.warning("encoder %r: int8 rejected, running fp32: min cosine to fp32 %.5f < %.4f on %d "
+                            "check texts", self.name, check.min_cosine, check.threshold, check.texts)
+        self.onnx_ = runner
+        # The export-time torch model is not needed any more: the session holds its own weights.
+        loaded.clear()
+
+    def _check_batches(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The int8 check set, tokenized, one padded batch."""
+        ids = self.tokenize(_INT8_CHECK_TEXTS)
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        return [self._pad(ids, lengths, self._pad_id())]
+
+    def _torch_precision(self) -> str:
+        assert self.device_ is not None
+        if self.precision in ("auto", "int8"):
+            return "fp16" if self.device_.type == "cuda" and self.precision == "auto" else "fp32"
+        return self.precision
 
     @property
     def dim(self) -> int:
-        """Embedding width (384 for all-MiniLM-L6-v2); loads the model config if needed."""
-        return int(self.load().model_.config.hidden_size)
+        """Embedding width (384 for all-MiniLM-L6-v2); loads the model if needed."""
+        self.load()
+        if self.model_ is not None:
+            return int(self.model_.config.hidden_size)
+        assert self._dim is not None
+        return self._dim
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         assert self.device_ is not None
-        precision = self.precision
-        if precision == "auto":
-            precision = "fp16" if self.device_.type == "cuda" else "fp32"
-        if precision == "fp32":
+        precision = self.precision_ or self._torch_precision()
+        if precision in ("fp32", "int8"):
             return contextlib.nullcontext()
         dtype = torch.float16 if precision == "fp16" else torch.bfloat16
         return torch.autocast(self.device_.type, dtype=dtype)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids per text (special tokens added, truncated at ``max_length``), no padding."""
-        self.load()
+        if self.tokenizer_ is None:
+            self.load()
         return self.tokenizer_(texts, truncation=True, max_length=self.max_length, padding=False,
                                return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+    def _pad_id(self) -> int:
+        return self.tokenizer_.pad_token_id or 0
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Embed texts.
 
         Args:
-            texts: strings; empty strings are allowed (they embed the special tokens only).
+            texts: strings; empty strings are allowed (they embed the special tokens only). An
+                empty list gives an empty (0, dim) tensor.
 
         Returns:
             float32 tensor (N, dim) on CPU, rows L2-normalized, row i for ``texts[i]``.
 
         Raises:
-            InputError: ``texts`` is not a list of strings.
+            InputError: ``texts`` is not a list of strings (the message names the first bad item).
         """
         texts = _check_texts(texts)
         self.load()
@@ -296,50 +493,77 @@ class TextEncoder:
         ids = self.tokenize(texts)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         order = np.argsort(lengths, kind="stable")                 # shortest first
-        pad_id = self.tokenizer_.pad_token_id or 0
+        pad_id = self._pad_id()
         out = torch.empty(len(texts), self.dim, dtype=torch.float32)
-        threads = torch.get_num_threads()
-        wanted = self._threads(threads)
-        if wanted != threads:
-            torch.set_num_threads(wanted)
-        try:
-            with torch.inference_mode(), self._autocast():
-                for start in range(0, len(order), self.batch_size):
-                    rows = order[start:start + self.batch_size]
-                    out[torch.from_numpy(rows)] = self._forward([ids[i] for i in rows], lengths[rows], pad_id)
-        finally:
-            if wanted != threads:
-                torch.set_num_threads(threads)
+        threads = self._threads(ids, lengths, order, pad_id)
+        with self._scope(threads):
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                out[torch.from_numpy(rows)] = self._forward([ids[i] for i in rows], lengths[rows], pad_id, threads)
         return out
 
-    def _threads(self, current: int) -> int:
-        """Intra-op threads for this call (see ``num_threads``)."""
-        if self.num_threads is None or self.device_ is None or self.device_.type != "cpu":
-            return current
-        if self.num_threads != "auto":
-            return int(self.num_threads)
-        try:
-            busy = os.getloadavg()[0]
-        except OSError:  # not available on this platform
-            return current
-        idle = (os.cpu_count() or current) - busy
-        return max(1, min(current, int(idle + 0.5)))
+    def _scope(self, threads: int | None) -> contextlib.AbstractContextManager:
+        """torch's thread count for the torch path (ONNX sessions carry their own)."""
+        if self.onnx_ is not None or threads is None:
+            return contextlib.nullcontext()
+        return thread_scope(threads)
 
-    def _forward(self, batch: list[list[int]], lengths: np.ndarray, pad_id: int) -> torch.Tensor:
-        """One sorted batch -> (B, dim) float32 on CPU."""
+    def _thread_options(self) -> list[int]:
+        if self.num_threads is None:
+            return [torch.get_num_threads()]
+        if self.num_threads != "auto":
+            return [int(self.num_threads)]
+        return sorted({1, max(1, min(torch.get_num_threads(), available_cores()))})
+
+    def _threads(self, ids: list[list[int]], lengths: np.ndarray, order: np.ndarray, pad_id: int) -> int | None:
+        """Intra-op threads for this call (see ``num_threads``): measured per shape bucket when "auto"."""
+        if self.device_ is None or self.device_.type != "cpu":
+            return None
+        options = self._thread_options()
+        if len(options) == 1:
+            self.threads_ = ThreadChoice(options[0], "config")
+            return options[0]
+        # A batch of this call's own texts, from the middle of the length order: representative work.
+        rows = min(len(order), self.batch_size, _PROBE_ROWS)
+        start = max(0, len(order) // 2 - rows // 2)
+        sample = order[start:start + rows]
+        key = (f"text-encoder|{self.backend_}/{self.precision_}|{self.cache_id}|rows{_bucket(rows)}"
+               f"|tokens{_bucket(int(lengths[sample].max()))}|{machine_key()}")
+        batch, sample_lengths = [ids[i] for i in sample], lengths[sample]
+        if self.onnx_ is not None:
+            for t in options:  # create the sessions first: their set-up is not part of a run
+                self.onnx_.session(t)
+
+        def run(threads: int) -> None:
+            with self._scope(threads):
+                self._forward(batch, sample_lengths, pad_id, threads)
+
+        self.threads_ = choose_threads(key, run, options)
+        return self.threads_.threads
+
+    @staticmethod
+    def _pad(batch: list[list[int]], lengths: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Token lists -> (B, L) int64 ids padded to the batch's longest, and the (B, L) int64 mask."""
         longest = int(lengths.max())
         input_ids = np.full((len(batch), longest), pad_id, dtype=np.int64)    # (B, L)
         for row, tokens in enumerate(batch):
             input_ids[row, : len(tokens)] = tokens
+        mask = (np.arange(longest)[None, :] < lengths[:, None]).astype(np.int64)  # (B, L)
+        return input_ids, mask
+
+    def _forward(self, batch: list[list[int]], lengths: np.ndarray, pad_id: int,
+                 threads: int | None = None) -> torch.Tensor:
+        """One sorted batch -> (B, dim) float32 on CPU."""
+        input_ids, mask = self._pad(batch, lengths, pad_id)
+        if self.onnx_ is not None:
+            return torch.from_numpy(self.onnx_.run(input_ids, mask, threads or torch.get_num_threads()))
         input_ids_t = torch.from_numpy(input_ids).to(self.device_)
-        if lengths.min() == longest:
-            # No padding in this batch: skip the mask so attention takes its unmasked (faster) path.
-            mask = None
-        else:
-            mask = torch.from_numpy(np.arange(longest)[None, :] < lengths[:, None]).to(self.device_, torch.long)
-        hidden = self.model_(input_ids=input_ids_t, attention_mask=mask).last_hidden_state  # (B, L, D)
-        pooled = _mean_pool(hidden.float(), mask)                  # (B, D)
-        return F.normalize(pooled, p=2, dim=1).cpu()
+        # No padding in this batch: skip the mask so attention takes its unmasked (faster) path.
+        mask_t = None if lengths.min() == lengths.max() else torch.from_numpy(mask).to(self.device_)
+        with torch.inference_mode(), self._autocast():
+            hidden = self.model_(input_ids=input_ids_t, attention_mask=mask_t).last_hidden_state  # (B, L, D)
+            pooled = _mean_pool(hidden.float(), mask_t)                # (B, D)
+            return F.normalize(pooled, p=2, dim=1).cpu()
 
 
 # --------------------------------------------------------------------------- embedding cache

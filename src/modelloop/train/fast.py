@@ -19,7 +19,8 @@ anything left on ``auto``/``None`` is decided here:
 
 Decisions are cached per (model class, parameter shapes, example shape and dtype, batch size,
 target kind, device, candidates) for :data:`CACHE_TTL_S` seconds, so a hyper-parameter search
-probes once per model shape instead of once per trial.
+probes once per model shape instead of once per trial. The interleaved timing and the cache are
+:mod:`modelloop.hardware`'s, shared with the text encoder's thread choice.
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..hardware import CACHE_TTL_S, ChoiceCache, available_cores, thread_scope, time_interleaved
 
 __all__ = ["Plan", "available_cores", "autocast", "choose_plan", "clear_plan_cache", "cpu_has_native_bf16",
            "has_conv", "is_image_batch", "resolve_device", "thread_scope"]
@@ -43,13 +45,9 @@ __all__ = ["Plan", "available_cores", "autocast", "choose_plan", "clear_plan_cac
 log = logging.getLogger(__name__)
 
 PRECISION_MARGIN = 0.10  # bf16/fp16 is chosen only when its median step is at least 10% shorter than fp32's
-CACHE_TTL_S = 600.0  # load on a shared machine drifts; re-measure after this long
 MIN_STEPS_TO_PROBE = 60  # below this many training steps in the whole run, probing costs more than it saves
-_PROBE_ROUNDS = 3  # timed steps per candidate (after one untimed warm-up step)
-_DROP_FACTOR = 2.0  # a candidate this much slower than the best after round one is not timed further
-_WARMUP_DROP_FACTOR = 4.0  # ... or this much slower already in its warm-up step (which includes set-up)
 
-_PLAN_CACHE: dict[tuple, tuple[float, Plan]] = {}
+_PLAN_CACHE = ChoiceCache(CACHE_TTL_S)  # in memory only: the keys hold dtypes and shapes
 
 
 @dataclass
@@ -73,14 +71,6 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the machine's total)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -115,19 +105,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@contextlib.contextmanager
-def thread_scope(threads: int | None) -> Iterator[None]:
-    """Set torch's intra-op thread count for the block and restore the previous count after it."""
-    before = torch.get_num_threads()
-    if threads is not None and threads != before:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 def clear_plan_cache() -> None:
@@ -191,9 +168,8 @@ def choose_plan(
     xb, yb = batch
     key = (str(device), type(model).__qualname__, tuple(tuple(p.shape) for p in model.parameters()),
            tuple(xb.shape), xb.dtype, yb.dtype, yb.dim(), channels_last, tuple(precisions), tuple(thread_opts))
-    hit = _PLAN_CACHE.get(key)
-    if hit is not None and time.monotonic() - hit[0] < CACHE_TTL_S:
-        plan = copy.deepcopy(hit[1])
+    plan = _PLAN_CACHE.get(key)
+    if plan is not None:
         plan.source = "cache"
         return plan
 
@@ -222,7 +198,7 @@ def choose_plan(
             won = k
     plan = Plan(device=str(device), precision=won[0], threads=won[1], channels_last=channels_last,
                 probe={_label(p, t): round(v, 5) for (p, t), v in timings.items()}, source="probe")
-    _PLAN_CACHE[key] = (time.monotonic(), copy.deepcopy(plan))
+    _PLAN_CACHE.put(key, plan)
     return plan
 
 
@@ -266,20 +242,7 @@ class _Probe:
         A candidate whose warm-up or first timed step is far slower than the fastest one's is not
         timed further: on a contended machine one step of a bad choice can cost seconds.
         """
-        warmups = {k: self._run(k) for k in keys if k not in self.warm}
-        self.warm.update(keys)
-        live = list(keys)
-        if len(warmups) == len(keys) and len(keys) > 1:
-            fastest = min(warmups.values())
-            live = [k for k in keys if warmups[k] <= _WARMUP_DROP_FACTOR * fastest]
-        out: dict[tuple, list[float]] = {k: [] for k in keys}
-        for rnd in range(_PROBE_ROUNDS):
-            for k in live:
-                out[k].append(self._run(k))
-            if rnd == 0 and len(live) > 1:
-                fastest = min(out[k][0] for k in live)
-                live = [k for k in live if out[k][0] <= _DROP_FACTOR * fastest]
-        out = {k: v if v else [warmups[k]] for k, v in out.items()}
+        out = time_interleaved(self._run, keys, self.warm)
         self.timings.update(out)
         return out
 
