@@ -10,7 +10,7 @@ baseline: the training split plus the labelled feedback) and ``on`` (the same, p
 logged inputs without feedback as pseudo-labelled inputs). Every version is scored on the other
 900 live images, which no model saw in any form.
 
-    .venv/bin/python bench/learning.py [--threshold 0.95] [--ratio 2] [--epochs 30]
+    .venv/bin/python bench/learning.py [--threshold 0.95] [--ratio 2] [--epochs 30] [--patience 6]
 
 Prints a markdown table (accuracy with its Wilson interval, the change against v1, fit seconds and
 the load average beside each figure) and the semi-supervised version's record.
@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.95)
     ap.add_argument("--ratio", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--patience", type=int, default=6, help="training.patience: epochs without a better "
+                    "validation score before the learning rate is annealed and training stops")
     ap.add_argument("--logged", type=int, default=3000)
     ap.add_argument("--labelled", type=int, default=100)
     ap.add_argument("--keep", help="leave the projects in this folder")
@@ -77,7 +79,7 @@ def main() -> None:
         shutil.rmtree(v1, ignore_errors=True)
         Project.init(v1, task="image-classification", data="builtin:seed-case")
         _edit(v1, selection={"candidates": ["cnn"], "trials": 1, "distill": False},
-              training={"max_epochs": args.epochs}, serving={"backends": ["torch"]})
+              training={"max_epochs": args.epochs, "patience": args.patience}, serving={"backends": ["torch"]})
         t = time.perf_counter()
         res = Project(v1).run()
         rows.append(("v1 (1,000 labelled images)", "v1", v1, time.perf_counter() - t, load()))
