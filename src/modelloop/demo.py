@@ -1,8 +1,10 @@
 """The whole loop with nobody at the keyboard, on the founding case or on one example per task.
 
-init -> run -> serve on a free loopback port -> simulated users send live traffic (examples the
-project never trained or tested on) over HTTP and give feedback on part of it -> retrain -> gate ->
-promote or reject.
+init -> run -> serve on a free loopback port -> rounds (two by default) of: simulated users send
+live traffic (examples the project never trained or tested on) over HTTP and give feedback on part
+of it, a labeller labels items from the labelling queue -> retrain -> gate -> promote or reject.
+The traffic pool is cut into disjoint chunks, one per round, and a held-out slice no version is
+sent or trained on, on which every version is measured at the end (:func:`plan_traffic`).
 
 Each task's case (:data:`DEMO_CASES`) supplies only its data, its traffic and the request body of
 one example; :func:`run_demo` runs the same loop for all of them:
