@@ -347,7 +347,9 @@ def keys(directory: DirArg, as_json: JsonOpt = False) -> None:
 @_command
 def demo(directory: Annotated[Path, typer.Argument(help="Folder for the demo project.")] = Path("modelloop-demo"),
          fresh: Annotated[bool, typer.Option(help="Start over if DIR already holds a project.")] = False,
-         traffic: Annotated[int, typer.Option(help="How many live requests simulated users send.")] = 600,
+         traffic: Annotated[int, typer.Option(help="How many live requests simulated users send each round.")] = 600,
+         rounds: Annotated[int, typer.Option(help="Rounds of traffic, feedback and retraining (1-5; "
+                                             "recommendation and faq run one).")] = 2,
          task: Annotated[str, typer.Option(help="The case: image-classification (the founding case), "
                                            "text-classification, audio-classification, "
                                            "tabular-classification, tabular-regression, "
@@ -356,20 +358,49 @@ def demo(directory: Annotated[Path, typer.Argument(help="Folder for the demo pro
     """The whole loop on the founding case (or one example per --task), with simulated users, in a few minutes."""
     from .demo import run_demo
 
-    res = run_demo(directory, fresh=fresh, traffic=traffic, progress=_progress, task=task)
+    res = run_demo(directory, fresh=fresh, traffic=traffic, progress=_progress, task=task, rounds=rounds)
     if as_json:
         _emit(res)
         return
     t = Table(title=f"modelloop demo: {res['title']}")
-    for col in ("version", "alias", res["score_name"], "parent", "feedback examples"):
+    multi = "rounds" in res  # the cases served through /predict: rounds and a held-out live slice
+    cols = ["version", "alias", "trained on", res["score_name"]] if multi else \
+        ["version", "alias", res["score_name"], "parent", "feedback examples"]
+    if multi:
+        cols += [f"{res['live_name']} [95%]", "gate"]
+    for col in cols:
         t.add_column(col)
     for v in res["versions"]:
         score = v.get("test_score")
-        t.add_row(v["version"], ",".join(v["aliases"]), "-" if score is None else f"{score:.4f}",
-                  v["parent"] or "-", str(v["feedback_examples"]))
+        score = "-" if score is None else f"{score:.4f}"
+        if multi:
+            f = v["live_held_out"]
+            live = "-" if f["value"] is None else \
+                f"{f['value']:.3f} [{f['low']:.3f}, {'?' if f['high'] is None else format(f['high'], '.3f')}]"
+            trained = v["trained_on"] + (f" ({v['pseudo_labelled']})" if v.get("pseudo_labelled") else "")
+            t.add_row(v["version"], ",".join(v["aliases"]), trained, score, live, v["gate"] or "-")
+        else:
+            t.add_row(v["version"], ",".join(v["aliases"]), score, v["parent"] or "-", str(v["feedback_examples"]))
     out.print(t)
-    out.print(f"live traffic: {res['traffic_line']}")
-    out.print(f"gate decision: [bold]{res['decision']}[/bold] ({'; '.join(res['reasons'])})")
+    if not multi:
+        out.print(f"live traffic: {res['traffic_line']}")
+        out.print(f"gate decision: [bold]{res['decision']}[/bold] ({'; '.join(res['reasons'])})")
+    else:
+        from .demo import show_figure
+
+        out.print(f"held-out live: {res['held_out']['examples']} live examples no version was sent or trained on, "
+                  "the same for every version" + ("; (N): served inputs without feedback whose pseudo-label passed "
+                                                  "the threshold" if any(v.get("pseudo_labelled")
+                                                                         for v in res["versions"]) else ""),
+                  highlight=False)
+        for r in res["rounds"]:
+            q = r["queue_labels"]
+            out.print(f"round {r['round']}: {r['requests']} requests served by {r['served_by']}, "
+                      f"{r['user_labels']} user labels, {q['audit']} audit + {q['active']} active labels from the "
+                      f"queue -> {r['retrained'] or 'no new version'} [bold]{r['decision']}[/bold] "
+                      f"({'; '.join(r['reasons'])})", highlight=False)
+            out.print(f"  live on all {r['served_by']} served: true {show_figure(r['live'])}; audit sample (unbiased) "
+                      f"{show_figure(r['audit'])}; user feedback (biased) {show_figure(r['users'])}", highlight=False)
     out.print(f"champion: {res['champion']} (served after retrain: {res['served_after_retrain']})")
     out.print(f"reports: {', '.join(res['reports'])}\ntook {res['seconds']} s")
 
