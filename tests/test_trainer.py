@@ -194,6 +194,15 @@ def test_probe_measures_and_matches_a_forced_run(seed_case, monkeypatch):
     assert again.plan_source == "cache" and (again.precision, again.threads) == (auto.precision, auto.threads)
 
 
+def test_fit_reports_where_its_time_went(seed_case, tmp_path):
+    (x, y), val = seed_case
+    r = Trainer(TrainConfig(max_epochs=2, threads=1, checkpoint_path=tmp_path / "c.pt")).fit(
+        cnn(), (x[:128], y[:128]), val)
+    parts = ("setup", "probe", "steps", "validation", "state_copies", "checkpoint")
+    assert set(r.timings) == {*parts, "total"}
+    assert all(r.timings[k] >= 0 for k in r.timings) and r.timings["steps"] > 0 and r.timings["checkpoint"] > 0
+
+
 def test_resume_continues_identically(seed_case, tmp_path):
     (x, y), val = seed_case
     x, y = x[:200], y[:200]
