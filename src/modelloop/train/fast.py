@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 
 PRECISION_MARGIN = 0.10  # bf16/fp16 is chosen only when its median step is at least 10% shorter than fp32's
 MIN_STEPS_TO_PROBE = 60  # below this many training steps in the whole run, probing costs more than it saves
+# Timed steps per candidate after its warm-up. Two instead of three made the same choice in 4 of 4
+# interleaved trials on a loaded 2-core EPYC (bf16 on one thread; two threads ~10x slower per step)
+# and cost 2.2 s instead of 2.7 s there (median): the choices that matter are far apart.
+PROBE_ROUNDS = 2
 PLAN_CACHE_FILE = "train-plans.json"
 
 _PLAN_CACHE: ChoiceCache | None = None
@@ -284,7 +288,7 @@ class _Probe:
         A candidate whose warm-up or first timed step is far slower than the fastest one's is not
         timed further: on a contended machine one step of a bad choice can cost seconds.
         """
-        out = time_interleaved(self._run, keys, self.warm)
+        out = time_interleaved(self._run, keys, self.warm, rounds=PROBE_ROUNDS)
         self.timings.update(out)
         return out
 
