@@ -12,7 +12,15 @@ modelloop's Trainer runs with its defaults (batch 64, lr 1e-3, AdamW, hardware c
 Parts (each a few minutes on 2 busy cores):
 
 1. throughput: training images/s over a fixed number of epochs (whole ``fit`` wall time for
-   modelloop: its probe and per-epoch validation are included, nothing is subtracted).
+   modelloop: its probe and per-epoch validation are included, nothing is subtracted), in
+   ``--repeats`` rounds of three contenders run one after the other (so a burst of load hits each
+   alike): the plain loop; the Trainer measuring its plan (no cached plan: what the first fit of a
+   model shape on a machine pays); the Trainer again, its plan read from the cache (every later fit
+   of that shape within the cache's lifetime, in this process or another). Each row shows the
+   load average before it ("busy" above 2, on these 2-core machines) and each Trainer row where its
+   wall time went (``TrainResult.timings``). The cache folder is a temporary one for the run, so a
+   plan cached by an earlier run never makes a "measured" row look cheaper. Lazy imports that the
+   first optimizer in a process pays for (torch._dynamo, 1-3 s) are paid before anything is timed.
 2. accuracy: time until test accuracy (evaluated after every epoch, evaluation time included)
    first reaches the target, for modelloop, the plain loop and scikit-learn's MLPClassifier
    (hidden (256,), one ``partial_fit`` per epoch); each stops before an epoch that would end past
@@ -21,7 +29,7 @@ Parts (each a few minutes on 2 busy cores):
    the variants (median reported); the plain loop on one thread (the data path alone); and
    ``torch.compile`` with a cold kernel cache (its compile time reported apart).
 
-    python bench/train.py [--parts throughput,accuracy,ablation] [--epochs 2] [--cap-s 200]
+    python bench/train.py [--parts throughput,accuracy,ablation] [--epochs 2] [--repeats 2] [--cap-s 200]
 """
 
 from __future__ import annotations
@@ -41,10 +49,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import describe  # noqa: E402
+
 from modelloop.data.dataset import prepare_dataset
 from modelloop.data.transforms import Normalizer
 from modelloop.models import batched_logits, build_model
 from modelloop.spec import DataSpec
+from modelloop.train import fast
 from modelloop.train.trainer import TrainConfig, Trainer, TrainResult
 
 CONFIG = {"family": "cnn", "input_shape": [1, 28, 28], "num_classes": 10, "params": {"width": 32}}
@@ -92,31 +104,81 @@ def load_note() -> str:
     return f"load avg {os.getloadavg()[0]:.1f}"
 
 
-def part_throughput(train, test, epochs: int) -> list[str]:
+def _busy(load: float) -> str:
+    return f"{load:.1f} busy" if load > 2 else f"{load:.1f} quiet"
+
+
+def warm_imports() -> None:
+    """The first optimizer step in a process imports torch._dynamo (1-3 s); pay it before any timing."""
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([w])
+    w.sum().backward()
+    opt.step()
+
+
+def part_throughput(train, test, epochs: int, repeats: int) -> list[str]:
     x, y = train
     n = len(y) * epochs
-    rows = []
-    m = fresh_model()
-    before = load_note()
-    t = time.perf_counter()
-    plain_fit(m, x, y, epochs)
-    plain_s = time.perf_counter() - t
-    rows.append((f"plain PyTorch loop (fp32, NCHW, {torch.get_num_threads()} threads, DataLoader)",
-                 plain_s, n / plain_s, accuracy(m, *test), before))
+    names = ["plain", "measured", "cached"]
+    runs: dict[str, list[tuple]] = {k: [] for k in names}
+    cache_dir = tempfile.mkdtemp(prefix="bench-plans-")
+    before_dir = os.environ.get("MODELLOOP_CACHE_DIR")
+    os.environ["MODELLOOP_CACHE_DIR"] = cache_dir
+    try:
+        for _ in range(repeats):
+            for kind in names:
+                m = fresh_model()
+                load = os.getloadavg()[0]
+                if kind == "plain":
+                    t = time.perf_counter()
+                    plain_fit(m, x, y, epochs)
+                    secs = time.perf_counter() - t
+                    runs[kind].append((secs, accuracy(m, *test), load, None))
+                    continue
+                if kind == "measured":
+                    fast.clear_plan_cache()
+                t = time.perf_counter()
+                cfg = TrainConfig(max_epochs=epochs, patience=epochs, batch_size=BATCH, lr=LR)
+                r = Trainer(cfg).fit(m, train, test)
+                secs = time.perf_counter() - t
+                runs[kind].append((secs, accuracy(m, *test), load, r))
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        if before_dir is None:
+            os.environ.pop("MODELLOOP_CACHE_DIR", None)
+        else:
+            os.environ["MODELLOOP_CACHE_DIR"] = before_dir
 
-    m = fresh_model()
-    before = load_note()
-    t = time.perf_counter()
-    r = Trainer(TrainConfig(max_epochs=epochs, patience=epochs, batch_size=BATCH, lr=LR)).fit(m, train, test)
-    ml_s = time.perf_counter() - t
-    rows.append((f"modelloop Trainer ({_plan(r)})", ml_s, n / ml_s, r.best_val_score, before))
-
-    out = [f"Training throughput, SmallCNN width 32, {len(y)} images x {epochs} epochs, batch {BATCH}:", "",
-           "| trainer | wall s | images/s | test acc | vs plain | load before |", "|---|---|---|---|---|---|"]
-    for name, secs, ips, acc, note in rows:
-        out.append(f"| {name} | {secs:.1f} | {ips:.0f} | {acc:.4f} | {ips / rows[0][2]:.2f}x | {note} |")
+    plain_ips = statistics.median(n / s for s, *_ in runs["plain"])
+    labels = {"plain": f"plain PyTorch loop (fp32, NCHW, {torch.get_num_threads()} threads, DataLoader)",
+              "measured": "modelloop Trainer, plan measured (first fit of this shape)",
+              "cached": "modelloop Trainer, plan from the cache (later fits)"}
+    out = [f"Training throughput, SmallCNN width 32, {len(y)} images x {epochs} epochs, batch {BATCH}, "
+           f"{repeats} round(s) of the three contenders in turn; {describe()}:", "",
+           "| round | trainer | plan | wall s | images/s | test acc | vs plain (median) | load avg before |",
+           "|---|---|---|---|---|---|---|---|"]
+    for i in range(repeats):
+        for kind in names:
+            secs, acc, load, r = runs[kind][i]
+            plan = _plan(r) if r is not None else "fp32, NCHW"
+            out.append(f"| {i + 1} | {labels[kind]} | {plan} | {secs:.1f} | {n / secs:.0f} | {acc:.4f} | "
+                       f"{n / secs / plain_ips:.2f}x | {_busy(load)} |")
     out.append("")
-    out.append(f"modelloop probe (median s/step): {r.probe}; steps-only throughput {r.examples_per_s:.0f} images/s")
+    medians = {k: statistics.median(n / s for s, *_ in runs[k]) for k in names}
+    out.append("Median images/s: " + "; ".join(f"{k} {v:.0f} ({v / plain_ips:.2f}x)" for k, v in medians.items()))
+    out.append("")
+    out.append("Where each Trainer fit's wall time went (s; steps include data slicing and augmentation):")
+    out.append("")
+    parts = ["probe", "steps", "validation", "state_copies", "checkpoint", "setup"]
+    out.append("| round | trainer | " + " | ".join(parts) + " | other | total | steps-only images/s | probe s/step |")
+    out.append("|---|---|" + "---|" * (len(parts) + 4))
+    for i in range(repeats):
+        for kind in ("measured", "cached"):
+            secs, _, _, r = runs[kind][i]
+            tm = r.timings
+            other = secs - sum(tm[k] for k in parts)
+            out.append(f"| {i + 1} | {kind} | " + " | ".join(f"{tm[k]:.2f}" for k in parts)
+                       + f" | {other:.2f} | {secs:.2f} | {r.examples_per_s:.0f} | {r.probe or '-'} |")
     return out
 
 
@@ -297,6 +359,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default="throughput,accuracy,ablation")
     ap.add_argument("--epochs", type=int, default=2, help="epochs for the throughput part")
+    ap.add_argument("--repeats", type=int, default=2, help="rounds of the throughput part's three contenders")
     ap.add_argument("--target", type=float, default=0.97)
     ap.add_argument("--cap-s", type=float, default=200.0, help="time cap per contender in the accuracy part")
     ap.add_argument("--cap-epochs", type=int, default=20)
@@ -307,10 +370,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
     parts = args.parts.split(",")
     train, test = load()
-    print(f"torch {torch.__version__}, {os.cpu_count()} cores, default threads {torch.get_num_threads()}, "
+    warm_imports()
+    print(f"torch {torch.__version__}, {describe()}, default threads {torch.get_num_threads()}, "
           f"{load_note()} at start\n", flush=True)
     if "throughput" in parts:
-        print("\n".join(part_throughput(train, test, args.epochs)) + "\n", flush=True)
+        print("\n".join(part_throughput(train, test, args.epochs, args.repeats)) + "\n", flush=True)
     if "accuracy" in parts:
         print("\n".join(part_accuracy(train, test, args.target, args.cap_s, args.cap_epochs)) + "\n", flush=True)
     if "ablation" in parts:

@@ -32,6 +32,12 @@ GRAD_RTOL = 2e-2
 TWO_STEP_ATOL = 1e-2
 
 
+@pytest.fixture(autouse=True)
+def _own_plan_cache(tmp_path, monkeypatch):
+    """Each test measures for itself: plans cached on disk by other runs on this machine are not read."""
+    monkeypatch.setenv("MODELLOOP_CACHE_DIR", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def seed_case():
     b = load_builtin("seed-case")
@@ -192,6 +198,49 @@ def test_probe_measures_and_matches_a_forced_run(seed_case, monkeypatch):
         assert torch.equal(auto.best_state[k], forced.best_state[k])
     again = Trainer(TrainConfig(**cfg)).fit(linear(), (x, y), val)
     assert again.plan_source == "cache" and (again.precision, again.threads) == (auto.precision, auto.threads)
+
+
+def test_plan_cached_on_disk_for_a_later_process(seed_case, monkeypatch):
+    # A later process (here: the memory cache emptied) on the same machine reuses the plan from disk;
+    # when the load average has moved past the tolerance, or on another machine, it measures again.
+    monkeypatch.setattr(fast, "available_cores", lambda: 2)
+    monkeypatch.setattr(fast, "_load_now", lambda: 1.0)
+    (x, y), val = seed_case
+    x, y = x[:256], y[:256]
+    cfg = TrainConfig(max_epochs=7, batch_size=16)
+    first = Trainer(cfg).fit(linear(), (x, y), val)
+    assert first.plan_source == "probe" and fast._plan_cache().path.is_file()
+    fast._plan_cache().clear()  # what a new process starts with
+    later = Trainer(cfg).fit(linear(), (x, y), val)
+    assert later.plan_source == "cache" and (later.precision, later.threads) == (first.precision, first.threads)
+    assert later.probe == first.probe
+    fast._plan_cache().clear()
+    monkeypatch.setattr(fast, "_load_now", lambda: 1.0 + fast.load_tolerance() + 0.5)  # other jobs arrived
+    assert Trainer(cfg).fit(linear(), (x, y), val).plan_source == "probe"
+    fast._plan_cache().clear()
+    monkeypatch.setattr(fast, "machine_key", lambda: "another CPU x2")
+    assert Trainer(cfg).fit(linear(), (x, y), val).plan_source == "probe"
+    fast.clear_plan_cache()
+    assert not fast._plan_cache().path.exists()
+
+
+def test_unreadable_plan_cache_only_costs_a_probe(seed_case, monkeypatch):
+    monkeypatch.setattr(fast, "available_cores", lambda: 2)
+    path = fast._plan_cache().path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{not json")
+    (x, y), val = seed_case
+    r = Trainer(TrainConfig(max_epochs=7, batch_size=16)).fit(linear(), (x[:256], y[:256]), val)
+    assert r.plan_source == "probe"
+
+
+def test_fit_reports_where_its_time_went(seed_case, tmp_path):
+    (x, y), val = seed_case
+    r = Trainer(TrainConfig(max_epochs=2, threads=1, checkpoint_path=tmp_path / "c.pt")).fit(
+        cnn(), (x[:128], y[:128]), val)
+    parts = ("setup", "probe", "steps", "validation", "state_copies", "checkpoint")
+    assert set(r.timings) == {*parts, "total"}
+    assert all(r.timings[k] >= 0 for k in r.timings) and r.timings["steps"] > 0 and r.timings["checkpoint"] > 0
 
 
 def test_resume_continues_identically(seed_case, tmp_path):

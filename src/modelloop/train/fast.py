@@ -19,7 +19,13 @@ anything left on ``auto``/``None`` is decided here:
 
 Decisions are cached per (model class, parameter shapes, example shape and dtype, batch size,
 target kind, device, candidates) for :data:`CACHE_TTL_S` seconds, so a hyper-parameter search
-probes once per model shape instead of once per trial. The interleaved timing and the cache are
+probes once per model shape instead of once per trial. The cache is kept on disk too
+(``<cache dir>/train-plans.json``, see :func:`modelloop.settings.cache_dir`), its keys naming the
+machine (CPU model, usable cores, torch version), so a later process fitting the same shape on the
+same machine skips the probe as well. A cached plan is reused only while the 1-minute load average
+stays within :func:`load_tolerance` of the load it was measured under: the plan is still decided by
+timing, never read off the load average, but when other jobs have arrived or left since, the thread
+count that won may no longer win, so it is measured again. The interleaved timing and the cache are
 :mod:`modelloop.hardware`'s, shared with the text encoder's thread choice.
 """
 
@@ -28,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -37,17 +44,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hardware import CACHE_TTL_S, ChoiceCache, available_cores, thread_scope, time_interleaved
+from ..hardware import CACHE_TTL_S, ChoiceCache, available_cores, machine_key, thread_scope, time_interleaved
 
 __all__ = ["Plan", "available_cores", "autocast", "choose_plan", "clear_plan_cache", "cpu_has_native_bf16",
-           "has_conv", "is_image_batch", "resolve_device", "thread_scope"]
+           "has_conv", "is_image_batch", "load_tolerance", "resolve_device", "thread_scope"]
 
 log = logging.getLogger(__name__)
 
 PRECISION_MARGIN = 0.10  # bf16/fp16 is chosen only when its median step is at least 10% shorter than fp32's
 MIN_STEPS_TO_PROBE = 60  # below this many training steps in the whole run, probing costs more than it saves
+# Timed steps per candidate after its warm-up. Two instead of three made the same choice in 4 of 4
+# interleaved trials on a loaded 2-core EPYC (bf16 on one thread; two threads ~10x slower per step)
+# and cost 2.2 s instead of 2.7 s there (median): the choices that matter are far apart.
+PROBE_ROUNDS = 2
+PLAN_CACHE_FILE = "train-plans.json"
 
-_PLAN_CACHE = ChoiceCache(CACHE_TTL_S)  # in memory only: the keys hold dtypes and shapes
+_PLAN_CACHE: ChoiceCache | None = None
 
 
 @dataclass
@@ -107,9 +119,38 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _plan_cache() -> ChoiceCache:
+    """The plan cache, in memory and in ``<cache dir>/train-plans.json`` (it follows
+    ``MODELLOOP_CACHE_DIR`` if that changes while the process runs)."""
+    global _PLAN_CACHE
+    from ..settings import cache_dir
+
+    path = cache_dir() / PLAN_CACHE_FILE
+    if _PLAN_CACHE is None or _PLAN_CACHE.path != path:
+        _PLAN_CACHE = ChoiceCache(CACHE_TTL_S, path)
+    return _PLAN_CACHE
+
+
 def clear_plan_cache() -> None:
-    """Forget cached decisions (e.g. after the machine's load changed)."""
-    _PLAN_CACHE.clear()
+    """Forget cached plans, in memory and on disk, so the next fit measures again."""
+    cache = _plan_cache()
+    cache.clear()
+    if cache.path is not None:
+        with contextlib.suppress(OSError):
+            cache.path.unlink(missing_ok=True)
+
+
+def _load_now() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not available here: every cached plan looks as fresh as its age says
+        return 0.0
+
+
+def load_tolerance() -> float:
+    """How far the 1-minute load average may move before a cached plan is measured again:
+    half the usable cores, at least 1 (one more busy thread than when it was measured)."""
+    return max(1.0, available_cores() / 2)
 
 
 def _candidates(device: torch.device, precision: str, threads: int | None) -> tuple[list[str], list[int | None]]:
@@ -168,10 +209,15 @@ def choose_plan(
     xb, yb = batch
     key = (str(device), type(model).__qualname__, tuple(tuple(p.shape) for p in model.parameters()),
            tuple(xb.shape), xb.dtype, yb.dtype, yb.dim(), channels_last, tuple(precisions), tuple(thread_opts))
-    plan = _PLAN_CACHE.get(key)
-    if plan is not None:
-        plan.source = "cache"
-        return plan
+    gpu = f"; {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    cache_key = f"{machine_key()}; torch {torch.__version__}{gpu} | {key!r}"
+    cache = _plan_cache()
+    hit = cache.get(cache_key)
+    if isinstance(hit, dict) and abs(_load_now() - float(hit.get("load", 0.0))) <= load_tolerance():
+        with contextlib.suppress(KeyError, TypeError, ValueError):  # an entry of another version: measure again
+            plan = Plan(**hit["plan"])
+            plan.source = "cache"
+            return plan
 
     probe = _Probe(model, make_step, make_optimizer, device)
     try:
@@ -198,7 +244,7 @@ def choose_plan(
             won = k
     plan = Plan(device=str(device), precision=won[0], threads=won[1], channels_last=channels_last,
                 probe={_label(p, t): round(v, 5) for (p, t), v in timings.items()}, source="probe")
-    _PLAN_CACHE.put(key, plan)
+    cache.put(cache_key, {"plan": plan.to_dict(), "load": _load_now()})
     return plan
 
 
@@ -242,7 +288,7 @@ class _Probe:
         A candidate whose warm-up or first timed step is far slower than the fastest one's is not
         timed further: on a contended machine one step of a bad choice can cost seconds.
         """
-        out = time_interleaved(self._run, keys, self.warm)
+        out = time_interleaved(self._run, keys, self.warm, rounds=PROBE_ROUNDS)
         self.timings.update(out)
         return out
 
