@@ -20,6 +20,10 @@ from PIL import Image
 BIN = Path(sys.executable).parent
 MODELLOOP = str(BIN / "modelloop")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+# Measured thread and training plans, and the text encoder's ONNX export, are cached on disk
+# (modelloop.settings.cache_dir): the tests keep theirs here, shared by the workers and the CLI
+# processes they start, instead of in the user's ~/.cache.
+os.environ.setdefault("MODELLOOP_CACHE_DIR", str(ARTIFACTS / "cache"))
 
 
 def cli(*args: str, check: bool = False, timeout: float = 900) -> subprocess.CompletedProcess:
