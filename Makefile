@@ -60,7 +60,7 @@ test: dev-setup system-deps
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=30
 
 lint: dev-setup
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
 
 # Every side-by-side benchmark (tens of minutes on 2 cores); figures go to bench/RESULTS.md.
 bench: extras-setup bench-deps

@@ -128,7 +128,7 @@ class Prefetcher:
                      "-d", self.wheel_dir, *specs]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
-            last = [l for l in proc.stdout.splitlines() if l.strip() and not l.startswith("WARNING")]
+            last = [line for line in proc.stdout.splitlines() if line.strip() and not line.startswith("WARNING")]
             raise FastPathError(f"pip download failed: {last[-1] if last else proc.returncode}")
 
     def _round(self, pending, flat=()):
@@ -204,8 +204,8 @@ def install_steps(ns):
 def fast_path(ns):
     wheel_dir = tempfile.mkdtemp(prefix="modelloop-wheels-")
     try:
-        with_deps = [l for f in ns.requirement for l in read_requirement_lines(f)]
-        no_deps = [l for f in ns.no_deps_requirement for l in read_requirement_lines(f)]
+        with_deps = [line for f in ns.requirement for line in read_requirement_lines(f)]
+        no_deps = [line for f in ns.no_deps_requirement for line in read_requirement_lines(f)]
         build = build_requirements(ns.editable) if ns.editable else []
         Prefetcher(wheel_dir).fetch(with_deps, no_deps + build)
         for step in install_steps(ns):
@@ -237,7 +237,10 @@ def main():
     parser.add_argument("--plain", action="store_true", help="just run the plain pip commands")
     ns = parser.parse_args()
     if ns.plain:
-        plain_path(ns)
+        try:
+            plain_path(ns)
+        except FastPathError as err:
+            sys.exit(str(err))
         return
     try:
         fast_path(ns)
@@ -248,7 +251,7 @@ def main():
             plain_path(ns)
         except FastPathError as err:
             sys.exit(str(err))
-        return
+    # after the fallback too: a fast step that installed before the failure did so without compiling
     byte_compile()
 
 

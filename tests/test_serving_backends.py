@@ -50,3 +50,19 @@ def test_an_export_without_the_embedding_still_serves(cnn, tmp_path):
     old = OrtRunner(tmp_path / "old.onnx")
     assert old.with_embedding is None
     assert np.abs(old(x) - OrtRunner(tmp_path / "model.onnx")(x)).max() == 0
+
+
+def test_int8_answers_without_its_quantized_embedding(cnn, tmp_path):
+    """The OOD threshold was calibrated on fp32 embeddings: an int8 model's score comes from the
+    PyTorch reference, not from its own quantized layer."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from modelloop.compress.backends import ONNX_FILE, ONNX_INT8_FILE, make_runner
+
+    net, x = cnn
+    module = ServingModule(net, [33.0], [78.0])
+    export_onnx(module, torch.from_numpy(x[:2]), tmp_path / ONNX_FILE)
+    quantize_dynamic(str(tmp_path / ONNX_FILE), str(tmp_path / ONNX_INT8_FILE), weight_type=QuantType.QInt8)
+    int8 = make_runner("onnxruntime-int8", module, tmp_path)
+    assert int8.with_embedding is None and int8(x).shape == (len(x), 2)
+    assert make_runner("onnxruntime", module, tmp_path).with_embedding is not None

@@ -6,6 +6,9 @@ so the "exported once, then reused" checks start from nothing.
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 import torch
 
@@ -165,3 +168,31 @@ def test_onnx_backend_refuses_bf16() -> None:
     with pytest.raises(InputError, match="backend: received 'onnx'"):
         TextEncoder(backend="onnx", precision="bf16", device="cpu").load()
 
+
+
+def test_an_export_that_failed_is_not_retried_on_every_load(tmp_path):
+    """A failed export leaves a marker naming the error and the torch version: later loads fall
+    back at once instead of paying for the export again; a damaged export folder is replaced."""
+    import json
+
+    import torch
+
+    from modelloop.models import text_onnx
+
+    folder = tmp_path / "abc123"
+    (tmp_path / "abc123.failed.json").write_text(json.dumps({"torch": torch.__version__, "error": "E: boom"}))
+    calls = []
+    with pytest.raises(RuntimeError, match="failed before.*E: boom"):
+        text_onnx.ensure_export(folder, lambda: calls.append(1), {"model": "x"})
+    assert calls == []  # the model was not even loaded
+    leftover = tmp_path / ".abc123.deadbeef.tmp"
+    leftover.mkdir()
+    old = time.time() - 7200
+    os.utime(leftover, (old, old))
+    (tmp_path / "abc123.failed.json").write_text(json.dumps({"torch": "0.0", "error": "E: old torch"}))
+    with pytest.raises(Exception, match="NoneType"):  # a changed torch tries again; None cannot export
+        text_onnx.ensure_export(folder, lambda: None, {"model": "x"})
+    assert not leftover.exists()  # a killed process's temporary export, an hour old, is swept
+    marker = json.loads((tmp_path / "abc123.failed.json").read_text())
+    assert marker["torch"] == torch.__version__ and marker["error"]  # the new failure, for the next load
+    assert not folder.exists()

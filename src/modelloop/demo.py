@@ -558,6 +558,8 @@ def _demo_spec(project: Project, pseudo_labels: bool) -> Project:
         spec.feedback.semi_supervised = "on" if pseudo_labels else "off"
         spec.feedback.unlabelled_ratio = 1
     save_spec(spec, project.path)
+    if project.loop._store is not None:  # the replaced project's connections (the server has its own)
+        project.loop._store.close()
     return Project(project.path)
 
 

@@ -133,10 +133,11 @@ class ChoiceCache:
         now = time.time()
         with self._lock:
             hit = self._memory.get(key)
-            if hit is None and isinstance(key, str):
-                hit = self._read().get(key)
-                if hit is not None:
-                    hit = (float(hit[0]), hit[1])
+            if (hit is None or now - hit[0] >= self.ttl_s) and isinstance(key, str):
+                # not held, or stale here: another process may have measured it since
+                found = self._read().get(key)
+                if found is not None:
+                    hit = (float(found[0]), found[1])
                     self._memory[key] = hit
         if hit is None or now - hit[0] >= self.ttl_s:
             return None
@@ -150,9 +151,10 @@ class ChoiceCache:
                 entries = {k: v for k, v in self._read().items() if stamp - float(v[0]) < self.ttl_s}
                 entries[key] = [stamp, value]
                 try:
-                    from .settings import private_dir, write_private
+                    from .settings import write_private
 
-                    private_dir(self.path.parent)
+                    # not private_dir: the cache folder may be shared, and these are no secrets
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
                     write_private(self.path, json.dumps(entries, sort_keys=True))
                 except OSError as exc:  # a read-only home: the decision still holds in memory
                     log.debug("thread choices: cannot write %s (%s)", self.path, exc)
@@ -169,7 +171,11 @@ class ChoiceCache:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}  # unreadable or half-written by an old version: measure again
-        return {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 2} if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        # [wall-clock time, value]; anything else (edited by hand, an old format) is measured again
+        return {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 2
+                and isinstance(v[0], (int, float)) and not isinstance(v[0], bool)}
 
 
 @dataclass

@@ -109,7 +109,11 @@ def make_runner(backend: str, module: ServingModule, folder: Path | None = None,
     if backend == "onnxruntime":
         return _ort_runner(Path(folder) / ONNX_FILE, threads)
     if backend == "onnxruntime-int8":
-        return _ort_runner(Path(folder) / ONNX_INT8_FILE, threads)
+        runner = OrtRunner(Path(folder) / ONNX_INT8_FILE, threads)
+        # its embedding is quantized too, while the OOD calibration was fit on fp32 embeddings:
+        # the score comes from the PyTorch reference instead
+        runner.with_embedding = None
+        return runner
     raise ValueError(f"backend {backend!r}: unknown; expected one of {', '.join(BACKENDS)}")
 
 

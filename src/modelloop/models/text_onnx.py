@@ -106,15 +106,32 @@ def ensure_export(folder: Path, load_transformer: Callable[[], nn.Module], descr
     if (folder / MODEL_FILE).is_file() and (folder / META_FILE).is_file():
         return False
     folder.parent.mkdir(parents=True, exist_ok=True)
+    failed = folder.parent / f"{folder.name}.failed.json"
+    if failed.is_file():  # this export failed before, with this torch: do not pay for it on every load
+        try:
+            why = json.loads(failed.read_text())
+        except (OSError, ValueError):
+            why = {}
+        if why.get("torch") == torch.__version__:
+            raise RuntimeError(f"the export failed before ({why.get('error', 'unknown error')}); delete "
+                               f"{failed} to try again")
+    _sweep(folder.parent)
     tmp = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()
     try:
         start = time.perf_counter()
         module = PooledEncoder(load_transformer()).eval()
-        exporter = _export_file(module, tmp / MODEL_FILE)
+        try:
+            exporter = _export_file(module, tmp / MODEL_FILE)
+        except Exception as exc:
+            failed.write_text(json.dumps({"torch": torch.__version__, "error": f"{type(exc).__name__}: "
+                                                                             f"{str(exc)[:300]}"}))
+            raise
         meta = {"format": FORMAT, "exporter": exporter, "opset": _OPSET, "torch": torch.__version__,
                 "dim": int(module.transformer.config.hidden_size), **describe}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        if folder.is_dir() and not (folder / MODEL_FILE).is_file():  # a damaged export: replace it
+            shutil.rmtree(folder, ignore_errors=True)
         try:
             os.rename(tmp, folder)  # atomic; fails when another process finished first
         except OSError:
@@ -126,6 +143,20 @@ def ensure_export(folder: Path, load_transformer: Callable[[], nn.Module], descr
         return True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sweep(parent: Path, older_than_s: float = 3600.0) -> None:
+    """Remove temporary export folders and files a killed process left behind (an hour old or more)."""
+    now = time.time()
+    for leftover in parent.glob(".*.tmp"):
+        try:
+            if now - leftover.stat().st_mtime > older_than_s:
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink()
+        except OSError:
+            pass  # another process removed it first
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
