@@ -179,3 +179,11 @@ def test_audit_figure_is_accuracy_with_its_wilson_interval() -> None:
     assert not fig["biased"] and fig["source"] == "audit"
     reg = audit_figure([{"label": "1.0", "predicted": "3.0"}, {"label": "2.0", "predicted": "2.0"}], regression=True)
     assert reg["measure"] == "rmse" and reg["value"] == pytest.approx(np.sqrt(2.0))
+
+
+@pytest.mark.parametrize("n", [2, 10, 181, 1000])
+def test_wilson_interval_holds_its_point_at_the_ends(n) -> None:
+    """All right (or all wrong) gives an upper (lower) bound of exactly 1 (0), not 1 - 1e-16."""
+    assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
+    low, high = wilson_interval(n // 2, n)
+    assert 0.0 < low <= (n // 2) / n <= high < 1.0

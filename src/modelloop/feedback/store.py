@@ -179,7 +179,8 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float | N
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # exactly 0 and 1 at the ends (where rounding would leave 1e-16 short and exclude k/n itself)
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
 
 
 def normalize_url(url: str) -> str:

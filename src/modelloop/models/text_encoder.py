@@ -520,8 +520,8 @@ class TextEncoder:
         if self.device_ is None or self.device_.type != "cpu":
             return None
         options = self._thread_options()
-        if len(options) == 1:
-            self.threads_ = ThreadChoice(options[0], "config")
+        if len(options) == 1:  # set by the caller, or "auto" with one core (or torch held to one thread)
+            self.threads_ = ThreadChoice(options[0], "single" if self.num_threads == "auto" else "config")
             return options[0]
         # A batch of this call's own texts, from the middle of the length order: representative work.
         rows = min(len(order), self.batch_size, _PROBE_ROWS)
