@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from modelloop.hardware import cpu_model  # the name the caches key their measurements by
+
 __all__ = ["cpu_model", "cpu_flags", "describe", "load"]
 
 _FLAGS = {"avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16", "amx_tile": "AMX"}
@@ -21,11 +23,6 @@ def _cpuinfo() -> dict[str, str]:
         return {}
     first = text.split("\n\n", 1)[0]  # the first core describes them all
     return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
-
-
-def cpu_model() -> str:
-    """The CPU's model name, e.g. 'AMD EPYC' (or 'unknown CPU' off Linux)."""
-    return _cpuinfo().get("model name", "unknown CPU")
 
 
 def cpu_flags() -> dict[str, bool]:

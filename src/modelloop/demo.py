@@ -49,7 +49,6 @@ import uvicorn
 from .data.builtin import seed_case_traffic
 from .errors import InputError, ModelloopError
 from .feedback.labelling import audit_figure
-from .feedback.store import wilson_interval
 from .loop import Progress
 from .project import Project
 from .serve import create_app
@@ -489,12 +488,11 @@ def plan_traffic(pool: int, rounds: int, per_round: int, seed: int = 0) -> tuple
 def _quality(predicted: list[Any], truth: list[Any], regression: bool) -> dict[str, Any]:
     """Accuracy with its 95% Wilson interval, or (regression) the RMSE with a 95% interval (the
     normal approximation on the mean squared error, as the audit figure has it)."""
-    if regression:
-        f = audit_figure([{"predicted": p, "label": t} for p, t in zip(predicted, truth, strict=True)], True)
-        return {"measure": "rmse", "value": f["value"], "low": f["low"], "high": f["high"], "n": f["n"]}
-    k, n = sum(p == t for p, t in zip(predicted, truth, strict=True)), len(truth)
-    low, high = wilson_interval(k, n)
-    return {"measure": "accuracy", "value": k / n if n else None, "low": low, "high": high, "n": n, "correct": k}
+    f = audit_figure([{"predicted": p, "label": t} for p, t in zip(predicted, truth, strict=True)], regression)
+    out = {key: f[key] for key in ("measure", "value", "low", "high", "n")}
+    if not regression:
+        out["correct"] = f["agreed"]
+    return out
 
 
 def _batch(xs: list[Any]) -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["CACHE_TTL_S", "ChoiceCache", "ThreadChoice", "available_cores", "choose_threads", "cpu_model",
-           "machine_key", "thread_cache", "thread_scope", "time_interleaved"]
+           "file_cache", "machine_key", "ort_session", "thread_cache", "thread_scope", "time_interleaved"]
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,10 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+@functools.cache
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (e.g. 'AMD EPYC'), or 'unknown CPU'."""
+    """The CPU's model name from /proc/cpuinfo (e.g. 'AMD EPYC'), or 'unknown CPU'. Read once per
+    process: it is part of every cache key, and the text encoder builds one per call."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -81,6 +84,19 @@ def thread_scope(threads: int | None) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+def ort_session(path: str | os.PathLike[str], threads: int) -> Any:
+    """An ONNX Runtime CPU session of the model file ``path`` with ``threads`` intra-op threads (one
+    inter-op thread: the graphs here are chains); its warnings (unused initializers and the like)
+    are not a user's business. A session's thread pool is fixed when it is created."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def time_interleaved(run: Callable[[Any], float], keys: list[Any], warm: set | None = None,
@@ -195,19 +211,24 @@ class ThreadChoice:
         return asdict(self)
 
 
-_THREAD_CACHE: ChoiceCache | None = None
+_FILE_CACHES: dict[str, ChoiceCache] = {}
+
+
+def file_cache(name: str) -> ChoiceCache:
+    """The process-wide cache of decisions kept in ``<cache dir>/<name>`` as well as in memory
+    (it follows ``MODELLOOP_CACHE_DIR`` if that changes while the process runs)."""
+    from .settings import cache_dir
+
+    path = cache_dir() / name
+    cache = _FILE_CACHES.get(name)
+    if cache is None or cache.path != path:
+        cache = _FILE_CACHES[name] = ChoiceCache(CACHE_TTL_S, path)
+    return cache
 
 
 def thread_cache() -> ChoiceCache:
-    """The process-wide cache of thread decisions, also kept in ``<cache dir>/threads.json``
-    (it follows ``MODELLOOP_CACHE_DIR`` if that changes while the process runs)."""
-    global _THREAD_CACHE
-    from .settings import cache_dir
-
-    path = cache_dir() / "threads.json"
-    if _THREAD_CACHE is None or _THREAD_CACHE.path != path:
-        _THREAD_CACHE = ChoiceCache(CACHE_TTL_S, path)
-    return _THREAD_CACHE
+    """The process-wide cache of thread decisions (``<cache dir>/threads.json``)."""
+    return file_cache("threads.json")
 
 
 def choose_threads(key: str, run: Callable[[int], None], candidates: list[int],

@@ -75,13 +75,9 @@ class OrtRunner:
     embeddings) from the same pass (``with_embedding`` is None for an export without it)."""
 
     def __init__(self, path: Path, threads: int = 1) -> None:
-        import onnxruntime as ort
+        from ..hardware import ort_session
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, threads)
         self._input = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
         self._probs = [outputs[0]]

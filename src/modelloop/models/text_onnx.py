@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..hardware import ort_session
+
 __all__ = ["FORMAT", "INT8_FILE", "MODEL_FILE", "Int8Check", "OnnxRunner", "PooledEncoder", "check_int8",
            "ensure_export", "onnx_available"]
 
@@ -173,14 +175,8 @@ class OnnxRunner:
         self._sessions: dict[int, Any] = {}
 
     def session(self, threads: int) -> Any:
-        import onnxruntime as ort
-
         if threads not in self._sessions:
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-            so.log_severity_level = 3  # warnings about unused initializers etc. are not a user's business
-            self._sessions[threads] = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+            self._sessions[threads] = ort_session(self.path, threads)
         return self._sessions[threads]
 
     def run(self, input_ids: np.ndarray, mask: np.ndarray, threads: int) -> np.ndarray:

@@ -18,7 +18,7 @@ anything left on ``auto``/``None`` is decided here:
   state is restored afterwards, so a probed run trains exactly like one with the same choices forced.
 
 Decisions are cached per (model class, parameter shapes, example shape and dtype, batch size,
-target kind, device, candidates) for :data:`CACHE_TTL_S` seconds, so a hyper-parameter search
+target kind, device, candidates) for :data:`modelloop.hardware.CACHE_TTL_S` seconds, so a hyper-parameter search
 probes once per model shape instead of once per trial. The cache is kept on disk too
 (``<cache dir>/train-plans.json``, see :func:`modelloop.settings.cache_dir`), its keys naming the
 machine (CPU model, usable cores, torch version), so a later process fitting the same shape on the
@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hardware import CACHE_TTL_S, ChoiceCache, available_cores, machine_key, thread_scope, time_interleaved
+from ..hardware import ChoiceCache, available_cores, file_cache, machine_key, thread_scope, time_interleaved
 
 __all__ = ["Plan", "available_cores", "autocast", "choose_plan", "clear_plan_cache", "cpu_has_native_bf16",
            "has_conv", "is_image_batch", "load_tolerance", "resolve_device", "thread_scope"]
@@ -59,7 +59,6 @@ MIN_STEPS_TO_PROBE = 60  # below this many training steps in the whole run, prob
 PROBE_ROUNDS = 2
 PLAN_CACHE_FILE = "train-plans.json"
 
-_PLAN_CACHE: ChoiceCache | None = None
 
 
 @dataclass
@@ -120,15 +119,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def _plan_cache() -> ChoiceCache:
-    """The plan cache, in memory and in ``<cache dir>/train-plans.json`` (it follows
-    ``MODELLOOP_CACHE_DIR`` if that changes while the process runs)."""
-    global _PLAN_CACHE
-    from ..settings import cache_dir
-
-    path = cache_dir() / PLAN_CACHE_FILE
-    if _PLAN_CACHE is None or _PLAN_CACHE.path != path:
-        _PLAN_CACHE = ChoiceCache(CACHE_TTL_S, path)
-    return _PLAN_CACHE
+    """The plan cache, in memory and in ``<cache dir>/train-plans.json``."""
+    return file_cache(PLAN_CACHE_FILE)
 
 
 def clear_plan_cache() -> None:
